@@ -1,0 +1,161 @@
+//! tinyinetd: a superserver. One daemon binds the configured ports and, for
+//! every accepted connection, forks and execs the service's handler with the
+//! connection on its fds 0–2.
+//!
+//! Data flows one way: `config::load` → [`plan::Plan`] → `listen` →
+//! `supervisor` (poll → signals → reports → reap → deadlines → accept →
+//! `admit::decide` → `spawn::spawn`). See ARCHITECTURE.md in the project's
+//! shared documents for the picture.
+
+#![deny(unsafe_code)]
+
+pub mod admit;
+pub mod children;
+pub mod config;
+pub mod handler;
+pub mod listen;
+pub mod log;
+pub mod notify;
+pub mod plan;
+pub mod signals;
+pub mod spawn;
+pub mod supervisor;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plan::{Level, Plan, Service};
+
+/// What `main` asks of the library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub config: PathBuf,
+    /// True when `config` is the default path (not given on the command line).
+    pub default_config: bool,
+}
+
+/// Why `run` or `check` failed: printed once by `main`, exit status 1.
+#[derive(Debug)]
+pub enum Error {
+    Config(config::ConfigError),
+    Start(supervisor::StartError),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Config(e) => write!(f, "{e}"),
+            Error::Start(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `--check`: validates the file and describes every service, one line each.
+pub fn check(opts: &Options) -> Result<String, Error> {
+    let plan = config::load(&opts.config, opts.default_config).map_err(Error::Config)?;
+    Ok(describe(&plan))
+}
+
+/// The `--check` report for a valid plan.
+pub fn describe(plan: &Plan) -> String {
+    let mut out = String::new();
+    for s in &plan.services {
+        describe_service(&mut out, s);
+        out.push('\n');
+    }
+    let enabled = plan.enabled().count();
+    let _ = writeln!(
+        out,
+        "{}: OK, {} services ({} enabled)",
+        plan.path.display(),
+        plan.services.len(),
+        enabled
+    );
+    out
+}
+
+fn describe_service(out: &mut String, s: &Service) {
+    let listen: Vec<String> = s.listen.iter().map(ToString::to_string).collect();
+    let _ = write!(
+        out,
+        "{} listen={} program={}",
+        s.name,
+        listen.join(","),
+        s.image.path.to_string_lossy()
+    );
+    if s.image.argv.len() > 1 {
+        let args: Vec<String> = s.image.argv[1..]
+            .iter()
+            .map(|a| log::escape(&a.to_string_lossy()))
+            .collect();
+        let _ = write!(out, " args=[{}]", args.join(" "));
+    }
+    match &s.cred {
+        Some(c) => {
+            let _ = write!(out, " user={} group={}", c.user, c.group);
+        }
+        None => out.push_str(" user=(daemon's own) group=(daemon's own)"),
+    }
+    let l = &s.limits;
+    let none = || "none".to_string();
+    let _ = write!(
+        out,
+        " max_instances={} max_per_source={} source_prefix=/{},/{} max_rate={} timeout={}",
+        l.max_instances,
+        l.max_per_source.map_or_else(none, |n| n.to_string()),
+        l.source_prefix_v4,
+        l.source_prefix_v6,
+        l.max_rate.map_or_else(none, |n| format!("{n}/s")),
+        l.timeout
+            .map_or_else(none, |t| humantime::format_duration(t).to_string()),
+    );
+    let nets = |v: &[ipnet::IpNet]| {
+        if v.is_empty() {
+            None
+        } else {
+            Some(
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        }
+    };
+    let _ = write!(
+        out,
+        " allow={} deny={} umask={:03o} {}",
+        nets(&s.access.allow).unwrap_or_else(|| "any".into()),
+        nets(&s.access.deny).unwrap_or_else(none),
+        s.image.umask,
+        if s.enabled { "enabled" } else { "disabled" }
+    );
+}
+
+/// Runs the daemon in the foreground until SIGTERM/SIGINT.
+pub fn run(opts: &Options) -> Result<(), Error> {
+    // Nothing this process inherited may reach a handler. Systemd's passed
+    // sockets are marked too (we want them close-on-exec as well).
+    let _ = spawn::mark_inherited_cloexec();
+    let inherited = supervisor::inherited_sockets();
+
+    let plan = config::load(&opts.config, opts.default_config).map_err(Error::Config)?;
+    let (mut logger, warning) = log::Logger::open(plan.daemon.log, plan.daemon.log_level);
+    if let Some(w) = warning {
+        logger
+            .event(Level::Warn, "log-fallback")
+            .kv("error", w)
+            .send();
+    }
+    let signals = signals::Signals::install()
+        .map_err(|e| Error::Start(supervisor::StartError::Io("installing signal handlers", e)))?;
+    let sup =
+        supervisor::Supervisor::start(plan, logger, signals, inherited).map_err(Error::Start)?;
+    sup.run().map_err(Error::Start)
+}
+
+/// The default configuration path as a `Path`.
+pub fn default_config() -> &'static Path {
+    Path::new(config::DEFAULT_PATH)
+}

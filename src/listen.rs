@@ -1,0 +1,253 @@
+//! Listening sockets for a [`Plan`]: bind them, or adopt the ones systemd
+//! passed; on reload, keep every socket whose address is unchanged.
+//!
+//! Every socket is non-blocking (a connection reset between `poll` and
+//! `accept` must not block the loop) and close-on-exec (no handler ever
+//! inherits a listener).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage,
+};
+
+use crate::plan::Plan;
+
+/// A bound, listening socket and the address it was configured for.
+#[derive(Debug)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub socket: TcpListener,
+}
+
+/// Why a socket could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    /// What we were doing: `creating a socket for`, `binding`, `listening on`.
+    pub doing: &'static str,
+    pub errno: Errno,
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.doing, self.addr, self.errno.desc())
+    }
+}
+
+impl std::error::Error for ListenError {}
+
+/// Opens one listening socket: SO_REUSEADDR (a restart must not wait out
+/// TIME_WAIT), IPV6_V6ONLY on IPv6 (so `"PORT"`'s two sockets and an
+/// explicit IPv4 address never collide), non-blocking, close-on-exec.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    let err = |doing, errno| ListenError { addr, doing, errno };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| err("creating a socket for", e))?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+        .map_err(|e| err("setting SO_REUSEADDR on", e))?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+            .map_err(|e| err("setting IPV6_V6ONLY on", e))?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| err("binding", e))?;
+    socket::listen(&fd, Backlog::MAXCONN).map_err(|e| err("listening on", e))?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Whether a failure to open a wildcard IPv6 socket means "this host has no
+/// IPv6", which a bare `"PORT"` tolerates with a warning.
+pub fn no_ipv6(e: &ListenError) -> bool {
+    e.addr.is_ipv6()
+        && e.addr.ip().is_unspecified()
+        && matches!(
+            e.errno,
+            Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL | Errno::EPROTONOSUPPORT
+        )
+}
+
+/// A socket passed by the service manager (`LISTEN_FDS`).
+#[derive(Debug)]
+pub struct Inherited {
+    pub fd: RawFd,
+    pub name: String,
+}
+
+/// What became of one inherited socket.
+#[derive(Debug)]
+pub enum Adoption {
+    /// Usable; it will serve `addr` if the plan has it.
+    Listening(SocketAddr, TcpListener),
+    /// Not a listening TCP socket; closed. The string says why.
+    Rejected {
+        fd: RawFd,
+        name: String,
+        why: String,
+    },
+}
+
+/// Checks one inherited descriptor: it must be a listening stream socket of
+/// an IP family. A connected socket (systemd's `Accept=yes`) is refused:
+/// accepting on it would fail with EINVAL forever.
+pub fn adopt(inh: Inherited) -> Adoption {
+    let fd = match crate::spawn::own_inherited(inh.fd) {
+        Some(fd) => fd,
+        None => {
+            return Adoption::Rejected {
+                fd: inh.fd,
+                name: inh.name,
+                why: "not an open descriptor".into(),
+            }
+        }
+    };
+    let reject = |why: String| Adoption::Rejected {
+        fd: inh.fd,
+        name: inh.name.clone(),
+        why,
+    };
+    match socket::getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        Ok(t) => return reject(format!("not a stream socket ({t:?})")),
+        Err(e) => return reject(format!("not a socket ({})", e.desc())),
+    }
+    match socket::getsockopt(&fd, sockopt::AcceptConn) {
+        Ok(true) => {}
+        Ok(false) => {
+            return reject(
+                "a connected socket, not a listening one (Accept=yes or --accept is not supported: tinyinetd accepts itself)".into(),
+            )
+        }
+        Err(e) => return reject(format!("SO_ACCEPTCONN: {}", e.desc())),
+    }
+    let addr = match socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()) {
+        Ok(a) => match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+            (Some(v4), _) => SocketAddr::V4((*v4).into()),
+            (_, Some(v6)) => SocketAddr::V6((*v6).into()),
+            _ => return reject(format!("not an IP socket (family {:?})", a.family())),
+        },
+        Err(e) => return reject(format!("getsockname: {}", e.desc())),
+    };
+    let listener = TcpListener::from(fd);
+    if let Err(e) = listener.set_nonblocking(true) {
+        return reject(format!("setting O_NONBLOCK: {e}"));
+    }
+    Adoption::Listening(addr, listener)
+}
+
+/// The sockets the daemon holds, by address.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    pub by_addr: HashMap<SocketAddr, TcpListener>,
+}
+
+/// One event of [`reconcile`], for the caller to log.
+#[derive(Debug)]
+pub enum Change {
+    Kept(SocketAddr),
+    Opened(SocketAddr),
+    Closed(SocketAddr),
+    /// A new address that could not be bound; the rest still applies.
+    Failed(ListenError),
+    /// A bare `"PORT"`'s IPv6 half on a host without IPv6.
+    NoIpv6(SocketAddr),
+}
+
+/// Makes `held` match `plan`: sockets whose address is unchanged stay open
+/// (the very same socket: no client is refused during a reload), new ones
+/// are bound *before* removed ones are closed, and a failed bind is
+/// reported without stopping the rest. `spare` holds inherited sockets not
+/// yet used; a planned address found there is adopted instead of bound.
+pub fn reconcile(
+    held: &mut Sockets,
+    spare: &mut HashMap<SocketAddr, TcpListener>,
+    plan: &Plan,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut wanted = Vec::new();
+    let mut optional_v6 = Vec::new();
+    for s in plan.enabled() {
+        for l in &s.listen {
+            let any = matches!(l, crate::plan::ListenAddr::Any(_));
+            for a in l.sockets() {
+                if any && a.is_ipv6() {
+                    optional_v6.push(a);
+                }
+                wanted.push(a);
+            }
+        }
+    }
+    let mut next = HashMap::new();
+    for a in &wanted {
+        if let Some(sock) = held.by_addr.remove(a) {
+            changes.push(Change::Kept(*a));
+            next.insert(*a, sock);
+        } else if let Some(sock) = spare.remove(a) {
+            changes.push(Change::Opened(*a));
+            next.insert(*a, sock);
+        } else {
+            match bind(*a) {
+                Ok(sock) => {
+                    changes.push(Change::Opened(*a));
+                    next.insert(*a, sock);
+                }
+                Err(e) if optional_v6.contains(a) && no_ipv6(&e) => {
+                    changes.push(Change::NoIpv6(*a));
+                }
+                Err(e) => changes.push(Change::Failed(e)),
+            }
+        }
+    }
+    // Whatever is left was removed from the plan: close it now, after every
+    // new socket is open.
+    for (a, sock) in held.by_addr.drain() {
+        drop(sock);
+        changes.push(Change::Closed(a));
+    }
+    held.by_addr = next;
+    changes
+}
+
+/// The local address of a socket, as configured-address key.
+pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
+    l.local_addr().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_sets_nonblocking_and_cloexec() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let fd = l.as_raw_fd();
+        let flags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert!(flags & libc::O_NONBLOCK != 0);
+        let fdflags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(fdflags & libc::FD_CLOEXEC != 0, "fd {fd} not cloexec");
+    }
+
+    #[test]
+    fn bind_error_names_the_address() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let e = bind(addr).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("binding {addr}: Address already in use")
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! What a validated, resolved configuration *is*: plain values, no I/O.
+//!
+//! `config::load` produces a [`Plan`]; everything after it (listeners,
+//! admission, spawning) reads these values and never re-parses or re-resolves
+//! anything. Users, groups, program paths and the exec image are resolved
+//! here once, at load, so that nothing between `fork` and `exec` has to.
+
+use std::ffi::CString;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// Where the daemon writes its log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// stderr when `JOURNAL_STREAM` is set or stderr is a terminal, else syslog.
+    Auto,
+    Stderr,
+    Syslog,
+}
+
+/// Log severities, most severe first; a filter keeps levels `<=` its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+/// The `[daemon]` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Daemon {
+    pub log: LogTarget,
+    pub log_level: Level,
+    /// Handlers running at once, all services together.
+    pub max_connections: usize,
+    /// How long SIGTERM waits for handlers before terminating them.
+    pub shutdown_timeout: Duration,
+    /// Where bare program names are looked up first.
+    pub handler_dir: PathBuf,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            log: LogTarget::Auto,
+            log_level: Level::Info,
+            max_connections: 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            handler_dir: PathBuf::from("/usr/libexec/tinyinetd"),
+        }
+    }
+}
+
+/// One configured listen address. `Any(port)` (a bare `"PORT"`) expands to
+/// one IPv4 and one IPv6 wildcard socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// `"IPv4:PORT"` or `"[IPv6]:PORT"`; an IPv6 socket is always `IPV6_V6ONLY`.
+    Addr(SocketAddr),
+    /// `"PORT"`: all addresses.
+    Any(u16),
+}
+
+impl ListenAddr {
+    /// The sockets this entry stands for: one, or two for `Any`.
+    pub fn sockets(self) -> Vec<SocketAddr> {
+        match self {
+            ListenAddr::Addr(a) => vec![a],
+            ListenAddr::Any(port) => vec![
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
+                SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port),
+            ],
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Addr(a) => write!(f, "{a}"),
+            ListenAddr::Any(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// The credentials a handler runs with, resolved at load (NSS lookups
+/// allocate and lock, so they must never run in the forked child).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cred {
+    pub user: String,
+    pub group: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups, `setgroups` order.
+    pub groups: Vec<u32>,
+}
+
+/// Per-service limits applied by the supervisor and `admit`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Handlers of this service at once.
+    pub max_instances: usize,
+    /// Handlers per source prefix; `None` is no limit.
+    pub max_per_source: Option<usize>,
+    /// New connections per second (token bucket); `None` is no limit.
+    pub max_rate: Option<u32>,
+    /// Prefix lengths that define "one source" for `max_per_source`.
+    pub source_prefix_v4: u8,
+    pub source_prefix_v6: u8,
+    /// Handler wall-clock limit; SIGTERM at the limit, SIGKILL 2 s later.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_instances: 64,
+            max_per_source: None,
+            max_rate: None,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
+            timeout: None,
+        }
+    }
+}
+
+/// Address-based admission: `deny` wins over `allow`; an empty `allow`
+/// admits everyone not denied.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Access {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+/// Everything `execve` needs that does not depend on the connection, built
+/// once at load as C strings.
+#[derive(Debug, PartialEq)]
+pub struct ExecImage {
+    /// The resolved, absolute program path.
+    pub path: CString,
+    /// argv[0] (the program's file name as written) and the service's args.
+    pub argv: Vec<CString>,
+    /// The fixed part of the environment, in order, with the per-connection
+    /// variables left out: `PATH`, `PROTO`, `TINYINETD_SERVICE` and the
+    /// service's `env` (a `PATH` there replaces the default one).
+    pub env: Vec<CString>,
+    /// The file-creation mask set in the child.
+    pub umask: u32,
+}
+
+/// One `[[service]]`, validated and resolved. Running handlers hold an
+/// `Arc<Service>`, so a reload never changes what they were started with.
+#[derive(Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub listen: Vec<ListenAddr>,
+    /// The program as written in the config, for messages.
+    pub program: String,
+    pub image: ExecImage,
+    /// `None`: handlers keep the daemon's own credentials (daemon not root).
+    pub cred: Option<Cred>,
+    pub limits: Limits,
+    pub access: Access,
+    pub enabled: bool,
+}
+
+/// A whole validated configuration.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// The file it came from, as given on the command line.
+    pub path: PathBuf,
+    pub daemon: Daemon,
+    /// In file order; disabled services included (validated, never bound).
+    pub services: Vec<Arc<Service>>,
+}
+
+impl Plan {
+    pub fn enabled(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.iter().filter(|s| s.enabled)
+    }
+}

@@ -1,0 +1,1072 @@
+//! The one poll loop. Owns all mutable state: listeners, running handlers,
+//! counters, the logger. Everything else takes values and returns values.
+//!
+//! Each turn: poll (timeout = the nearest deadline, no periodic wake-ups)
+//! → drain the signal pipe and act on it → read exec reports → reap every
+//! exited child → fire due deadlines → accept, with a budget per listener so
+//! one busy port cannot starve the others. A service at capacity simply has
+//! its listeners left out of the poll set: the kernel backlog holds its
+//! clients and nothing is dropped.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::admit::{self, Backoff, Bucket, Decision, Load, Pause, Reason};
+use crate::children::{Child, Children, Exit, Status};
+use crate::config;
+use crate::listen::{self, Change, Sockets};
+use crate::log::Logger;
+use crate::notify;
+use crate::plan::{Level, Plan, Service};
+use crate::signals::Signals;
+use crate::spawn::{self, Conn, Report, ReportPipe, Scratch, SpawnError};
+
+/// Connections accepted from one listener in one loop turn at most.
+const ACCEPT_BUDGET: usize = 64;
+
+/// Refusal log lines per service per second; the rest are counted and
+/// summarised, so a flood from a denied address cannot fill the disk.
+const REFUSAL_LINES_PER_SECOND: u32 = 10;
+
+/// Per-service counters, reported by SIGUSR1. They survive a reload for
+/// services that still exist.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Every accepted connection, refused ones included.
+    pub accepted: u64,
+    /// Refusals by reason, in `Reason::ALL` order.
+    pub refused: [u64; 3],
+    /// Fork and exec failures.
+    pub failed: u64,
+}
+
+/// Runtime state of one service.
+struct SvcState {
+    svc: Arc<Service>,
+    counters: Counters,
+    /// Handlers of this service running now.
+    running: usize,
+    /// Running handlers by source prefix, for `max_per_source`.
+    per_source: HashMap<IpNet, usize>,
+    bucket: Bucket,
+    /// Fork failures back the whole service off.
+    backoff: Backoff,
+    backoff_until: Option<Instant>,
+    /// The pause last logged, so entering and leaving are logged once each.
+    paused: Option<&'static str>,
+    /// The pause computed this turn (drives the poll set).
+    pause_now: Option<Pause>,
+    refusals: Limiter,
+}
+
+/// Rate limit for refusal log lines.
+#[derive(Default)]
+struct Limiter {
+    window_end: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+/// One listening socket in the loop.
+struct Sock {
+    addr: SocketAddr,
+    listener: TcpListener,
+    /// Index into `Supervisor::services`.
+    svc: usize,
+    /// EMFILE and friends: this listener waits until `retry_at`.
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+}
+
+/// The shutdown in progress.
+struct Drain {
+    /// Handlers are terminated at this moment unless they finish first.
+    deadline: Instant,
+    terminated: bool,
+}
+
+/// What a poll slot stands for.
+#[derive(Clone, Copy)]
+enum Slot {
+    Signals,
+    Report(Pid),
+    Sock(usize),
+}
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Io(&'static str, io::Error),
+    Listen(listen::ListenError),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Io(doing, e) => write!(f, "{doing}: {}", config::io_reason(e)),
+            StartError::Listen(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+pub struct Supervisor {
+    plan: Plan,
+    services: Vec<SvcState>,
+    socks: Vec<Sock>,
+    /// Inherited (socket-activated) listeners not claimed by the plan yet.
+    spare: HashMap<SocketAddr, TcpListener>,
+    children: Children,
+    signals: Signals,
+    log: Logger,
+    /// The next connection id; ids are unique within this run.
+    next_conn: u64,
+    drain: Option<Drain>,
+    /// `(interval, next ping)` when systemd's watchdog is on.
+    watchdog: Option<(Duration, Instant)>,
+    /// The last `STATUS=` sent, to send only changes.
+    status_sent: String,
+    /// The report pipe for the next child, made before the next accept.
+    next_pipe: Option<ReportPipe>,
+    // Buffers reused every turn.
+    scratch: Scratch,
+    exits: Vec<Exit>,
+    fired: Vec<(Pid, Signal)>,
+    slots: Vec<Slot>,
+    ready: Vec<(Slot, PollFlags)>,
+}
+
+impl Supervisor {
+    /// Binds (or adopts) every socket of `plan`, logs them, and returns a
+    /// supervisor ready to [`run`](Self::run). A socket that cannot be bound
+    /// is a start-up error.
+    pub fn start(
+        plan: Plan,
+        mut log: Logger,
+        signals: Signals,
+        inherited: Vec<listen::Inherited>,
+    ) -> Result<Supervisor, StartError> {
+        let mut spare = HashMap::new();
+        for inh in inherited {
+            match listen::adopt(inh) {
+                listen::Adoption::Listening(addr, l) => {
+                    spare.insert(addr, l);
+                }
+                listen::Adoption::Rejected { fd, name, why } => {
+                    log.event(Level::Error, "inherited-socket-rejected")
+                        .kv("fd", fd)
+                        .kv("name", &name)
+                        .kv("error", &why)
+                        .send();
+                }
+            }
+        }
+        let mut held = Sockets::default();
+        for change in listen::reconcile(&mut held, &mut spare, &plan) {
+            match change {
+                Change::Failed(e) => return Err(StartError::Listen(e)),
+                Change::NoIpv6(a) => log
+                    .event(Level::Warn, "listen-skipped")
+                    .kv("addr", a)
+                    .kv("error", "no IPv6 on this host; serving IPv4 only")
+                    .send(),
+                Change::Kept(_) | Change::Opened(_) | Change::Closed(_) => {}
+            }
+        }
+        let mut sup = Supervisor {
+            plan: Plan::default(),
+            services: Vec::new(),
+            socks: Vec::new(),
+            spare,
+            children: Children::default(),
+            signals,
+            log,
+            next_conn: 1,
+            drain: None,
+            watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
+            status_sent: String::new(),
+            next_pipe: None,
+            scratch: Scratch::default(),
+            exits: Vec::new(),
+            fired: Vec::new(),
+            slots: Vec::new(),
+            ready: Vec::new(),
+        };
+        sup.install(plan, held);
+        for s in &sup.socks {
+            let name = &sup.services[s.svc].svc.name;
+            sup.log
+                .event(Level::Info, "listen")
+                .kv("service", name)
+                .kv("addr", s.addr)
+                .send();
+        }
+        sup.reject_spare();
+        Ok(sup)
+    }
+
+    /// Makes `plan` current with the sockets in `held`: rebuilds the service
+    /// states (carrying counters over by name) and the socket list
+    /// (carrying backoffs over by address).
+    fn install(&mut self, plan: Plan, mut held: Sockets) {
+        let mut old: HashMap<String, SvcState> = self
+            .services
+            .drain(..)
+            .map(|s| (s.svc.name.clone(), s))
+            .collect();
+        let mut services = Vec::new();
+        for svc in plan.enabled() {
+            let mut st = match old.remove(&svc.name) {
+                Some(mut st) => {
+                    st.svc = Arc::clone(svc);
+                    st
+                }
+                None => SvcState {
+                    svc: Arc::clone(svc),
+                    counters: Counters::default(),
+                    running: 0,
+                    per_source: HashMap::new(),
+                    bucket: Bucket::new(),
+                    backoff: Backoff::default(),
+                    backoff_until: None,
+                    paused: None,
+                    pause_now: None,
+                    refusals: Limiter::default(),
+                },
+            };
+            // Recount from the table: handlers of an earlier service of the
+            // same name count against this one's limits too.
+            st.running = 0;
+            st.per_source.clear();
+            for c in self.children.iter().filter(|c| c.service.name == svc.name) {
+                st.running += 1;
+                *st.per_source.entry(c.source).or_insert(0) += 1;
+            }
+            services.push(st);
+        }
+        let mut old_socks: HashMap<SocketAddr, (Backoff, Option<Instant>)> = self
+            .socks
+            .drain(..)
+            .map(|s| (s.addr, (s.backoff, s.retry_at)))
+            .collect();
+        let mut socks = Vec::new();
+        for (i, st) in services.iter().enumerate() {
+            for l in &st.svc.listen {
+                for addr in l.sockets() {
+                    if let Some(listener) = held.by_addr.remove(&addr) {
+                        let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
+                        socks.push(Sock {
+                            addr,
+                            listener,
+                            svc: i,
+                            backoff,
+                            retry_at,
+                        });
+                    }
+                }
+            }
+        }
+        self.services = services;
+        self.socks = socks;
+        self.plan = plan;
+    }
+
+    /// Inherited sockets that match no `listen` address are an error: log
+    /// and close them (the daemon keeps running).
+    fn reject_spare(&mut self) {
+        for (addr, l) in self.spare.drain() {
+            self.log
+                .event(Level::Error, "inherited-socket-unused")
+                .kv("addr", addr)
+                .kv("error", "matches no listen address; closed")
+                .send();
+            drop(l);
+        }
+    }
+
+    /// Runs until a shutdown completes.
+    pub fn run(mut self) -> Result<(), StartError> {
+        let status = self.summary();
+        if let Err(e) = notify::ready(&status) {
+            self.log_notify_error(e);
+        }
+        self.status_sent = status;
+        self.log
+            .event(Level::Info, "ready")
+            .kv("services", self.services.len())
+            .kv("sockets", self.socks.len())
+            .send();
+        loop {
+            if self.turn() {
+                self.log.event(Level::Info, "stopped").send();
+                return Ok(());
+            }
+        }
+    }
+
+    /// One loop turn. Returns true when the daemon should exit.
+    fn turn(&mut self) -> bool {
+        let now = Instant::now();
+        self.update_pauses(now);
+        let timeout = self
+            .next_deadline()
+            .map(|t| t.saturating_duration_since(now));
+        self.poll(timeout);
+
+        let now = Instant::now();
+        let sig = if self.ready.iter().any(|(s, _)| matches!(s, Slot::Signals)) {
+            self.signals.drain()
+        } else {
+            Default::default()
+        };
+        if sig.terminate {
+            self.terminate(now);
+        }
+        if sig.reload {
+            self.reload(now);
+        }
+        if sig.status {
+            self.log_status();
+        }
+
+        // Exec reports.
+        for i in 0..self.ready.len() {
+            if let (Slot::Report(pid), _) = self.ready[i] {
+                self.read_report(pid);
+            }
+        }
+
+        self.reap(now);
+        self.fire_deadlines(now);
+
+        if self.drain.is_none() {
+            for i in 0..self.ready.len() {
+                if let (Slot::Sock(s), flags) = self.ready[i] {
+                    if flags.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP)
+                    {
+                        self.accept(s, now);
+                    }
+                }
+            }
+        }
+        self.ping_watchdog(now);
+        self.drain.is_some() && self.children.is_empty()
+    }
+
+    /// Builds the poll set, polls, and records which slots are ready.
+    fn poll(&mut self, timeout: Option<Duration>) {
+        self.slots.clear();
+        self.ready.clear();
+        let mut fds: Vec<PollFd<'_>> =
+            Vec::with_capacity(self.socks.len() + 1 + self.children.len());
+        fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
+        self.slots.push(Slot::Signals);
+        for c in self.children.iter() {
+            if let Some(r) = &c.report {
+                fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+                self.slots.push(Slot::Report(c.pid));
+            }
+        }
+        let now = Instant::now();
+        if self.drain.is_none() {
+            for (i, s) in self.socks.iter().enumerate() {
+                let waiting = s.retry_at.is_some_and(|t| t > now);
+                if !waiting && self.services[s.svc].pause_now.is_none() {
+                    fds.push(PollFd::new(s.listener.as_fd(), PollFlags::POLLIN));
+                    self.slots.push(Slot::Sock(i));
+                }
+            }
+        }
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            // Round up: waking a hair early would only spin once more.
+            Some(d) => {
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) => {
+                for (fd, slot) in fds.iter().zip(&self.slots) {
+                    if let Some(r) = fd.revents() {
+                        if !r.is_empty() {
+                            self.ready.push((*slot, r));
+                        }
+                    }
+                }
+            }
+            // A signal: its byte is in the pipe; the next poll sees it at once.
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                drop(fds);
+                self.log
+                    .event(Level::Error, "poll-failed")
+                    .kv("error", e.desc())
+                    .send();
+            }
+        }
+    }
+
+    /// The nearest moment something is due: a handler signal, the drain,
+    /// a listener or service backoff, a rate token, a watchdog ping, a
+    /// refusal summary. `None`: nothing is due, sleep until an event.
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next = self.children.next_deadline();
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        if let Some(d) = &self.drain {
+            if !d.terminated {
+                consider(Some(d.deadline));
+            }
+        } else {
+            for s in &self.socks {
+                consider(s.retry_at);
+            }
+            for st in &self.services {
+                consider(st.pause_now.and_then(Pause::until));
+            }
+        }
+        for st in &self.services {
+            if st.refusals.suppressed > 0 {
+                consider(st.refusals.window_end);
+            }
+        }
+        consider(self.watchdog.map(|(_, t)| t));
+        next
+    }
+
+    /// Computes each service's capacity for this turn, logging entering
+    /// and leaving a pause once each.
+    fn update_pauses(&mut self, now: Instant) {
+        let total = self.children.len();
+        let max_connections = self.plan.daemon.max_connections;
+        let mut changed = false;
+        for st in &mut self.services {
+            let load = Load {
+                running: st.running,
+                total,
+                max_connections,
+                backoff_until: st.backoff_until,
+            };
+            let p = admit::capacity(&st.svc.limits, load, &st.bucket, now);
+            st.pause_now = p;
+            let reason = p.map(Pause::reason);
+            if reason != st.paused {
+                // A rate pause comes and goes with every token; it is logged
+                // (at debug) but does not change the status line.
+                let level = if matches!(p, Some(Pause::Rate(_))) || st.paused == Some("max_rate") {
+                    Level::Debug
+                } else {
+                    changed = true;
+                    Level::Info
+                };
+                match reason {
+                    Some(r) => self
+                        .log
+                        .event(level, "paused")
+                        .kv("service", &st.svc.name)
+                        .kv("reason", r)
+                        .kv("running", st.running)
+                        .send(),
+                    None => self
+                        .log
+                        .event(level, "resumed")
+                        .kv("service", &st.svc.name)
+                        .opt("reason", st.paused)
+                        .send(),
+                }
+                st.paused = reason;
+            }
+            // Flush a refusal summary whose window has ended.
+            if st.refusals.suppressed > 0 && st.refusals.window_end.is_some_and(|t| t <= now) {
+                self.log
+                    .event(Level::Warn, "refused-suppressed")
+                    .kv("service", &st.svc.name)
+                    .kv("count", st.refusals.suppressed)
+                    .send();
+                st.refusals = Limiter::default();
+            }
+        }
+        if changed {
+            self.send_status();
+        }
+    }
+
+    /// Accepts from socket `i` until it would block, the budget is spent,
+    /// or the service reaches capacity.
+    fn accept(&mut self, i: usize, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            let svc_i = self.socks[i].svc;
+            {
+                let st = &self.services[svc_i];
+                let load = Load {
+                    running: st.running,
+                    total: self.children.len(),
+                    max_connections: self.plan.daemon.max_connections,
+                    backoff_until: st.backoff_until,
+                };
+                if admit::capacity(&st.svc.limits, load, &st.bucket, now).is_some() {
+                    return;
+                }
+            }
+            if self.next_pipe.is_none() {
+                match ReportPipe::new() {
+                    Ok(p) => self.next_pipe = Some(p),
+                    Err(errno) => {
+                        // Out of descriptors before anything was accepted:
+                        // the client stays in the backlog.
+                        self.pause_sock(i, errno, now);
+                        return;
+                    }
+                }
+            }
+            let sock = &mut self.socks[i];
+            match sock.listener.accept() {
+                Ok((stream, peer)) => {
+                    let failures = sock.backoff.succeed();
+                    let addr = sock.addr;
+                    if failures > 0 {
+                        self.log
+                            .event(Level::Info, "accept-resumed")
+                            .kv("addr", addr)
+                            .kv("failures", failures)
+                            .send();
+                    }
+                    let local = if addr.ip().is_unspecified() {
+                        stream.local_addr().unwrap_or(addr)
+                    } else {
+                        addr
+                    };
+                    let id = self.next_conn;
+                    self.next_conn += 1;
+                    let conn = Conn {
+                        stream: stream.into(),
+                        peer,
+                        local,
+                        id,
+                    };
+                    self.serve(svc_i, conn, now);
+                }
+                Err(e) => {
+                    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                    match errno {
+                        Errno::EAGAIN => return,
+                        // The connection went away before we took it, or
+                        // another per-connection network error: go on.
+                        Errno::EINTR
+                        | Errno::ECONNABORTED
+                        | Errno::EPROTO
+                        | Errno::ENETDOWN
+                        | Errno::ENOPROTOOPT
+                        | Errno::EHOSTDOWN
+                        | Errno::ENONET
+                        | Errno::EHOSTUNREACH
+                        | Errno::EOPNOTSUPP
+                        | Errno::ENETUNREACH
+                        | Errno::ECONNRESET
+                        | Errno::ETIMEDOUT
+                        | Errno::EPERM => continue,
+                        // Out of descriptors or memory: a readable listener
+                        // we cannot serve would be a busy loop, so it leaves
+                        // the poll set for a growing while.
+                        Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM => {
+                            self.pause_sock(i, errno, now);
+                            return;
+                        }
+                        _ => {
+                            let delay = sock.backoff.fail();
+                            sock.retry_at = Some(now + delay);
+                            let addr = sock.addr;
+                            self.log
+                                .event(Level::Error, "accept-failed")
+                                .kv("addr", addr)
+                                .kv("error", errno.desc())
+                                .kv("retry_ms", delay.as_millis())
+                                .send();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes socket `i` out of the poll set for a growing backoff after a
+    /// resource failure; the episode is logged once, at its start.
+    fn pause_sock(&mut self, i: usize, errno: Errno, now: Instant) {
+        let sock = &mut self.socks[i];
+        let delay = sock.backoff.fail();
+        sock.retry_at = Some(now + delay);
+        if sock.backoff.failures == 1 {
+            let addr = sock.addr;
+            self.log
+                .event(Level::Warn, "accept-paused")
+                .kv("addr", addr)
+                .kv("error", errno.desc())
+                .kv("retry_ms", delay.as_millis())
+                .send();
+        }
+    }
+
+    /// Admits or refuses one accepted connection, and spawns its handler.
+    fn serve(&mut self, svc_i: usize, conn: Conn, now: Instant) {
+        let st = &mut self.services[svc_i];
+        st.counters.accepted += 1;
+        let source = match admit::decide(
+            &st.svc.access,
+            &st.svc.limits,
+            &st.per_source,
+            conn.peer.ip(),
+        ) {
+            Decision::Admit(source) => source,
+            Decision::Refuse(reason) => {
+                st.counters.refused[reason as usize] += 1;
+                self.log_refusal(svc_i, &conn, reason, now);
+                return; // dropping `conn` closes it: no fork happened
+            }
+        };
+        if let Some(rate) = st.svc.limits.max_rate {
+            st.bucket.take(rate, now);
+        }
+        let svc = Arc::clone(&st.svc);
+        let Some(pipe) = self.next_pipe.take() else {
+            // accept() only runs with a pipe ready; this cannot happen.
+            return;
+        };
+        match spawn::spawn(&svc, &conn, pipe, &mut self.scratch) {
+            Ok(spawned) => {
+                let st = &mut self.services[svc_i];
+                st.running += 1;
+                *st.per_source.entry(source).or_insert(0) += 1;
+                if st.backoff.failures > 0 {
+                    st.backoff.succeed();
+                    st.backoff_until = None;
+                }
+                self.log
+                    .event(Level::Debug, "start")
+                    .kv("service", &svc.name)
+                    .kv("conn", conn.id)
+                    .kv("pid", spawned.pid)
+                    .kv("peer", conn.peer)
+                    .send();
+                let term_at = svc.limits.timeout.map(|t| now + t);
+                self.children.insert(Child {
+                    pid: spawned.pid,
+                    service: svc,
+                    conn_id: conn.id,
+                    peer: conn.peer,
+                    source,
+                    started: now,
+                    report: Some(spawned.report),
+                    exec_failed: None,
+                    term_at,
+                    kill_at: None,
+                    terminated_for: None,
+                });
+            }
+            Err(e) => {
+                let st = &mut self.services[svc_i];
+                st.counters.failed += 1;
+                let delay = st.backoff.fail();
+                st.backoff_until = Some(now + delay);
+                let SpawnError::Fork(_) = e;
+                self.log
+                    .event(Level::Error, "fork-failed")
+                    .kv("service", &svc.name)
+                    .kv("conn", conn.id)
+                    .kv("peer", conn.peer)
+                    .kv("error", e)
+                    .kv("retry_ms", delay.as_millis())
+                    .send();
+            }
+        }
+    }
+
+    fn log_refusal(&mut self, svc_i: usize, conn: &Conn, reason: Reason, now: Instant) {
+        let st = &mut self.services[svc_i];
+        let lim = &mut st.refusals;
+        if lim.window_end.is_none_or(|t| t <= now) {
+            if lim.suppressed > 0 {
+                self.log
+                    .event(Level::Warn, "refused-suppressed")
+                    .kv("service", &st.svc.name)
+                    .kv("count", lim.suppressed)
+                    .send();
+            }
+            *lim = Limiter {
+                window_end: Some(now + Duration::from_secs(1)),
+                lines: 0,
+                suppressed: 0,
+            };
+        }
+        if lim.lines < REFUSAL_LINES_PER_SECOND {
+            lim.lines += 1;
+            self.log
+                .event(Level::Info, "refused")
+                .kv("service", &st.svc.name)
+                .kv("conn", conn.id)
+                .kv("peer", conn.peer)
+                .kv("reason", reason.as_str())
+                .send();
+        } else {
+            lim.suppressed += 1;
+        }
+    }
+
+    fn read_report(&mut self, pid: Pid) {
+        let Some(child) = self.children.get_mut(pid) else {
+            return;
+        };
+        let Some(fd) = &child.report else {
+            return;
+        };
+        match spawn::read_report(fd) {
+            Report::Pending => {}
+            Report::Closed => child.report = None,
+            failed @ Report::Failed { .. } => {
+                child.report = None;
+                child.exec_failed = Some(failed);
+                let (svc, conn_id, peer) = (Arc::clone(&child.service), child.conn_id, child.peer);
+                self.log_exec_failed(&svc, conn_id, pid, peer, failed);
+            }
+        }
+    }
+
+    fn log_exec_failed(&mut self, svc: &Service, conn: u64, pid: Pid, peer: SocketAddr, r: Report) {
+        if let Report::Failed { step, errno } = r {
+            if let Some(st) = self.services.iter_mut().find(|s| s.svc.name == svc.name) {
+                st.counters.failed += 1;
+            }
+            self.log
+                .event(Level::Error, "exec-failed")
+                .kv("service", &svc.name)
+                .kv("conn", conn)
+                .kv("pid", pid)
+                .kv("peer", peer)
+                .kv("program", svc.image.path.to_string_lossy())
+                .kv("step", step.as_str())
+                .kv("error", errno.desc())
+                .send();
+        }
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let mut exits = std::mem::take(&mut self.exits);
+        self.children.reap(now, &mut exits);
+        for exit in exits.drain(..) {
+            let c = &exit.child;
+            // A report not read yet is in the pipe already (the child wrote
+            // before it exited): read it now so the failure is not lost.
+            if let Some(fd) = &c.report {
+                let r = spawn::read_report(fd);
+                if matches!(r, Report::Failed { .. }) {
+                    let svc = Arc::clone(&c.service);
+                    self.log_exec_failed(&svc, c.conn_id, c.pid, c.peer, r);
+                }
+            }
+            if let Some(st) = self
+                .services
+                .iter_mut()
+                .find(|s| s.svc.name == c.service.name)
+            {
+                st.running = st.running.saturating_sub(1);
+                if let Some(n) = st.per_source.get_mut(&c.source) {
+                    *n -= 1;
+                    if *n == 0 {
+                        st.per_source.remove(&c.source);
+                    }
+                }
+            }
+            let (status, signal) = match exit.status {
+                Status::Code(n) => (Some(n), None),
+                Status::Signal(s) => (None, Some(s.as_str())),
+            };
+            self.log
+                .event(Level::Info, "exit")
+                .kv("service", &c.service.name)
+                .kv("conn", c.conn_id)
+                .kv("pid", c.pid)
+                .kv("peer", c.peer)
+                .opt("status", status)
+                .opt("signal", signal)
+                .kv("duration_ms", exit.duration.as_millis())
+                .opt("reason", c.terminated_for)
+                .send();
+        }
+        self.exits = exits;
+    }
+
+    fn fire_deadlines(&mut self, now: Instant) {
+        if let Some(d) = &mut self.drain {
+            if !d.terminated && d.deadline <= now {
+                self.terminate_all(now, "shutdown");
+            }
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        self.children.fire_deadlines(now, &mut fired);
+        for (pid, sig) in fired.drain(..) {
+            if let Some(c) = self.children.get_mut(pid) {
+                if c.terminated_for.is_none() {
+                    c.terminated_for = Some("timeout");
+                }
+                let (name, conn, reason) = (Arc::clone(&c.service), c.conn_id, c.terminated_for);
+                let age = now.saturating_duration_since(c.started);
+                self.log
+                    .event(
+                        Level::Warn,
+                        if sig == Signal::SIGTERM {
+                            "terminate"
+                        } else {
+                            "kill"
+                        },
+                    )
+                    .kv("service", &name.name)
+                    .kv("conn", conn)
+                    .kv("pid", pid)
+                    .kv("signal", sig.as_str())
+                    .opt("reason", reason)
+                    .kv("age_ms", age.as_millis())
+                    .send();
+            }
+        }
+        self.fired = fired;
+    }
+
+    /// SIGTERM/SIGINT: the first starts a graceful drain, a second skips it.
+    fn terminate(&mut self, now: Instant) {
+        match &self.drain {
+            None => {
+                // Closing the listeners refuses new clients at once.
+                self.socks.clear();
+                self.spare.clear();
+                let timeout = self.plan.daemon.shutdown_timeout;
+                self.drain = Some(Drain {
+                    deadline: now + timeout,
+                    terminated: false,
+                });
+                let status = format!("stopping: {} handlers running", self.children.len());
+                if let Err(e) = notify::stopping(&status) {
+                    self.log_notify_error(e);
+                }
+                self.log
+                    .event(Level::Info, "stopping")
+                    .kv("running", self.children.len())
+                    .kv("timeout_ms", timeout.as_millis())
+                    .send();
+            }
+            Some(d) if !d.terminated => {
+                self.log
+                    .event(Level::Info, "stopping")
+                    .kv("running", self.children.len())
+                    .kv("wait", "skipped")
+                    .send();
+                self.terminate_all(now, "shutdown");
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn terminate_all(&mut self, now: Instant, why: &'static str) {
+        if let Some(d) = &mut self.drain {
+            d.terminated = true;
+        }
+        for c in self.children.iter_mut() {
+            if c.kill_at.is_none() {
+                c.term_at = Some(now);
+                c.terminated_for = Some(why);
+            }
+        }
+        // Send the SIGTERMs now rather than next turn.
+        self.fire_deadlines(now);
+    }
+
+    /// SIGHUP: validate the file, then swap. An invalid file changes nothing.
+    fn reload(&mut self, _now: Instant) {
+        if self.drain.is_some() {
+            return;
+        }
+        let plan = match config::load(&self.plan.path, false) {
+            Ok(p) => p,
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    self.log
+                        .event(Level::Error, "reload-failed")
+                        .kv("error", line)
+                        .send();
+                }
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                let status =
+                    format!("reload failed, still serving the previous configuration: {first}");
+                if let Err(e) = notify::status(&status) {
+                    self.log_notify_error(e);
+                }
+                self.status_sent = status;
+                return;
+            }
+        };
+        if let Err(e) = notify::reloading() {
+            self.log_notify_error(e);
+        }
+        self.log.set_level(plan.daemon.log_level);
+        let mut held = Sockets::default();
+        for s in self.socks.drain(..) {
+            held.by_addr.insert(s.addr, s.listener);
+        }
+        let changes = listen::reconcile(&mut held, &mut self.spare, &plan);
+        let mut opened = 0;
+        let mut closed = 0;
+        let mut failed = 0;
+        for c in &changes {
+            match c {
+                Change::Opened(a) => {
+                    opened += 1;
+                    self.log.event(Level::Info, "listen").kv("addr", a).send();
+                }
+                Change::Closed(a) => {
+                    closed += 1;
+                    self.log.event(Level::Info, "unlisten").kv("addr", a).send();
+                }
+                Change::Failed(e) => {
+                    failed += 1;
+                    self.log
+                        .event(Level::Error, "listen-failed")
+                        .kv("addr", e.addr)
+                        .kv("error", e.to_string())
+                        .send();
+                }
+                Change::NoIpv6(a) => self
+                    .log
+                    .event(Level::Warn, "listen-skipped")
+                    .kv("addr", a)
+                    .kv("error", "no IPv6 on this host; serving IPv4 only")
+                    .send(),
+                Change::Kept(_) => {}
+            }
+        }
+        self.install(plan, held);
+        self.log
+            .event(Level::Info, "reload")
+            .kv("services", self.services.len())
+            .kv("sockets", self.socks.len())
+            .kv("opened", opened)
+            .kv("closed", closed)
+            .kv("failed", failed)
+            .send();
+        let status = self.summary();
+        if let Err(e) = notify::ready(&status) {
+            self.log_notify_error(e);
+        }
+        self.status_sent = status;
+    }
+
+    /// SIGUSR1: one line per service.
+    fn log_status(&mut self) {
+        for st in &self.services {
+            let mut listen = String::new();
+            for (i, l) in st.svc.listen.iter().enumerate() {
+                if i > 0 {
+                    listen.push(',');
+                }
+                let _ = write!(listen, "{l}");
+            }
+            let refused: u64 = st.counters.refused.iter().sum();
+            let c = &st.counters;
+            self.log
+                .event(Level::Info, "status")
+                .kv("service", &st.svc.name)
+                .kv("listen", &listen)
+                .kv("running", st.running)
+                .kv("accepted", c.accepted)
+                .kv("refused", refused)
+                .kv("refused_deny", c.refused[Reason::Deny as usize])
+                .kv("refused_allow", c.refused[Reason::Allow as usize])
+                .kv(
+                    "refused_max_per_source",
+                    c.refused[Reason::MaxPerSource as usize],
+                )
+                .kv("failed", c.failed)
+                .kv("paused", st.paused.unwrap_or("no"))
+                .send();
+        }
+    }
+
+    fn ping_watchdog(&mut self, now: Instant) {
+        if let Some((interval, next)) = &mut self.watchdog {
+            if *next <= now {
+                *next = now + *interval;
+                if let Err(e) = notify::watchdog() {
+                    self.log_notify_error(e);
+                }
+            }
+        }
+    }
+
+    /// The one-line summary for `STATUS=`.
+    fn summary(&self) -> String {
+        let mut s = format!(
+            "serving {} services on {} sockets",
+            self.services.len(),
+            self.socks.len()
+        );
+        let paused: Vec<String> = self
+            .services
+            .iter()
+            .filter_map(|st| {
+                st.paused
+                    .filter(|r| *r != "max_rate")
+                    .map(|r| format!("{} ({r})", st.svc.name))
+            })
+            .collect();
+        if !paused.is_empty() {
+            let _ = write!(s, "; paused: {}", paused.join(", "));
+        }
+        s
+    }
+
+    fn send_status(&mut self) {
+        let status = self.summary();
+        if status != self.status_sent {
+            if let Err(e) = notify::status(&status) {
+                self.log_notify_error(e);
+            }
+            self.status_sent = status;
+        }
+    }
+
+    fn log_notify_error(&mut self, e: io::Error) {
+        self.log
+            .event(Level::Warn, "notify-failed")
+            .kv("error", config::io_reason(&e))
+            .send();
+    }
+}
+
+/// Reads the sockets systemd passed (`LISTEN_FDS`, only when `LISTEN_PID`
+/// is ours) and removes the `LISTEN_*` variables from the environment.
+pub fn inherited_sockets() -> Vec<listen::Inherited> {
+    let found: Vec<listen::Inherited> = match sd_notify::listen_fds_with_names() {
+        Ok(fds) => fds
+            .map(|(fd, name)| listen::Inherited { fd, name })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    found
+}

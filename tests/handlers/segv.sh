@@ -1,0 +1,3 @@
+#!/bin/sh
+# Test handler: dies of SIGSEGV, as a crashing handler would.
+kill -SEGV $$

@@ -1,0 +1,6 @@
+//! Integration tests: the real `tinyinetd` binary, started on loopback with
+//! free ports, talked to over TCP. One test binary, one module per area.
+
+mod harness;
+
+mod core;
