@@ -922,6 +922,16 @@ impl Supervisor {
         if let Err(e) = notify::reloading() {
             self.log_notify_error(e);
         }
+        if plan.daemon.log != self.plan.daemon.log {
+            let (logger, warning) = Logger::open(plan.daemon.log, plan.daemon.log_level);
+            self.log = logger;
+            if let Some(w) = warning {
+                self.log
+                    .event(Level::Warn, "log-fallback")
+                    .kv("error", w)
+                    .send();
+            }
+        }
         self.log.set_level(plan.daemon.log_level);
         let mut held = Sockets::default();
         for s in self.socks.drain(..) {

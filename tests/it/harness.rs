@@ -182,8 +182,9 @@ impl Daemon {
     pub fn spawn(&mut self, adjust: &dyn Fn(&mut Command)) {
         let log = fs::File::create(&self.log_path).expect("create log");
         let mut cmd = self.command();
-        cmd.stderr(log);
         adjust(&mut cmd);
+        // After `adjust`, which may have wrapped the command in a launcher.
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("spawn tinyinetd"));
     }
 

@@ -3,4 +3,6 @@
 
 mod harness;
 
+mod admission;
 mod core;
+mod reload;
