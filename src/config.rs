@@ -137,6 +137,9 @@ pub trait System {
     fn exe_dir(&self) -> Option<PathBuf>;
     /// `Ok(())` if `path` is a regular file with an execute bit, else why not.
     fn executable(&self, path: &Path) -> Result<(), String>;
+    /// For a root daemon: `Ok(())` if only root can change `path` (the file
+    /// and the directory holding it), else why not.
+    fn root_only(&self, path: &Path) -> Result<(), String>;
 }
 
 /// The real system: NSS lookups through nix, the file system.
@@ -179,6 +182,13 @@ impl System for RealSystem {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
     }
+    fn root_only(&self, path: &Path) -> Result<(), String> {
+        root_only_path(path)?;
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => root_only_path(dir),
+            _ => Ok(()),
+        }
+    }
     fn executable(&self, path: &Path) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path).map_err(|e| io_reason(&e))?;
@@ -190,6 +200,36 @@ impl System for RealSystem {
         }
         Ok(())
     }
+}
+
+/// Whether only root can change `path`: owned by root, not writable by
+/// group or others (a sticky directory such as /tmp is fine: nobody else can
+/// replace a root-owned file in it).
+fn root_only_path(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))?;
+    if meta.uid() != 0 {
+        return Err(format!(
+            "{} is owned by uid {}, not root",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
+    if meta.mode() & 0o022 != 0 && !sticky_dir {
+        let who = match (meta.mode() & 0o020 != 0, meta.mode() & 0o002 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        };
+        return Err(format!(
+            "{} is writable by {who} (mode {:04o})",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// The OS error text without Rust's " (os error N)" suffix.
@@ -230,6 +270,23 @@ pub fn load(path: &Path, default_path: bool) -> Result<Plan, ConfigError> {
             }],
         }
     })?;
+    if RealSystem.identity().0 == 0 {
+        // A root daemon runs what this file says: if anyone but root can
+        // change it, anyone can become root.
+        if let Err(why) = RealSystem.root_only(path) {
+            return Err(ConfigError {
+                path: path.to_path_buf(),
+                problems: vec![Problem {
+                    line: 0,
+                    col: 0,
+                    context: String::new(),
+                    message: format!(
+                        "refusing a configuration that a user other than root can change: {why}"
+                    ),
+                }],
+            });
+        }
+    }
     parse(path, &text, &RealSystem)
 }
 
@@ -686,7 +743,19 @@ impl<'t> Checker<'t> {
         }
 
         let resolved = program.as_ref().and_then(|(p, pspan)| {
-            match resolve_program(p, &daemon.handler_dir, sys) {
+            let checked = resolve_program(p, &daemon.handler_dir, sys).and_then(|path| {
+                if identity_uid != 0 {
+                    return Ok(path);
+                }
+                match sys.root_only(&path) {
+                    Ok(()) => Ok(path),
+                    Err(why) => Err(format!(
+                        "program \"{}\": refusing to run a program that a user other than root can change: {why}",
+                        esc(p)
+                    )),
+                }
+            });
+            match checked {
                 Ok(path) => Some(path),
                 Err(m) => {
                     self.problem(pspan.clone(), &ctx, m);
@@ -1279,9 +1348,19 @@ mod tests {
         fn exe_dir(&self) -> Option<PathBuf> {
             Some(PathBuf::from("/opt/build"))
         }
+        fn root_only(&self, path: &Path) -> Result<(), String> {
+            match path.to_str() {
+                Some("/opt/h/loose") => {
+                    Err("/opt/h/loose is writable by others (mode 0777)".into())
+                }
+                _ => Ok(()),
+            }
+        }
         fn executable(&self, path: &Path) -> Result<(), String> {
             match path.to_str() {
-                Some("/bin/handler" | "/opt/h/echo" | "/opt/build/tinyinetd-sum") => Ok(()),
+                Some(
+                    "/bin/handler" | "/opt/h/echo" | "/opt/h/loose" | "/opt/build/tinyinetd-sum",
+                ) => Ok(()),
                 Some("/bin/plain") => Err("not executable (no execute permission)".into()),
                 _ => Err("No such file or directory".into()),
             }
@@ -1548,6 +1627,15 @@ allow = ["10.0.0.1/8"]
         .to_string();
         assert!(e.contains("unknown user \"ghost\""), "{e}");
         assert!(check(&format!("{MINIMAL}user = \"alice\"\n"), 1000).is_ok());
+    }
+
+    #[test]
+    fn a_root_daemon_refuses_programs_others_can_change() {
+        let loose = MINIMAL.replace("program = \"echo\"", "program = \"loose\"");
+        let e = errors(&loose);
+        assert!(e.contains("8:11: service \"echo\": program \"loose\": refusing to run a program that a user other than root can change: /opt/h/loose is writable by others"), "{e}");
+        // Not root: the daemon cannot raise anyone's privileges, no check.
+        assert!(check(&loose, 1000).is_ok());
     }
 
     #[test]

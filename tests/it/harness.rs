@@ -367,8 +367,13 @@ impl Drop for Daemon {
     }
 }
 
+/// Hard-links (cheap for the large debug binaries) when the file is ours;
+/// copies otherwise, so that a root daemon sees root-owned handlers even in
+/// a checkout owned by someone else (it refuses programs others can change).
 fn link_or_copy(src: &Path, dst: &Path) {
-    if fs::hard_link(src, dst).is_err() {
+    use std::os::unix::fs::MetadataExt;
+    let ours = fs::metadata(src).is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw());
+    if !ours || fs::hard_link(src, dst).is_err() {
         fs::copy(src, dst)
             .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
     }

@@ -6,3 +6,4 @@ mod harness;
 mod admission;
 mod core;
 mod reload;
+mod security;
