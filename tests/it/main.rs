@@ -7,3 +7,4 @@ mod admission;
 mod core;
 mod reload;
 mod security;
+mod stress;
