@@ -235,7 +235,7 @@ fn root_only_path(path: &Path) -> Result<(), String> {
 /// The OS error text without Rust's " (os error N)" suffix.
 pub fn io_reason(e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+        Some(code) => crate::log::os_error(nix::errno::Errno::from_raw(code)),
         None => e.to_string(),
     }
 }

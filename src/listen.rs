@@ -35,7 +35,13 @@ pub struct ListenError {
 
 impl fmt::Display for ListenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.doing, self.addr, self.errno.desc())
+        write!(
+            f,
+            "{} {}: {}",
+            self.doing,
+            self.addr,
+            crate::log::os_error(self.errno)
+        )
     }
 }
 
@@ -122,7 +128,7 @@ pub fn adopt(inh: Inherited) -> Adoption {
     match socket::getsockopt(&fd, sockopt::SockType) {
         Ok(SockType::Stream) => {}
         Ok(t) => return reject(format!("not a stream socket ({t:?})")),
-        Err(e) => return reject(format!("not a socket ({})", e.desc())),
+        Err(e) => return reject(format!("not a socket ({})", crate::log::os_error(e))),
     }
     match socket::getsockopt(&fd, sockopt::AcceptConn) {
         Ok(true) => {}
@@ -131,7 +137,7 @@ pub fn adopt(inh: Inherited) -> Adoption {
                 "a connected socket, not a listening one (Accept=yes or --accept is not supported: tinyinetd accepts itself)".into(),
             )
         }
-        Err(e) => return reject(format!("SO_ACCEPTCONN: {}", e.desc())),
+        Err(e) => return reject(format!("SO_ACCEPTCONN: {}", crate::log::os_error(e))),
     }
     let addr = match socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()) {
         Ok(a) => match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
@@ -139,7 +145,7 @@ pub fn adopt(inh: Inherited) -> Adoption {
             (_, Some(v6)) => SocketAddr::V6((*v6).into()),
             _ => return reject(format!("not an IP socket (family {:?})", a.family())),
         },
-        Err(e) => return reject(format!("getsockname: {}", e.desc())),
+        Err(e) => return reject(format!("getsockname: {}", crate::log::os_error(e))),
     };
     let listener = TcpListener::from(fd);
     if let Err(e) = listener.set_nonblocking(true) {

@@ -199,6 +199,17 @@ impl Line<'_> {
     }
 }
 
+/// The C library's text for an OS error (strerror), as administrators see
+/// it from every other tool: "Resource temporarily unavailable", not nix's
+/// "Try again".
+pub fn os_error(errno: nix::errno::Errno) -> String {
+    let text = std::io::Error::from_raw_os_error(errno as i32).to_string();
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
 /// Escapes `s` for a log value: printable text as is; a value with spaces,
 /// quotes, `=` or backslashes is quoted; control characters become `\xNN`
 /// or `\u{…}`; more than [`MAX_VALUE_CHARS`] characters are cut and marked `...`.
@@ -253,6 +264,18 @@ mod tests {
         let mut out = String::new();
         escape_into(&mut out, s);
         out
+    }
+
+    #[test]
+    fn os_errors_read_like_strerror() {
+        assert_eq!(
+            os_error(nix::errno::Errno::EAGAIN),
+            "Resource temporarily unavailable"
+        );
+        assert_eq!(
+            os_error(nix::errno::Errno::EADDRINUSE),
+            "Address already in use"
+        );
     }
 
     #[test]

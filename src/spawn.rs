@@ -64,7 +64,7 @@ pub enum SpawnError {
 impl std::fmt::Display for SpawnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SpawnError::Fork(e) => write!(f, "fork: {}", e.desc()),
+            SpawnError::Fork(e) => write!(f, "fork: {}", crate::log::os_error(*e)),
         }
     }
 }

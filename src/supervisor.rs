@@ -413,7 +413,7 @@ impl Supervisor {
                 drop(fds);
                 self.log
                     .event(Level::Error, "poll-failed")
-                    .kv("error", e.desc())
+                    .kv("error", crate::log::os_error(e))
                     .send();
             }
         }
@@ -595,7 +595,7 @@ impl Supervisor {
                             self.log
                                 .event(Level::Error, "accept-failed")
                                 .kv("addr", addr)
-                                .kv("error", errno.desc())
+                                .kv("error", crate::log::os_error(errno))
                                 .kv("retry_ms", delay.as_millis())
                                 .send();
                             return;
@@ -617,7 +617,7 @@ impl Supervisor {
             self.log
                 .event(Level::Warn, "accept-paused")
                 .kv("addr", addr)
-                .kv("error", errno.desc())
+                .kv("error", crate::log::os_error(errno))
                 .kv("retry_ms", delay.as_millis())
                 .send();
         }
@@ -760,7 +760,7 @@ impl Supervisor {
                 .kv("peer", peer)
                 .kv("program", svc.image.path.to_string_lossy())
                 .kv("step", step.as_str())
-                .kv("error", errno.desc())
+                .kv("error", crate::log::os_error(errno))
                 .send();
         }
     }

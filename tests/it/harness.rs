@@ -124,6 +124,8 @@ impl Daemon {
         }
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        // Writable for a daemon started as another user (fault tests).
+        fs::set_permissions(&notify_path, fs::Permissions::from_mode(0o777)).expect("chmod notify");
         let config = dir.path().join("tinyinetd.toml");
         let log_path = dir.path().join("daemon.log");
         let mut d = Daemon {

@@ -5,6 +5,7 @@ mod harness;
 
 mod admission;
 mod core;
+mod faults;
 mod reload;
 mod security;
 mod stress;
