@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,6 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::plan::Service;
-use crate::spawn::Report;
 
 /// One running handler.
 pub struct Child {
@@ -29,10 +27,6 @@ pub struct Child {
     /// The `max_per_source` slot it holds, released when it is reaped.
     pub source: IpNet,
     pub started: Instant,
-    /// The exec-report pipe, until it says something.
-    pub report: Option<OwnedFd>,
-    /// What the report said, if the exec failed.
-    pub exec_failed: Option<Report>,
     /// When to send SIGTERM (the service's `timeout`, or shutdown).
     pub term_at: Option<Instant>,
     /// When to send SIGKILL (2 s after SIGTERM).

@@ -1,37 +1,52 @@
-//! `(Service, Conn) → Spawned`: fork a child, put the connection on its fds
-//! 0–2 and exec the handler. The only module with `unsafe` code.
+//! `(Service, Conn) → Spawned`: start a child, put the connection on its
+//! fds 0–2 and exec the handler. The only module with `unsafe` code.
 //!
-//! # The child contract (SPEC §5.3)
+//! # How: clone(CLONE_VM | CLONE_VFORK), as posix_spawn does
 //!
-//! Between `fork` and `execve` the child runs in a copy of the daemon's
-//! address space in which another thread could have held a lock (there is
-//! none — the daemon is single-threaded — but we do not rely on it). So the
-//! child calls only async-signal-safe functions: no allocation, no locks, no
-//! logging, no panics, no return. Everything it needs — the exec path, argv,
-//! envp (with this connection's variables), credentials, the default signal
-//! disposition — is built by the parent *before* `fork`, as plain pointers.
+//! The child is created with `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)` on a
+//! small stack of its own: it shares the daemon's memory (no page tables are
+//! copied, which is most of what `fork` costs) and the daemon is suspended
+//! until the child has called `execve` or `_exit`. Measured before and after
+//! in BENCHMARKS.md.
 //!
-//! The parent blocks every signal around `fork`, so a signal that arrives at
-//! that instant stays pending in the parent (and is handled there) instead
-//! of running signal-hook's handler in the child, where it would write into
-//! the parent's self-pipe. The child resets every disposition to `SIG_DFL`
-//! (SIGPIPE above all: Rust ignores it, and an ignored disposition survives
-//! `execve`) and only then empties its mask.
+//! # Why it is safe
 //!
-//! An exec failure is reported on a close-on-exec pipe: a successful
-//! `execve` closes it (EOF, "exec happened"), a failure writes
-//! `(step, errno)` and `_exit(127)`s. The parent polls the read end with
-//! everything else, so the accept loop never waits for a child.
+//! * **Shared memory.** The daemon does not run while the child does
+//!   (CLONE_VFORK), so nothing the child reads can change under it, and the
+//!   only memory the child writes is its own stack and one `Failure` slot
+//!   that the daemon reads after `clone` returns.
+//! * **Async-signal-safe only.** Between clone and exec the child calls raw
+//!   system calls through libc and nothing else: no allocation, no locks, no
+//!   logging, no panics, no return. It does share the daemon's thread-local
+//!   storage, so `errno` written in the child is the daemon's `errno`; the
+//!   daemon reads the child's error from the `Failure` slot, never `errno`.
+//!   Everything the child needs — the exec path, argv, envp (with this
+//!   connection's variables), credentials — is built by the parent *before*
+//!   clone, as plain pointers.
+//! * **Signals.** The daemon blocks every signal around clone. The child
+//!   gets its own copy of the dispositions (no CLONE_SIGHAND), resets every
+//!   one to `SIG_DFL` (SIGPIPE above all: Rust ignores it, and an ignored
+//!   disposition survives `execve`) and only then empties its mask — so
+//!   signal-hook's handler can never run in the child, where it would write
+//!   into the daemon's self-pipe and memory.
+//! * **Exec failure.** A failed step writes `(step, errno)` into the
+//!   `Failure` slot and `_exit(127)`s (`exit_group` ends only the child: it
+//!   is its own thread group). When `clone` returns, the daemon knows at once
+//!   whether the exec happened: no report pipe, no descriptor per child, and
+//!   the accept loop never waits for a running handler — only for the
+//!   microseconds until its `execve`.
+//! * **Descriptors.** The child marks every descriptor from 3 up
+//!   close-on-exec before exec; nothing but the connection on 0–2 survives.
 
 #![allow(unsafe_code)]
 
+use std::cell::UnsafeCell;
 use std::ffi::c_char;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
@@ -47,17 +62,17 @@ pub struct Conn {
     pub id: u64,
 }
 
-/// A child that was forked; whether its exec succeeded arrives on `report`.
+/// A child that was started.
 pub struct Spawned {
     pub pid: Pid,
-    /// Read end of the exec-report pipe (non-blocking, close-on-exec).
-    pub report: OwnedFd,
+    /// Set when the child failed before or at `execve` (it exits 127).
+    pub failure: Option<Failure>,
 }
 
-/// Why a child could not be started at all (nothing was forked).
+/// Why a child could not be started at all (nothing was cloned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpawnError {
-    /// `fork` failed (EAGAIN: process limit; ENOMEM).
+    /// `clone` failed (EAGAIN: process limit; ENOMEM).
     Fork(Errno),
 }
 
@@ -115,15 +130,11 @@ impl Step {
     }
 }
 
-/// What the child said on its report pipe.
+/// Why a child did not reach its handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Report {
-    /// Nothing yet (the child has not reached exec).
-    Pending,
-    /// EOF: the pipe closed at exec (or the child died before writing).
-    Closed,
-    /// The child failed at `step` with `errno` and exits 127.
-    Failed { step: Step, errno: Errno },
+pub struct Failure {
+    pub step: Step,
+    pub errno: Errno,
 }
 
 /// Buffers reused from one spawn to the next, so the hot path does not
@@ -136,33 +147,20 @@ pub struct Scratch {
     offsets: Vec<usize>,
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
+    /// The child's stack, reused: only one child runs on it at a time,
+    /// since the daemon is suspended until that child has exec'd.
+    stack: Vec<u8>,
 }
 
-/// The exec-report pipe for one child: `(read end, write end)`, both
-/// close-on-exec and non-blocking. The supervisor creates the next one
-/// *before* it accepts, so that running out of descriptors pauses the
-/// listener instead of dropping a connection already taken.
-pub struct ReportPipe(OwnedFd, OwnedFd);
+/// The child's stack: the child path uses a few hundred bytes.
+const CHILD_STACK: usize = 64 * 1024;
 
-impl ReportPipe {
-    pub fn new() -> Result<ReportPipe, Errno> {
-        let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        Ok(ReportPipe(rd, wr))
-    }
-}
-
-/// Forks and execs `svc`'s handler on `conn`, with `pipe` as its exec
-/// report. The connection is closed in the parent when the caller drops
-/// `conn`.
-pub fn spawn(
-    svc: &Service,
-    conn: &Conn,
-    pipe: ReportPipe,
-    scratch: &mut Scratch,
-) -> Result<Spawned, SpawnError> {
+/// Starts `svc`'s handler on `conn`. The connection is closed in the
+/// parent when the caller drops `conn`.
+pub fn spawn(svc: &Service, conn: &Conn, scratch: &mut Scratch) -> Result<Spawned, SpawnError> {
     let img = &svc.image;
 
-    // --- Parent, before fork: build everything the child will use. ---
+    // --- Parent, before clone: build everything the child will use. ---
     build_vars(scratch, conn);
     scratch.argv.clear();
     scratch.argv.extend(img.argv.iter().map(|a| a.as_ptr()));
@@ -172,7 +170,7 @@ pub fn spawn(
     let base = scratch.vars.as_ptr();
     // SAFETY: every offset is < vars.len() and points at the start of a
     // NUL-terminated string written by build_vars; `vars` is not modified
-    // again until the next spawn, after the child has exec'd or exited.
+    // again until the next spawn, after this child has exec'd or exited.
     scratch.envp.extend(
         scratch
             .offsets
@@ -180,41 +178,55 @@ pub fn spawn(
             .map(|&o| unsafe { base.add(o) } as *const c_char),
     );
     scratch.envp.push(std::ptr::null());
+    if scratch.stack.len() != CHILD_STACK {
+        scratch.stack = vec![0u8; CHILD_STACK];
+    }
+    // The stack grows down on every architecture Linux runs this on;
+    // clone() wants its top, 16-byte aligned.
+    let top = scratch.stack.as_mut_ptr_range().end as usize & !15;
 
-    let ReportPipe(report_rd, report_wr) = pipe;
-
-    let child = ChildArgs {
+    let args = ChildArgs {
         path: img.path.as_ptr(),
         argv: scratch.argv.as_ptr(),
         envp: scratch.envp.as_ptr(),
         conn: conn.stream.as_raw_fd(),
-        report: report_wr.as_raw_fd(),
         umask: img.umask as libc::mode_t,
         cred: svc
             .cred
             .as_ref()
             .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
+        failed_step: UnsafeCell::new(0),
+        failed_errno: UnsafeCell::new(0),
     };
 
-    // Block every signal across fork: see the module comment.
+    // Block every signal across clone: see the module comment.
     let mut old = SigSet::empty();
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old));
-    // SAFETY: the daemon is single-threaded; the child branch calls only
-    // async-signal-safe functions on memory prepared above and never returns.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: we are the forked child; `child` upholds the contract.
-        unsafe { child_main(&child) }
-    }
-    let fork_errno = Errno::last();
+    // SAFETY: `child_entry` runs on its own stack, touches only `args` (alive
+    // until clone returns: CLONE_VFORK suspends us until the child has
+    // exec'd or exited) and calls only async-signal-safe functions.
+    let pid = unsafe {
+        libc::clone(
+            child_entry,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const ChildArgs as *mut libc::c_void,
+        )
+    };
+    let clone_errno = Errno::last();
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-    drop(report_wr);
     if pid < 0 {
-        return Err(SpawnError::Fork(fork_errno));
+        return Err(SpawnError::Fork(clone_errno));
     }
+    // The child has exec'd or exited: its failure slot is final.
+    let step = args.failed_step.into_inner();
+    let failure = Step::from_u8(step).map(|step| Failure {
+        step,
+        errno: Errno::from_raw(args.failed_errno.into_inner()),
+    });
     Ok(Spawned {
         pid: Pid::from_raw(pid),
-        report: report_rd,
+        failure,
     })
 }
 
@@ -243,23 +255,33 @@ fn build_vars(scratch: &mut Scratch, conn: &Conn) {
 }
 
 /// Everything the child needs, as raw values (no Rust-owned data is touched
-/// after fork except through these pointers).
+/// in the child except through these pointers).
 struct ChildArgs {
     path: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
     conn: RawFd,
-    report: RawFd,
     umask: libc::mode_t,
     /// uid, gid, groups pointer and length.
     cred: Option<(u32, u32, *const u32, usize)>,
+    /// Written by the child on failure (a `Step`, 0 for none), read by the
+    /// parent once clone has returned.
+    failed_step: UnsafeCell<u8>,
+    failed_errno: UnsafeCell<i32>,
 }
 
-/// The child half: runs between fork and exec. Never returns.
+/// The entry point clone() calls in the child.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` the parent passed to clone, alive and
+    // unmodified while we run (the parent is suspended).
+    unsafe { child_main(&*(arg as *const ChildArgs)) }
+}
+
+/// The child half: runs between clone and exec. Never returns.
 ///
 /// # Safety
-/// Only call in a freshly forked child of a single-threaded parent, with
-/// `a`'s pointers valid (they point into the parent's memory, copied by fork).
+/// Only call in a child started by `spawn`'s clone, with `a`'s pointers
+/// valid (they point into the suspended parent's memory).
 unsafe fn child_main(a: &ChildArgs) -> ! {
     // 1. Every disposition back to SIG_DFL, through the raw system call:
     //    glibc's sigaction() refuses signals 32 and 33 (its own), but a
@@ -277,7 +299,7 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
         );
     }
     // 2. Empty the mask (it survives execve). Pending signals are not
-    //    inherited across fork, so nothing fires here.
+    //    inherited across clone, so nothing fires here.
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
@@ -285,7 +307,7 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
     // 3. Own session: the handler and its children form one process group
     //    that the daemon can signal, detached from the daemon's terminal.
     if libc::setsid() < 0 {
-        fail(a.report, Step::Setsid);
+        fail(a, Step::Setsid);
     }
 
     // 4. The connection on 0, 1, 2. dup2 clears FD_CLOEXEC on the copies.
@@ -296,25 +318,26 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
     if conn <= 2 {
         conn = libc::fcntl(conn, libc::F_DUPFD_CLOEXEC, 3);
         if conn < 0 {
-            fail(a.report, Step::Dup);
+            fail(a, Step::Dup);
         }
     }
     for target in 0..3 {
         if libc::dup2(conn, target) < 0 {
-            fail(a.report, Step::Dup);
+            fail(a, Step::Dup);
         }
     }
 
     // 5. Nothing else may reach the handler: mark every descriptor from 3
-    //    up close-on-exec (close_range(2), Linux 5.11). Marking rather than
-    //    closing keeps the report pipe open until the exec itself.
+    //    up close-on-exec (close_range(2), Linux 5.11). The descriptor table
+    //    is the child's own copy (no CLONE_FILES): this never touches the
+    //    daemon's descriptors.
     if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) < 0 {
-        fail(a.report, Step::CloseFds);
+        fail(a, Step::CloseFds);
     }
 
     // 6. Working directory and file-creation mask.
     if libc::chdir(c"/".as_ptr()) < 0 {
-        fail(a.report, Step::Chdir);
+        fail(a, Step::Chdir);
     }
     libc::umask(a.umask);
 
@@ -323,13 +346,13 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
     //    the real, effective or saved ids kept the old value.
     if let Some((uid, gid, groups, ngroups)) = a.cred {
         if libc::setgroups(ngroups, groups) < 0 {
-            fail(a.report, Step::Setgroups);
+            fail(a, Step::Setgroups);
         }
         if libc::setgid(gid) < 0 {
-            fail(a.report, Step::Setgid);
+            fail(a, Step::Setgid);
         }
         if libc::setuid(uid) < 0 {
-            fail(a.report, Step::Setuid);
+            fail(a, Step::Setuid);
         }
         let (mut r, mut e, mut s) = (0, 0, 0);
         libc::getresuid(&mut r, &mut e, &mut s);
@@ -337,48 +360,20 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
         libc::getresgid(&mut rg, &mut eg, &mut sg);
         if r != uid || e != uid || s != uid || rg != gid || eg != gid || sg != gid {
             *libc::__errno_location() = libc::EPERM;
-            fail(a.report, Step::VerifyCred);
+            fail(a, Step::VerifyCred);
         }
     }
 
     // 8. Exec. It only returns on failure.
     libc::execve(a.path, a.argv, a.envp);
-    fail(a.report, Step::Exec)
+    fail(a, Step::Exec)
 }
 
-/// Reports `(step, errno)` on the pipe and exits 127. Async-signal-safe.
-unsafe fn fail(report: RawFd, step: Step) -> ! {
-    let errno = *libc::__errno_location();
-    let e = errno.to_le_bytes();
-    let msg = [step as u8, e[0], e[1], e[2], e[3]];
-    // A 5-byte write to an empty pipe is atomic and cannot block.
-    libc::write(report, msg.as_ptr().cast(), msg.len());
+/// Records `(step, errno)` for the parent and exits 127. Async-signal-safe.
+unsafe fn fail(a: &ChildArgs, step: Step) -> ! {
+    *a.failed_errno.get() = *libc::__errno_location();
+    *a.failed_step.get() = step as u8;
     libc::_exit(127)
-}
-
-/// Reads what the child wrote on its report pipe, without blocking.
-pub fn read_report(fd: &OwnedFd) -> Report {
-    let mut buf = [0u8; 8];
-    loop {
-        match nix::unistd::read(fd.as_fd(), &mut buf) {
-            Ok(0) => return Report::Closed,
-            Ok(n) if n >= 5 => {
-                let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
-                return match Step::from_u8(buf[0]) {
-                    Some(step) => Report::Failed {
-                        step,
-                        errno: Errno::from_raw(errno),
-                    },
-                    None => Report::Closed,
-                };
-            }
-            // A write of 5 bytes to a pipe is atomic: a short one cannot happen.
-            Ok(_) => return Report::Closed,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => return Report::Pending,
-            Err(_) => return Report::Closed,
-        }
-    }
 }
 
 /// Marks every descriptor the daemon inherited beyond 0–2 close-on-exec, so

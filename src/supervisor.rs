@@ -2,7 +2,7 @@
 //! counters, the logger. Everything else takes values and returns values.
 //!
 //! Each turn: poll (timeout = the nearest deadline, no periodic wake-ups)
-//! → drain the signal pipe and act on it → read exec reports → reap every
+//! → drain the signal pipe and act on it → reap every
 //! exited child → fire due deadlines → accept, with a budget per listener so
 //! one busy port cannot starve the others. A service at capacity simply has
 //! its listeners left out of the poll set: the kernel backlog holds its
@@ -30,7 +30,7 @@ use crate::log::Logger;
 use crate::notify;
 use crate::plan::{Level, Plan, Service};
 use crate::signals::Signals;
-use crate::spawn::{self, Conn, Report, ReportPipe, Scratch, SpawnError};
+use crate::spawn::{self, Conn, Failure, Scratch, SpawnError};
 
 /// Connections accepted from one listener in one loop turn at most.
 const ACCEPT_BUDGET: usize = 64;
@@ -100,7 +100,6 @@ struct Drain {
 #[derive(Clone, Copy)]
 enum Slot {
     Signals,
-    Report(Pid),
     Sock(usize),
 }
 
@@ -138,8 +137,6 @@ pub struct Supervisor {
     watchdog: Option<(Duration, Instant)>,
     /// The last `STATUS=` sent, to send only changes.
     status_sent: String,
-    /// The report pipe for the next child, made before the next accept.
-    next_pipe: Option<ReportPipe>,
     // Buffers reused every turn.
     scratch: Scratch,
     exits: Vec<Exit>,
@@ -197,7 +194,6 @@ impl Supervisor {
             drain: None,
             watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
             status_sent: String::new(),
-            next_pipe: None,
             scratch: Scratch::default(),
             exits: Vec::new(),
             fired: Vec::new(),
@@ -341,13 +337,6 @@ impl Supervisor {
             self.log_status();
         }
 
-        // Exec reports.
-        for i in 0..self.ready.len() {
-            if let (Slot::Report(pid), _) = self.ready[i] {
-                self.read_report(pid);
-            }
-        }
-
         self.reap(now);
         self.fire_deadlines(now);
 
@@ -369,16 +358,9 @@ impl Supervisor {
     fn poll(&mut self, timeout: Option<Duration>) {
         self.slots.clear();
         self.ready.clear();
-        let mut fds: Vec<PollFd<'_>> =
-            Vec::with_capacity(self.socks.len() + 1 + self.children.len());
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.socks.len() + 1);
         fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
         self.slots.push(Slot::Signals);
-        for c in self.children.iter() {
-            if let Some(r) = &c.report {
-                fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
-                self.slots.push(Slot::Report(c.pid));
-            }
-        }
         let now = Instant::now();
         if self.drain.is_none() {
             for (i, s) in self.socks.iter().enumerate() {
@@ -524,17 +506,6 @@ impl Supervisor {
                     return;
                 }
             }
-            if self.next_pipe.is_none() {
-                match ReportPipe::new() {
-                    Ok(p) => self.next_pipe = Some(p),
-                    Err(errno) => {
-                        // Out of descriptors before anything was accepted:
-                        // the client stays in the backlog.
-                        self.pause_sock(i, errno, now);
-                        return;
-                    }
-                }
-            }
             let sock = &mut self.socks[i];
             match sock.listener.accept() {
                 Ok((stream, peer)) => {
@@ -644,11 +615,7 @@ impl Supervisor {
             st.bucket.take(rate, now);
         }
         let svc = Arc::clone(&st.svc);
-        let Some(pipe) = self.next_pipe.take() else {
-            // accept() only runs with a pipe ready; this cannot happen.
-            return;
-        };
-        match spawn::spawn(&svc, &conn, pipe, &mut self.scratch) {
+        match spawn::spawn(&svc, &conn, &mut self.scratch) {
             Ok(spawned) => {
                 let st = &mut self.services[svc_i];
                 st.running += 1;
@@ -664,6 +631,9 @@ impl Supervisor {
                     .kv("pid", spawned.pid)
                     .kv("peer", conn.peer)
                     .send();
+                if let Some(f) = spawned.failure {
+                    self.log_exec_failed(&svc, conn.id, spawned.pid, conn.peer, f);
+                }
                 let term_at = svc.limits.timeout.map(|t| now + t);
                 self.children.insert(Child {
                     pid: spawned.pid,
@@ -672,8 +642,6 @@ impl Supervisor {
                     peer: conn.peer,
                     source,
                     started: now,
-                    report: Some(spawned.report),
-                    exec_failed: None,
                     term_at,
                     kill_at: None,
                     terminated_for: None,
@@ -728,41 +696,27 @@ impl Supervisor {
         }
     }
 
-    fn read_report(&mut self, pid: Pid) {
-        let Some(child) = self.children.get_mut(pid) else {
-            return;
-        };
-        let Some(fd) = &child.report else {
-            return;
-        };
-        match spawn::read_report(fd) {
-            Report::Pending => {}
-            Report::Closed => child.report = None,
-            failed @ Report::Failed { .. } => {
-                child.report = None;
-                child.exec_failed = Some(failed);
-                let (svc, conn_id, peer) = (Arc::clone(&child.service), child.conn_id, child.peer);
-                self.log_exec_failed(&svc, conn_id, pid, peer, failed);
-            }
+    fn log_exec_failed(
+        &mut self,
+        svc: &Service,
+        conn: u64,
+        pid: Pid,
+        peer: SocketAddr,
+        f: Failure,
+    ) {
+        if let Some(st) = self.services.iter_mut().find(|s| s.svc.name == svc.name) {
+            st.counters.failed += 1;
         }
-    }
-
-    fn log_exec_failed(&mut self, svc: &Service, conn: u64, pid: Pid, peer: SocketAddr, r: Report) {
-        if let Report::Failed { step, errno } = r {
-            if let Some(st) = self.services.iter_mut().find(|s| s.svc.name == svc.name) {
-                st.counters.failed += 1;
-            }
-            self.log
-                .event(Level::Error, "exec-failed")
-                .kv("service", &svc.name)
-                .kv("conn", conn)
-                .kv("pid", pid)
-                .kv("peer", peer)
-                .kv("program", svc.image.path.to_string_lossy())
-                .kv("step", step.as_str())
-                .kv("error", crate::log::os_error(errno))
-                .send();
-        }
+        self.log
+            .event(Level::Error, "exec-failed")
+            .kv("service", &svc.name)
+            .kv("conn", conn)
+            .kv("pid", pid)
+            .kv("peer", peer)
+            .kv("program", svc.image.path.to_string_lossy())
+            .kv("step", f.step.as_str())
+            .kv("error", crate::log::os_error(f.errno))
+            .send();
     }
 
     fn reap(&mut self, now: Instant) {
@@ -770,15 +724,6 @@ impl Supervisor {
         self.children.reap(now, &mut exits);
         for exit in exits.drain(..) {
             let c = &exit.child;
-            // A report not read yet is in the pipe already (the child wrote
-            // before it exited): read it now so the failure is not lost.
-            if let Some(fd) = &c.report {
-                let r = spawn::read_report(fd);
-                if matches!(r, Report::Failed { .. }) {
-                    let svc = Arc::clone(&c.service);
-                    self.log_exec_failed(&svc, c.conn_id, c.pid, c.peer, r);
-                }
-            }
             if let Some(st) = self
                 .services
                 .iter_mut()

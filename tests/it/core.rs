@@ -556,7 +556,16 @@ fn bind_failure_names_the_address_and_exits_1() {
 fn emfile_backs_off_without_spinning_and_recovers() {
     let d = Daemon::start(&echo_conf());
     let pid = d.pid().as_raw().to_string();
-    let open = d.fd_count();
+    // accept(2) takes the lowest free descriptor number: a soft limit equal
+    // to that number makes it fail with EMFILE.
+    let used: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect();
+    let open = (0..)
+        .find(|n| !used.contains(n))
+        .expect("a free descriptor number");
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
     let soft: String = limits
         .lines()
