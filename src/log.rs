@@ -309,6 +309,16 @@ mod tests {
         assert_eq!(escape("a\nb"), "a\\nb");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn escaped_values_are_one_bounded_line_without_control_bytes(s in "\\PC{0,300}|[\\x00-\\x7f]{0,300}") {
+            let out = esc(&s);
+            proptest::prop_assert!(!out.chars().any(char::is_control), "{:?}", out);
+            // At most 6 characters per input character (`\u{9f}`), quotes and "...".
+            proptest::prop_assert!(out.chars().count() <= 6 * MAX_VALUE_CHARS + 5);
+        }
+    }
+
     #[test]
     fn lines_are_formatted_and_filtered() {
         let mut l = Logger::stderr(Level::Info);
