@@ -332,6 +332,10 @@ impl Supervisor {
         }
         if sig.reload {
             self.reload(now);
+            // The socket list was rebuilt: this turn's readiness refers to
+            // the old indices. The next poll reports the listeners again.
+            self.ready
+                .retain(|(slot, _)| !matches!(slot, Slot::Sock(_)));
         }
         if sig.status {
             self.log_status();

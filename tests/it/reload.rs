@@ -93,6 +93,60 @@ fn a_failed_bind_does_not_stop_the_rest_of_a_reload() {
     assert_eq!(roundtrip(d.addr("echo"), b"old"), b"old");
 }
 
+/// Reloads that add and remove a service listed before the busy one shift
+/// the positions of the remaining sockets while connections are pending.
+#[test]
+fn reloads_that_shift_sockets_under_load() {
+    let busy = echo_service("busy");
+    let with = format!("{DAEMON}{}{}{busy}", echo_service("a"), echo_service("b"));
+    let without = format!("{DAEMON}{busy}");
+    let mut d = Daemon::start(&with);
+    let addr = d.addr("busy");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) && ok + failed < 1_000_000 {
+                    let r = TcpStream::connect(addr).and_then(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        s.write_all(b"x")?;
+                        s.shutdown(Shutdown::Write)?;
+                        let mut out = Vec::new();
+                        std::io::Read::read_to_end(&mut s, &mut out)?;
+                        Ok(out)
+                    });
+                    match r {
+                        Ok(out) if out == b"x" => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for i in 0..200 {
+        d.rewrite(if i % 2 == 0 { &without } else { &with });
+        reload(&mut d);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.join().expect("client");
+        ok += o;
+        failed += f;
+    }
+    assert!(d.try_exit().is_none(), "daemon died: {}", d.log());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} connections to the busy service failed",
+        ok + failed
+    );
+    assert!(ok > 200);
+}
+
 #[test]
 fn twenty_reloads_under_load_refuse_nobody() {
     let mut d = Daemon::start(&format!("{DAEMON}{}", echo_service("echo")));
