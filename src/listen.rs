@@ -227,11 +227,6 @@ pub fn reconcile(
     changes
 }
 
-/// The local address of a socket, as configured-address key.
-pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
-    l.local_addr().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,14 +114,7 @@ impl Logger {
                 *next_attempt = Instant::now() + Duration::from_secs(1);
             }
             if let Some(l) = logger {
-                let msg = self.line.as_str();
-                let sent = match level {
-                    Level::Error => l.err(msg),
-                    Level::Warn => l.warning(msg),
-                    Level::Info => l.info(msg),
-                    Level::Debug => l.debug(msg),
-                };
-                if sent.is_ok() {
+                if send_syslog(l, level, &self.line).is_ok() {
                     return;
                 }
                 // Lost the socket (syslogd restarted, or gone): reconnect
@@ -129,13 +122,7 @@ impl Logger {
                 *logger = connect_syslog().ok();
                 *next_attempt = Instant::now() + Duration::from_secs(1);
                 if let Some(l) = logger {
-                    let again = match level {
-                        Level::Error => l.err(msg),
-                        Level::Warn => l.warning(msg),
-                        Level::Info => l.info(msg),
-                        Level::Debug => l.debug(msg),
-                    };
-                    if again.is_ok() {
+                    if send_syslog(l, level, &self.line).is_ok() {
                         return;
                     }
                     *logger = None;
@@ -145,6 +132,15 @@ impl Logger {
         // stderr: one write per line so lines from one process never interleave.
         self.line.push('\n');
         let _ = std::io::stderr().lock().write_all(self.line.as_bytes());
+    }
+}
+
+fn send_syslog(l: &mut Syslog, level: Level, msg: &str) -> syslog::Result<()> {
+    match level {
+        Level::Error => l.err(msg),
+        Level::Warn => l.warning(msg),
+        Level::Info => l.info(msg),
+        Level::Debug => l.debug(msg),
     }
 }
 

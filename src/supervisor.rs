@@ -560,19 +560,14 @@ impl Supervisor {
                         // we cannot serve would be a busy loop, so it leaves
                         // the poll set for a growing while.
                         Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM => {
-                            self.pause_sock(i, errno, now);
+                            self.pause_sock(i, errno, now, false);
                             return;
                         }
+                        // Anything else is unexpected (EBADF, EINVAL: the
+                        // socket is not listening): log it every time, and
+                        // back off the same way so it cannot spin.
                         _ => {
-                            let delay = sock.backoff.fail();
-                            sock.retry_at = Some(now + delay);
-                            let addr = sock.addr;
-                            self.log
-                                .event(Level::Error, "accept-failed")
-                                .kv("addr", addr)
-                                .kv("error", crate::log::os_error(errno))
-                                .kv("retry_ms", delay.as_millis())
-                                .send();
+                            self.pause_sock(i, errno, now, true);
                             return;
                         }
                     }
@@ -581,16 +576,22 @@ impl Supervisor {
         }
     }
 
-    /// Takes socket `i` out of the poll set for a growing backoff after a
-    /// resource failure; the episode is logged once, at its start.
-    fn pause_sock(&mut self, i: usize, errno: Errno, now: Instant) {
+    /// Takes socket `i` out of the poll set for a growing backoff after an
+    /// accept failure. A resource shortage is logged once per episode, at
+    /// its start; an unexpected error every time.
+    fn pause_sock(&mut self, i: usize, errno: Errno, now: Instant, unexpected: bool) {
         let sock = &mut self.socks[i];
         let delay = sock.backoff.fail();
         sock.retry_at = Some(now + delay);
-        if sock.backoff.failures == 1 {
+        if unexpected || sock.backoff.failures == 1 {
             let addr = sock.addr;
+            let (level, event) = if unexpected {
+                (Level::Error, "accept-failed")
+            } else {
+                (Level::Warn, "accept-paused")
+            };
             self.log
-                .event(Level::Warn, "accept-paused")
+                .event(level, event)
                 .kv("addr", addr)
                 .kv("error", crate::log::os_error(errno))
                 .kv("retry_ms", delay.as_millis())

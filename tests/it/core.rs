@@ -105,14 +105,8 @@ program = \"probe.py\"
     // Start the daemon with stray descriptors open and two signals
     // ignored, as a careless parent would: none of it may reach a handler.
     let d = Daemon::start_with(&conf, |cmd| {
-        let prog = cmd.get_program().to_owned();
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-        let mut sh = std::process::Command::new("/bin/sh");
-        sh.arg("-c")
-            .arg("trap '' QUIT USR2; exec 7</dev/null 9>/dev/null; exec \"$0\" \"$@\"")
-            .arg(prog)
-            .args(args);
-        *cmd = rebuild(cmd, sh);
+        let script = "trap '' QUIT USR2; exec 7</dev/null 9>/dev/null; exec \"$0\" \"$@\"";
+        launch_through(cmd, "/bin/sh", &["-c", script]);
     });
 
     // Environment: exactly these variables.
@@ -190,20 +184,6 @@ program = \"probe.py\"
         let uid = nix::unistd::geteuid().as_raw();
         assert_eq!(fact("uid"), format!("{uid} {uid}"));
     }
-}
-
-/// Rebuilds `cmd`'s environment and stdio on `new` (Command cannot change
-/// its program in place).
-fn rebuild(cmd: &std::process::Command, mut new: std::process::Command) -> std::process::Command {
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => new.env(k, v),
-            None => new.env_remove(k),
-        };
-    }
-    new.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    new
 }
 
 #[test]

@@ -183,24 +183,17 @@ fn fork_failure_is_logged_backed_off_and_recovered() {
     let uid = "64011";
     let mut d = Daemon::prepare(&echo_conf(""));
     d.spawn(&|cmd| {
-        let mut w = std::process::Command::new("prlimit");
-        w.args([
+        let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+        let args = [
             "--nproc=2:2",
             "--",
             "setpriv",
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
+            &reuid,
+            &regid,
             "--clear-groups",
             "--",
-        ])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            if let Some(v) = v {
-                w.env(k, v);
-            }
-        }
-        *cmd = w;
+        ];
+        launch_through(cmd, "prlimit", &args);
     });
     d.ready(Duration::from_secs(10)).expect("ready");
     let addr = d.addr("echo");
@@ -409,16 +402,11 @@ fn with_private_dev_log(
         d = scratch.display(),
         s = sock.display()
     );
-    let mut w = std::process::Command::new("unshare");
-    w.args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            w.env(k, v);
-        }
-    }
-    *cmd = w;
+    launch_through(
+        cmd,
+        "unshare",
+        &["-m", "--propagation", "private", "sh", "-c", &script],
+    );
 }
 
 fn recv_lines(

@@ -381,6 +381,20 @@ fn link_or_copy(src: &Path, dst: &Path) {
     }
 }
 
+/// Makes `cmd` run through a launcher: `LAUNCHER ARGS... PROGRAM PROGRAM-ARGS...`,
+/// keeping its environment (a launcher that execs keeps the pid).
+pub fn launch_through<S: AsRef<std::ffi::OsStr>>(cmd: &mut Command, launcher: &str, args: &[S]) {
+    let mut w = Command::new(launcher);
+    w.args(args).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => w.env(k, v),
+            None => w.env_remove(k),
+        };
+    }
+    *cmd = w;
+}
+
 /// Polls `cond` every 10 ms until it holds or `within` passes.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -323,23 +322,10 @@ fn socket_activation_through_systemd_socket_activate() {
     let mut d = Daemon::prepare(&format!("{DAEMON}{}", echo_service("echo")));
     let port = d.port("echo");
     d.spawn(&|cmd| {
-        let mut wrapped = Command::new("systemd-socket-activate");
-        wrapped
-            .arg("-l")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--fdname=echo")
-            // It passes on only the variables it is told to.
-            .arg("-E")
-            .arg("NOTIFY_SOCKET")
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            if let Some(v) = v {
-                wrapped.env(k, v);
-            }
-        }
-        wrapped.stdin(Stdio::null()).stdout(Stdio::null());
-        *cmd = wrapped;
+        // It passes on only the variables it is told to (-E).
+        let listen = format!("127.0.0.1:{port}");
+        let args = ["-l", &listen, "--fdname=echo", "-E", "NOTIFY_SOCKET"];
+        launch_through(cmd, "systemd-socket-activate", &args);
     });
     // systemd-socket-activate execs the daemon on the first connection.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -386,20 +372,11 @@ os.environ["LISTEN_FDNAMES"] = "echo:stray"
 os.execv(sys.argv[2], sys.argv[2:])
 "#;
     d.spawn(&|cmd| {
-        let mut wrapped = Command::new("/usr/bin/python3");
-        wrapped
-            .arg("-c")
-            .arg(launcher)
-            .arg(port.to_string())
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            if let Some(v) = v {
-                wrapped.env(k, v);
-            }
-        }
-        wrapped.stdin(Stdio::null()).stdout(Stdio::null());
-        *cmd = wrapped;
+        launch_through(
+            cmd,
+            "/usr/bin/python3",
+            &["-c", launcher, &port.to_string()],
+        );
     });
     d.ready(Duration::from_secs(10)).expect("ready");
     assert_eq!(roundtrip(d.addr("echo"), b"passed"), b"passed");
@@ -422,22 +399,9 @@ fn a_passed_connected_socket_is_rejected() {
     let mut d = Daemon::prepare(&format!("{DAEMON}{}", echo_service("echo")));
     let outer = free_port();
     d.spawn(&|cmd| {
-        let mut wrapped = Command::new("systemd-socket-activate");
-        wrapped
-            .arg("--accept")
-            .arg("-E")
-            .arg("NOTIFY_SOCKET")
-            .arg("-l")
-            .arg(format!("127.0.0.1:{outer}"))
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            if let Some(v) = v {
-                wrapped.env(k, v);
-            }
-        }
-        wrapped.stdin(Stdio::null()).stdout(Stdio::null());
-        *cmd = wrapped;
+        let listen = format!("127.0.0.1:{outer}");
+        let args = ["--accept", "-E", "NOTIFY_SOCKET", "-l", &listen];
+        launch_through(cmd, "systemd-socket-activate", &args);
     });
     let deadline = Instant::now() + Duration::from_secs(5);
     let _conn = loop {
