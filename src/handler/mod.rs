@@ -6,6 +6,7 @@
 //! written to stderr. Diagnostics go to syslog, or nowhere.
 
 pub mod echo;
+pub mod sum;
 
 use std::io;
 use std::net::SocketAddr;

@@ -9,3 +9,4 @@ mod faults;
 mod reload;
 mod security;
 mod stress;
+mod sum;
