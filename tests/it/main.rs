@@ -5,6 +5,7 @@ mod harness;
 
 mod admission;
 mod core;
+mod examples;
 mod faults;
 mod reload;
 mod security;
