@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Packaging test: build the .deb, judge it with Debian's own tools, install
+# it, run the installed daemon with the installed config, talk to echo and
+# sum, stop it, purge the package and check that nothing is left behind.
+#
+# Needs root (dpkg -i). Installs what it needs when missing: cargo-deb,
+# lintian, mandoc, man-db, systemd (for systemd-analyze).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+ok() { echo "ok: $*"; passed=$((passed + 1)); }
+fail() { echo "FAILED: $*" >&2; failed=$((failed + 1)); }
+die() { fail "$*"; summary; exit 1; }
+summary() { echo "packaging: $passed passed, $failed failed"; }
+
+[ "$(id -u)" -eq 0 ] || { echo "packaging/test.sh: needs root (dpkg -i)" >&2; exit 1; }
+
+# --- Tools ---------------------------------------------------------------
+missing=()
+command -v lintian >/dev/null || missing+=(lintian)
+command -v mandoc >/dev/null || missing+=(mandoc)
+command -v man >/dev/null || missing+=(man-db)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "packaging: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "packaging: installing cargo-deb"
+  cargo install cargo-deb --locked --quiet
+fi
+
+# Ports the shipped config uses must be free, or the daemon test means nothing.
+for port in 9877 9878; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    die "127.0.0.1:$port is already in use; stop what listens there first"
+  fi
+done
+
+work=$(mktemp -d)
+daemon_pid=""
+cleanup() {
+  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+    kill -KILL "$daemon_pid" 2>/dev/null || true
+  fi
+  if dpkg -s tinyinetd >/dev/null 2>&1; then
+    dpkg --purge tinyinetd >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A package left by an interrupted earlier run would hide problems.
+if dpkg -s tinyinetd >/dev/null 2>&1; then
+  echo "packaging: purging a tinyinetd package left from before"
+  dpkg --purge tinyinetd >/dev/null
+fi
+
+# --- Build -------------------------------------------------------------------
+mkdir -p target/man
+for page in man/*.[58]; do
+  gzip -9n -c "$page" > "target/man/$(basename "$page").gz"
+done
+cargo build --release --quiet
+deb=$(cargo deb --no-build --quiet --output target/debian/ 2>/dev/null | tail -n 1)
+[ -f "$deb" ] || deb=$(ls -t target/debian/tinyinetd_*.deb | head -n 1)
+[ -f "$deb" ] && ok "built $(basename "$deb")" || die "cargo deb produced no package"
+
+# --- Judges ---------------------------------------------------------------
+lintian_out=$(lintian --tag-display-limit 0 "$deb" 2>&1 | grep -v 'running with root privileges' || true)
+echo "$lintian_out" | sed 's/^/  lintian: /'
+bad=$(echo "$lintian_out" | grep -E '^[EW]: ' | grep -v 'initial-upload-closes-no-bugs' || true)
+[ -z "$bad" ] && ok "lintian: no error, no warning beyond initial-upload-closes-no-bugs" || fail "lintian: $bad"
+
+mandoc_out=$(mandoc -T lint -W warning man/*.[58] 2>&1 || true)
+[ -z "$mandoc_out" ] && ok "mandoc -T lint -W warning: clean" || fail "mandoc: $mandoc_out"
+
+# --- Install ----------------------------------------------------------------
+dpkg -i "$deb" >/dev/null && ok "dpkg -i" || die "dpkg -i failed"
+for f in /usr/sbin/tinyinetd /usr/libexec/tinyinetd/tinyinetd-echo /usr/libexec/tinyinetd/tinyinetd-sum \
+         /etc/tinyinetd.toml /usr/lib/systemd/system/tinyinetd.service \
+         /usr/share/man/man8/tinyinetd.8.gz /usr/share/man/man5/tinyinetd.toml.5.gz \
+         /usr/share/doc/tinyinetd/copyright /usr/share/doc/tinyinetd/changelog.Debian.gz; do
+  [ -e "$f" ] || fail "not installed: $f"
+done
+grep -qx /etc/tinyinetd.toml /var/lib/dpkg/info/tinyinetd.conffiles && ok "/etc/tinyinetd.toml is a conffile" \
+  || fail "/etc/tinyinetd.toml is not a conffile"
+man -w tinyinetd.toml >/dev/null 2>&1 && ok "man finds tinyinetd.toml(5)" || fail "man cannot find tinyinetd.toml(5)"
+
+verify_out=$(systemd-analyze verify /usr/lib/systemd/system/tinyinetd.service 2>&1 || true)
+[ -z "$verify_out" ] && ok "systemd-analyze verify: no output" || fail "systemd-analyze verify: $verify_out"
+exposure=$(systemd-analyze security --offline=true /usr/lib/systemd/system/tinyinetd.service 2>/dev/null | tail -n 1 || true)
+echo "  systemd-analyze security: $exposure"
+
+/usr/sbin/tinyinetd --check >"$work/check" 2>&1 && ok "tinyinetd --check (installed config)" \
+  || fail "tinyinetd --check: $(cat "$work/check")"
+sed 's/^/  check: /' "$work/check"
+
+# --- Run the installed daemon --------------------------------------------------
+/usr/sbin/tinyinetd --config /etc/tinyinetd.toml 2>"$work/log" &
+daemon_pid=$!
+up=""
+for _ in $(seq 1 100); do
+  if (exec 3<>/dev/tcp/127.0.0.1/9878) 2>/dev/null; then up=yes; break; fi
+  sleep 0.05
+done
+[ -n "$up" ] || die "the installed daemon did not listen within 5 s: $(cat "$work/log")"
+
+talk() { # talk PORT REQUEST -> reply (bounded by timeout)
+  timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf "%b" "$2" >&3; cat <&3' _ "$1" "$2"
+}
+[ "$(talk 9877 'hello\n')" = "hello" ] && ok "echo answers" || fail "echo: $(talk 9877 'hello\n')"
+[ "$(talk 9878 '3 4\n-5 10\n1 2 3\n')" = "$(printf '7\n5\ninput error')" ] && ok "sum answers" \
+  || fail "sum: $(talk 9878 '3 4\n')"
+
+kill -TERM "$daemon_pid"
+rc=0
+wait "$daemon_pid" || rc=$?
+daemon_pid=""
+[ "$rc" -eq 0 ] && ok "SIGTERM: exit 0" || fail "SIGTERM: exit $rc"
+grep -q 'info: exit service=sum' "$work/log" && ok "the daemon logged the sessions" || fail "log: $(cat "$work/log")"
+
+# --- Purge -------------------------------------------------------------------
+dpkg --purge tinyinetd >/dev/null && ok "dpkg --purge" || fail "dpkg --purge failed"
+left=""
+for f in /usr/sbin/tinyinetd /usr/libexec/tinyinetd /etc/tinyinetd.toml /usr/lib/systemd/system/tinyinetd.service \
+         /lib/systemd/system/tinyinetd.service /etc/systemd/system/multi-user.target.wants/tinyinetd.service \
+         /usr/share/man/man8/tinyinetd.8.gz /usr/share/man/man5/tinyinetd.toml.5.gz /usr/share/doc/tinyinetd; do
+  if [ -e "$f" ] || [ -L "$f" ]; then left="$left $f"; fi
+done
+[ -z "$left" ] && ok "nothing left behind" || fail "left behind:$left"
+
+summary
+[ "$failed" -eq 0 ]
