@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# Benchmarks tinyinetd against the superservers users would pick instead,
+# side by side in one run, all exec'ing the same tiny static echo handler.
+#
+#   bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--conc "1 8 64"]
+#
+# Needs root (peers run handlers as root; packages are fetched with apt).
+# Peers are never installed as services: their Debian packages are
+# downloaded and unpacked under bench/out/peers, and busybox (whose Debian
+# build lacks the inetd applet) is built from Debian's source package, with
+# apt pointed at a private source list and state under bench/out. Every
+# process started here is stopped by PID at the end. Loopback only.
+#
+# Output: a markdown table on stdout, raw CSV in bench/out/results.csv.
+set -euo pipefail
+cd "$(dirname "$0")"
+BENCH=$(pwd)
+ROOT=$(cd .. && pwd)
+OUT=$BENCH/out
+ROUNDS=3
+DURATION=5
+WARMUP=1
+CONCS="1 8 64"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) ROUNDS=1; DURATION=1; WARMUP=0.3 ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    --conc) CONCS=$2; shift ;;
+    *) echo "usage: bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--conc \"1 8 64\"]" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" -eq 0 ] || { echo "compare.sh: needs root" >&2; exit 1; }
+mkdir -p "$OUT/bin" "$OUT/peers" "$OUT/run"
+note() { echo "compare: $*" >&2; }
+
+# --- Tools ----------------------------------------------------------------
+need=()
+command -v gcc >/dev/null || need+=(build-essential)
+command -v dpkg-source >/dev/null || need+=(dpkg-dev)
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
+command -v python3 >/dev/null || need+=(python3)
+command -v make >/dev/null || need+=(make)
+if [ ${#need[@]} -gt 0 ]; then
+  note "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# --- Build ours ---------------------------------------------------------------
+gcc -O2 -static -o "$OUT/bin/echo1" handler/echo1.c 2>/dev/null || {
+  note "static linking unavailable: echo1 is dynamically linked"
+  gcc -O2 -o "$OUT/bin/echo1" handler/echo1.c
+}
+gcc -O2 -Wall -o "$OUT/bin/tcpserv04" tcpserv04.c
+gcc -O2 -Wall -o "$OUT/bin/spawn_ceiling" spawn_ceiling.c
+(cd loadgen && cargo build --release --quiet)
+LOADGEN=$BENCH/loadgen/target/release/tinyinetd-loadgen
+(cd "$ROOT" && cargo build --release --quiet)
+ECHO1=$OUT/bin/echo1
+
+# --- Peers from Debian packages, unpacked, not installed -------------------
+if [ ! -x "$OUT/peers/root/usr/sbin/xinetd" ] || [ ! -x "$OUT/peers/root/usr/sbin/inetd" ] || [ ! -x "$OUT/peers/root/usr/bin/tcpserver" ]; then
+  note "downloading and unpacking xinetd, openbsd-inetd, ucspi-tcp"
+  mkdir -p "$OUT/peers/debs"
+  (cd "$OUT/peers/debs" && apt-get -o APT::Sandbox::User=root download xinetd openbsd-inetd ucspi-tcp >/dev/null)
+  for d in "$OUT"/peers/debs/*.deb; do dpkg-deb -x "$d" "$OUT/peers/root"; done
+fi
+XINETD=$OUT/peers/root/usr/sbin/xinetd
+INETD=$OUT/peers/root/usr/sbin/inetd
+TCPSERVER=$OUT/peers/root/usr/bin/tcpserver
+
+# busybox inetd from Debian's source package, with a private apt state.
+BUSYBOX=$OUT/peers/busybox/busybox
+BUSYBOX_WHY=""
+if [ ! -x "$BUSYBOX" ]; then
+  note "building busybox with the inetd applet from Debian's source package"
+  src=$OUT/peers/bbsrc
+  mkdir -p "$src/parts" "$src/lists/partial" "$src/cache/archives/partial"
+  cat > "$src/parts/deb-src.sources" <<'EOF'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+  apt_private=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$src/parts"
+               -o "Dir::State::Lists=$src/lists" -o "Dir::Cache=$src/cache" -o APT::Sandbox::User=root)
+  if (cd "$src" && apt-get "${apt_private[@]}" update >/dev/null 2>&1 \
+        && apt-get "${apt_private[@]}" source --download-only busybox >/dev/null 2>&1 \
+        && rm -rf bb && dpkg-source -x busybox_*.dsc bb >/dev/null 2>&1 \
+        && cd bb && make defconfig >/dev/null 2>&1 \
+        && sed -i 's/^# CONFIG_INETD is not set/CONFIG_INETD=y/' .config \
+        && grep -q '^CONFIG_INETD=y' .config \
+        && make -j"$(nproc)" busybox >/dev/null 2>&1); then
+    mkdir -p "$OUT/peers/busybox" && cp "$src/bb/busybox" "$BUSYBOX"
+  else
+    BUSYBOX_WHY="could not fetch or build Debian's busybox source (see $src)"
+    note "busybox inetd skipped: $BUSYBOX_WHY"
+  fi
+fi
+
+# --- Configs and start -------------------------------------------------------
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+base=19900
+while ! port_free $base || ! port_free $((base + 6)); do base=$((base + 10)); done
+
+declare -A PORT PID
+start() { # start NAME PORT CMD...
+  local name=$1 port=$2; shift 2
+  "$@" >"$OUT/run/$name.out" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  if wait_port "$port"; then
+    PORT[$name]=$port
+    PID[$name]=$pid
+  else
+    note "$name did not come up on 127.0.0.1:$port: $(tail -n 3 "$OUT/run/$name.out")"
+  fi
+}
+
+cat > "$OUT/run/tinyinetd.toml" <<EOF
+[daemon]
+log = "stderr"
+log_level = "warn"       # per-connection lines off, as the peers are configured
+max_connections = 100000
+
+[[service]]
+name = "bench"
+listen = ["127.0.0.1:$base"]
+program = "$ECHO1"
+user = "root"            # every system runs the handler as root, for parity
+max_instances = 100000
+EOF
+start tinyinetd $base "$ROOT/target/release/tinyinetd" --config "$OUT/run/tinyinetd.toml"
+
+cat > "$OUT/run/xinetd.conf" <<EOF
+defaults
+{
+    instances = UNLIMITED
+    per_source = UNLIMITED
+    cps = 1000000 1
+}
+service bench
+{
+    type = UNLISTED
+    socket_type = stream
+    protocol = tcp
+    wait = no
+    user = root
+    server = $ECHO1
+    port = $((base + 1))
+    bind = 127.0.0.1
+    instances = UNLIMITED
+    per_source = UNLIMITED
+    cps = 1000000 1
+    log_on_success =
+    log_on_failure =
+}
+EOF
+start xinetd $((base + 1)) "$XINETD" -dontfork -f "$OUT/run/xinetd.conf" -pidfile "$OUT/run/xinetd.pid"
+
+echo "127.0.0.1:$((base + 2)) stream tcp nowait.1000000 root $ECHO1 echo1" > "$OUT/run/inetd.conf"
+start openbsd-inetd $((base + 2)) "$INETD" -i -q 1024 -R 1000000 "$OUT/run/inetd.conf"
+
+start tcpserver $((base + 3)) "$TCPSERVER" -q -c 100000 -b 1024 -H -R -l 0 127.0.0.1 $((base + 3)) "$ECHO1"
+
+start systemd-socket-activate $((base + 4)) systemd-socket-activate --accept --inetd -l "127.0.0.1:$((base + 4))" "$ECHO1"
+
+if [ -x "$BUSYBOX" ]; then
+  echo "127.0.0.1:$((base + 5)) stream tcp nowait root $ECHO1 echo1" > "$OUT/run/busybox-inetd.conf"
+  start busybox-inetd $((base + 5)) "$BUSYBOX" inetd -f -e -R 0 -q 1024 "$OUT/run/busybox-inetd.conf"
+fi
+
+start tcpserv04 $((base + 6)) "$OUT/bin/tcpserv04" 127.0.0.1 $((base + 6)) "$ECHO1"
+
+SYSTEMS=()
+for s in tinyinetd xinetd openbsd-inetd tcpserver systemd-socket-activate busybox-inetd tcpserv04; do
+  [ -n "${PORT[$s]:-}" ] && SYSTEMS+=("$s")
+done
+note "systems: ${SYSTEMS[*]}"
+
+# --- Measure -------------------------------------------------------------------
+HZ=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+fds() { ls "/proc/$1/fd" | wc -l; }
+zombies() { ps -o stat= --ppid "$1" 2>/dev/null | grep -c '^Z' || true; }
+
+CSV=$OUT/results.csv
+echo "round,system,concurrency,seconds,conns,conns_per_s,p50_us,p90_us,p99_us,max_us,err_connect,err_reset,err_timeout,err_short,daemon_cpu_ms" > "$CSV"
+declare -A RSS_IDLE
+for s in "${SYSTEMS[@]}"; do RSS_IDLE[$s]=$(rss_kib "${PID[$s]}"); done
+
+for round in $(seq 1 "$ROUNDS"); do
+  for c in $CONCS; do
+    for s in "${SYSTEMS[@]}"; do
+      pid=${PID[$s]}
+      t0=$(ticks "$pid")
+      line=$("$LOADGEN" --addr "127.0.0.1:${PORT[$s]}" --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP" --label "$s")
+      t1=$(ticks "$pid")
+      cpu_ms=$(( (t1 - t0) * 1000 / HZ ))
+      echo "$round,${line#*,},$cpu_ms" | sed "s/^$round,/$round,$s,/" >> "$CSV"
+      note "round $round C=$c $s: $(echo "$line" | cut -d, -f5) conns/s"
+    done
+  done
+done
+
+sleep 1
+AFTER=$OUT/after.csv
+echo "system,rss_idle_kib,rss_after_kib,zombies,fds_after" > "$AFTER"
+for s in "${SYSTEMS[@]}"; do
+  p=${PID[$s]}
+  echo "$s,${RSS_IDLE[$s]},$(rss_kib "$p"),$(zombies "$p"),$(fds "$p")" >> "$AFTER"
+done
+
+CEIL1=$("$OUT/bin/spawn_ceiling" "$ECHO1" "$DURATION")
+CEILN=0
+ceil_pids=()
+for i in $(seq 1 "$(nproc)"); do
+  "$OUT/bin/spawn_ceiling" "$ECHO1" "$DURATION" > "$OUT/run/ceil.$i" &
+  ceil_pids+=($!)
+done
+wait "${ceil_pids[@]}"   # not a bare wait: the systems under test are children too
+for i in $(seq 1 "$(nproc)"); do CEILN=$((CEILN + $(cat "$OUT/run/ceil.$i"))); done
+SELFTEST=$("$LOADGEN" --selftest --concurrency 8 --duration "$DURATION" --warmup "$WARMUP" --label selftest | cut -d, -f5)
+
+python3 - "$CSV" "$AFTER" "$CEIL1" "$CEILN" "$SELFTEST" "$ROUNDS" "$DURATION" "${BUSYBOX_WHY:-}" <<'EOF'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+after = {r["system"]: r for r in csv.DictReader(open(sys.argv[2]))}
+ceil1, ceiln, selftest, rounds, duration, bbwhy = sys.argv[3:9]
+systems = list(dict.fromkeys(r["system"] for r in rows))
+concs = sorted({int(r["concurrency"]) for r in rows})
+med = {}
+for s in systems:
+    for c in concs:
+        rs = [r for r in rows if r["system"] == s and int(r["concurrency"]) == c]
+        m = lambda k: statistics.median(float(r[k]) for r in rs)
+        conns = sum(float(r["conns"]) for r in rs)
+        errs = sum(int(r[k]) for r in rs for k in ("err_connect", "err_reset", "err_timeout", "err_short"))
+        cpu = sum(float(r["daemon_cpu_ms"]) for r in rs)
+        med[s, c] = dict(cps=m("conns_per_s"), p50=m("p50_us"), p99=m("p99_us"),
+                         cpu=cpu / conns * 1000 if conns else float("nan"), errs=errs)
+def ratio(s, c, ref):
+    r = med.get((ref, c))
+    return "%.2f" % (med[s, c]["cps"] / r["cps"]) if r and r["cps"] else "—"
+print("| system | C | conns/s | vs xinetd | vs tcpserv04 | p50 ms | p99 ms | daemon CPU ms/1000 conns | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for c in concs:
+    for s in systems:
+        v = med[s, c]
+        print("| %s | %d | %.0f | %s | %s | %.2f | %.2f | %.1f | %d |" % (
+            s, c, v["cps"], ratio(s, c, "xinetd"), ratio(s, c, "tcpserv04"),
+            v["p50"] / 1000, v["p99"] / 1000, v["cpu"], v["errs"]))
+print()
+print("| system | RSS idle KiB | RSS after load KiB | zombies after load | fds after load |")
+print("|---|---:|---:|---:|---:|")
+for s in systems:
+    a = after[s]
+    print("| %s | %s | %s | %s | %s |" % (s, a["rss_idle_kib"], a["rss_after_kib"], a["zombies"], a["fds_after"]))
+print()
+print("Spawn ceiling (fork+exec+wait of the handler, no network): %s/s in one loop, %s/s with one loop per core." % (ceil1, ceiln))
+print("Load generator against an in-process threaded echo server (no fork), C=8: %s conns/s." % selftest)
+print("Medians of %s interleaved rounds of %s s per cell; CPU is the daemon process's own (not its children's)." % (rounds, duration))
+if bbwhy:
+    print("busybox inetd: not measured: %s." % bbwhy)
+if "tinyinetd" in systems:
+    c = 8 if 8 in concs else concs[0]
+    t = med["tinyinetd", c]["cps"]
+    parts = []
+    for ref in ("xinetd", "busybox-inetd", "tcpserv04"):
+        if (ref, c) in med:
+            parts.append("%s %.2fx" % (ref, t / med[ref, c]["cps"]))
+    parts.append("spawn ceiling (all cores) %.2fx" % (t / float(ceiln)) if float(ceiln) else "")
+    print("tinyinetd at C=%d: %s." % (c, ", ".join(p for p in parts if p)))
+EOF

@@ -1,0 +1,198 @@
+//! A closed-loop load generator: C client threads, each repeating
+//! connect → send one line → read the echo → close for D seconds, after a
+//! warm-up. Prints one CSV line:
+//! `label,concurrency,seconds,conns,conns_per_s,p50_us,p90_us,p99_us,max_us,err_connect,err_reset,err_timeout,err_short`.
+//!
+//! `--selftest` drives a non-forking, in-process threaded echo server
+//! instead, to show how far the generator itself goes on this machine.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const LINE: &[u8] = b"ping 0123456789\n";
+
+struct Opts {
+    addr: Option<SocketAddr>,
+    concurrency: usize,
+    duration: Duration,
+    warmup: Duration,
+    label: String,
+    selftest: bool,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME]"
+    );
+    std::process::exit(2)
+}
+
+fn parse() -> Opts {
+    let mut o = Opts {
+        addr: None,
+        concurrency: 8,
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_secs(1),
+        label: "run".into(),
+        selftest: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--addr" => o.addr = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--concurrency" => o.concurrency = val().parse().unwrap_or_else(|_| usage()),
+            "--duration" => o.duration = Duration::from_secs_f64(val().parse().unwrap_or_else(|_| usage())),
+            "--warmup" => o.warmup = Duration::from_secs_f64(val().parse().unwrap_or_else(|_| usage())),
+            "--label" => o.label = val(),
+            "--selftest" => o.selftest = true,
+            _ => usage(),
+        }
+    }
+    if o.addr.is_none() && !o.selftest || o.concurrency == 0 {
+        usage()
+    }
+    o
+}
+
+#[derive(Default)]
+struct Tally {
+    lat_us: Vec<u32>,
+    connect: u64,
+    reset: u64,
+    timeout: u64,
+    short: u64,
+}
+
+enum Outcome {
+    Ok,
+    Connect,
+    Reset,
+    Timeout,
+    Short,
+}
+
+fn one(addr: SocketAddr) -> Outcome {
+    let mut s = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(_) => return Outcome::Connect,
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_nodelay(true);
+    let classify = |e: std::io::Error| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Outcome::Timeout,
+        _ => Outcome::Reset,
+    };
+    if let Err(e) = s.write_all(LINE) {
+        return classify(e);
+    }
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < LINE.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Outcome::Short,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return classify(e),
+        }
+    }
+    if &buf[..got] != LINE {
+        return Outcome::Short;
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    Outcome::Ok
+}
+
+fn selftest_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind selftest server");
+    let addr = l.local_addr().expect("addr");
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn main() {
+    let o = parse();
+    let addr = if o.selftest { selftest_server() } else { o.addr.unwrap_or_else(|| usage()) };
+    let start = Instant::now();
+    let measure_from = start + o.warmup;
+    let end = measure_from + o.duration;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..o.concurrency)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut t = Tally::default();
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let r = one(addr);
+                    let now = Instant::now();
+                    if now >= end {
+                        break;
+                    }
+                    if t0 < measure_from {
+                        continue;
+                    }
+                    match r {
+                        Outcome::Ok => t.lat_us.push((now - t0).as_micros().min(u32::MAX as u128) as u32),
+                        Outcome::Connect => t.connect += 1,
+                        Outcome::Reset => t.reset += 1,
+                        Outcome::Timeout => t.timeout += 1,
+                        Outcome::Short => t.short += 1,
+                    }
+                    if matches!(r, Outcome::Connect) {
+                        // Do not spin on a refusing server.
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                t
+            })
+        })
+        .collect();
+    thread::sleep(end.saturating_duration_since(Instant::now()));
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Tally::default();
+    for w in workers {
+        let t = w.join().expect("worker");
+        all.lat_us.extend(t.lat_us);
+        all.connect += t.connect;
+        all.reset += t.reset;
+        all.timeout += t.timeout;
+        all.short += t.short;
+    }
+    all.lat_us.sort_unstable();
+    let n = all.lat_us.len();
+    let pct = |p: f64| if n == 0 { 0 } else { all.lat_us[((n - 1) as f64 * p).round() as usize] };
+    let secs = o.duration.as_secs_f64();
+    println!(
+        "{},{},{:.1},{},{:.0},{},{},{},{},{},{},{},{}",
+        o.label,
+        o.concurrency,
+        secs,
+        n,
+        n as f64 / secs,
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        all.lat_us.last().copied().unwrap_or(0),
+        all.connect,
+        all.reset,
+        all.timeout,
+        all.short
+    );
+}
