@@ -194,7 +194,7 @@ impl Supervisor {
             drain: None,
             watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
             status_sent: String::new(),
-            scratch: Scratch::default(),
+            scratch: Scratch::new(),
             exits: Vec::new(),
             fired: Vec::new(),
             slots: Vec::new(),
@@ -919,6 +919,7 @@ impl Supervisor {
             }
         }
         self.install(plan, held);
+        self.scratch.refresh_signals();
         self.log
             .event(Level::Info, "reload")
             .kv("services", self.services.len())
