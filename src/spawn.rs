@@ -25,7 +25,7 @@
 //!   clone, as plain pointers.
 //! * **Signals.** The daemon blocks every signal around clone. The child
 //!   gets its own copy of the dispositions (no CLONE_SIGHAND), resets every
-//!   one to `SIG_DFL` (SIGPIPE above all: Rust ignores it, and an ignored
+//!   one that is not `SIG_DFL` (the daemon lists them once) to `SIG_DFL` (SIGPIPE above all: Rust ignores it, and an ignored
 //!   disposition survives `execve`) and only then empties its mask — so
 //!   signal-hook's handler can never run in the child, where it would write
 //!   into the daemon's self-pipe and memory.
