@@ -25,10 +25,11 @@
 //!   clone, as plain pointers.
 //! * **Signals.** The daemon blocks every signal around clone. The child
 //!   gets its own copy of the dispositions (no CLONE_SIGHAND), resets every
-//!   one that is not `SIG_DFL` (the daemon lists them once) to `SIG_DFL` (SIGPIPE above all: Rust ignores it, and an ignored
-//!   disposition survives `execve`) and only then empties its mask — so
-//!   signal-hook's handler can never run in the child, where it would write
-//!   into the daemon's self-pipe and memory.
+//!   one that is not `SIG_DFL` (the daemon lists them once) to `SIG_DFL`
+//!   (SIGPIPE above all: Rust ignores it, and an ignored disposition
+//!   survives `execve`) and only then empties its mask — so signal-hook's
+//!   handler can never run in the child, where it would write into the
+//!   daemon's self-pipe and memory.
 //! * **Exec failure.** A failed step writes `(step, errno)` into the
 //!   `Failure` slot and `_exit(127)`s (`exit_group` ends only the child: it
 //!   is its own thread group). When `clone` returns, the daemon knows at once
