@@ -1,7 +1,7 @@
 //! The running handlers: pid → [`Child`], and reaping them into [`Exit`]s.
 //!
-//! Reaping drains `waitpid(-1, WNOHANG)` until nothing is left, every loop
-//! turn: SIGCHLD deliveries coalesce, so one signal may stand for many exits.
+//! Reaping drains `waitpid(-1, WNOHANG)` until nothing is left, on every
+//! SIGCHLD: deliveries coalesce, so one signal may stand for many exits.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

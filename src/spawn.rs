@@ -23,13 +23,16 @@
 //!   Everything the child needs — the exec path, argv, envp (with this
 //!   connection's variables), credentials — is built by the parent *before*
 //!   clone, as plain pointers.
-//! * **Signals.** The daemon blocks every signal around clone. The child
-//!   gets its own copy of the dispositions (no CLONE_SIGHAND), resets every
-//!   one that is not `SIG_DFL` (the daemon lists them once) to `SIG_DFL`
-//!   (SIGPIPE above all: Rust ignores it, and an ignored disposition
-//!   survives `execve`) and only then empties its mask — so signal-hook's
-//!   handler can never run in the child, where it would write into the
-//!   daemon's self-pipe and memory.
+//! * **Signals.** The daemon installs no signal handler: the signals it
+//!   acts on are blocked for its whole life and read from a signalfd
+//!   (`signals`), so no daemon code runs on an asynchronous signal in the
+//!   child, and no mask needs changing around clone (std's stack-overflow
+//!   handler runs only on a fault, and the child resets it first). The child inherits that mask and
+//!   gets its own copy of the dispositions (no CLONE_SIGHAND); it resets
+//!   every one that is not `SIG_DFL` (the daemon lists them once: SIGPIPE
+//!   above all, which Rust ignores and an ignore survives `execve`; std's
+//!   SIGSEGV/SIGBUS stack-overflow handlers; ignores the daemon inherited)
+//!   to `SIG_DFL`, then empties its mask.
 //! * **Exec failure.** A failed step writes `(step, errno)` into the
 //!   `Failure` slot and `_exit(127)`s (`exit_group` ends only the child: it
 //!   is its own thread group). When `clone` returns, the daemon knows at once
@@ -48,7 +51,6 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
 use crate::plan::Service;
@@ -255,9 +257,6 @@ pub fn spawn(svc: &Service, conn: &Conn, scratch: &mut Scratch) -> Result<Spawne
         failed_errno: UnsafeCell::new(0),
     };
 
-    // Block every signal across clone: see the module comment.
-    let mut old = SigSet::empty();
-    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old));
     // SAFETY: `child_entry` runs on its own stack, touches only `args` (alive
     // until clone returns: CLONE_VFORK suspends us until the child has
     // exec'd or exited) and calls only async-signal-safe functions.
@@ -270,7 +269,6 @@ pub fn spawn(svc: &Service, conn: &Conn, scratch: &mut Scratch) -> Result<Spawne
         )
     };
     let clone_errno = Errno::last();
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     if pid < 0 {
         return Err(SpawnError::Fork(clone_errno));
     }

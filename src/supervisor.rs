@@ -2,7 +2,7 @@
 //! counters, the logger. Everything else takes values and returns values.
 //!
 //! Each turn: poll (timeout = the nearest deadline, no periodic wake-ups)
-//! → drain the signal pipe and act on it → reap every
+//! → read the signalfd and act on it → on SIGCHLD, reap every
 //! exited child → fire due deadlines → accept, with a budget per listener so
 //! one busy port cannot starve the others. A service at capacity simply has
 //! its listeners left out of the poll set: the kernel backlog holds its
@@ -341,7 +341,12 @@ impl Supervisor {
             self.log_status();
         }
 
-        self.reap(now);
+        // Children are reaped when SIGCHLD says one changed state: the
+        // signal is blocked and queued, so none can be missed, and any number
+        // of exits between two polls cost one read and one waitpid loop.
+        if sig.child {
+            self.reap(now);
+        }
         self.fire_deadlines(now);
 
         if self.drain.is_none() {
@@ -393,7 +398,8 @@ impl Supervisor {
                     }
                 }
             }
-            // A signal: its byte is in the pipe; the next poll sees it at once.
+            // Only a stop/continue can interrupt it (the daemon's signals are
+            // blocked and come through the signalfd): just poll again.
             Err(Errno::EINTR) => {}
             Err(e) => {
                 drop(fds);
