@@ -126,13 +126,14 @@ impl std::error::Error for ConfigError {}
 pub trait System {
     /// The effective uid and gid of the daemon.
     fn identity(&self) -> (u32, u32);
-    /// `(uid, primary gid)` of a user name.
-    fn user(&self, name: &str) -> Option<(u32, u32)>;
+    /// `(uid, primary gid)` of a user name; `Err` when the lookup itself
+    /// failed (as opposed to: no such user).
+    fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String>;
     fn user_name(&self, uid: u32) -> Option<String>;
-    fn group(&self, name: &str) -> Option<u32>;
+    fn group(&self, name: &str) -> Result<Option<u32>, String>;
     fn group_name(&self, gid: u32) -> Option<String>;
     /// Supplementary groups of `user` with `gid` included.
-    fn group_list(&self, user: &str, gid: u32) -> Vec<u32>;
+    fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String>;
     /// The directory of the running daemon executable.
     fn exe_dir(&self) -> Option<PathBuf>;
     /// `Ok(())` if `path` is a regular file with an execute bit, else why not.
@@ -142,7 +143,8 @@ pub trait System {
     fn root_only(&self, path: &Path) -> Result<(), String>;
 }
 
-/// The real system: NSS lookups through nix, the file system.
+/// The real system: users and groups through NSS (`accounts`: getent),
+/// the file system.
 pub struct RealSystem;
 
 impl System for RealSystem {
@@ -152,30 +154,31 @@ impl System for RealSystem {
             nix::unistd::getegid().as_raw(),
         )
     }
-    fn user(&self, name: &str) -> Option<(u32, u32)> {
-        let u = nix::unistd::User::from_name(name).ok()??;
-        Some((u.uid.as_raw(), u.gid.as_raw()))
+    fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
+        // getent takes an all-digit key for a uid: only a name match counts.
+        Ok(crate::accounts::passwd(name)?
+            .filter(|p| p.name == name)
+            .map(|p| (p.uid, p.gid)))
     }
     fn user_name(&self, uid: u32) -> Option<String> {
-        let u = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
-        Some(u.name)
+        Some(crate::accounts::passwd(&uid.to_string()).ok()??.name)
     }
-    fn group(&self, name: &str) -> Option<u32> {
-        let g = nix::unistd::Group::from_name(name).ok()??;
-        Some(g.gid.as_raw())
+    fn group(&self, name: &str) -> Result<Option<u32>, String> {
+        Ok(crate::accounts::group(name)?
+            .filter(|g| g.name == name)
+            .map(|g| g.gid))
     }
     fn group_name(&self, gid: u32) -> Option<String> {
-        let g = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok()??;
-        Some(g.name)
+        Some(crate::accounts::group(&gid.to_string()).ok()??.name)
     }
-    fn group_list(&self, user: &str, gid: u32) -> Vec<u32> {
-        let Ok(cuser) = CString::new(user) else {
-            return vec![gid];
-        };
-        match nix::unistd::getgrouplist(&cuser, nix::unistd::Gid::from_raw(gid)) {
-            Ok(list) => list.into_iter().map(|g| g.as_raw()).collect(),
-            Err(_) => vec![gid],
+    fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
+        let mut list = vec![gid];
+        for g in crate::accounts::initgroups(user)? {
+            if !list.contains(&g) {
+                list.push(g);
+            }
         }
+        Ok(list)
     }
     fn exe_dir(&self) -> Option<PathBuf> {
         std::env::current_exe()
@@ -815,11 +818,15 @@ impl<'t> Checker<'t> {
             let mut bad = false;
             if let Some((u, uspan)) = user {
                 match sys.user(u) {
-                    None => {
+                    Err(why) => {
+                        self.problem(uspan.clone(), ctx, format!("user \"{}\": {why}", esc(u)));
+                        bad = true;
+                    }
+                    Ok(None) => {
                         self.problem(uspan.clone(), ctx, format!("unknown user \"{}\"", esc(u)));
                         bad = true;
                     }
-                    Some((uid, _)) if uid != euid => {
+                    Ok(Some((uid, _))) if uid != euid => {
                         let me = sys.user_name(euid).unwrap_or_else(|| euid.to_string());
                         self.problem(
                             uspan.clone(),
@@ -831,16 +838,20 @@ impl<'t> Checker<'t> {
                         );
                         bad = true;
                     }
-                    Some(_) => {}
+                    Ok(Some(_)) => {}
                 }
             }
             if let Some((g, gspan)) = group {
                 match sys.group(g) {
-                    None => {
+                    Err(why) => {
+                        self.problem(gspan.clone(), ctx, format!("group \"{}\": {why}", esc(g)));
+                        bad = true;
+                    }
+                    Ok(None) => {
                         self.problem(gspan.clone(), ctx, format!("unknown group \"{}\"", esc(g)));
                         bad = true;
                     }
-                    Some(gid) if gid != egid => {
+                    Ok(Some(gid)) if gid != egid => {
                         let mine = sys.group_name(egid).unwrap_or_else(|| egid.to_string());
                         self.problem(
                             gspan.clone(),
@@ -852,7 +863,7 @@ impl<'t> Checker<'t> {
                         );
                         bad = true;
                     }
-                    Some(_) => {}
+                    Ok(Some(_)) => {}
                 }
             }
             return if bad { Err(()) } else { Ok(None) };
@@ -860,9 +871,16 @@ impl<'t> Checker<'t> {
 
         let (uname, uspan) = match user {
             Some((u, s)) => (u.as_str(), s.clone()),
-            None => ("nobody", span),
+            None => ("nobody", span.clone()),
         };
-        let Some((uid, primary)) = sys.user(uname) else {
+        let found = match sys.user(uname) {
+            Ok(found) => found,
+            Err(why) => {
+                self.problem(uspan, ctx, format!("user \"{}\": {why}", esc(uname)));
+                return Err(());
+            }
+        };
+        let Some((uid, primary)) = found else {
             let m = if user.is_some() {
                 format!("unknown user \"{}\"", esc(uname))
             } else {
@@ -874,8 +892,12 @@ impl<'t> Checker<'t> {
         };
         let (gid, gname) = match group {
             Some((g, gspan)) => match sys.group(g) {
-                Some(gid) => (gid, g.clone()),
-                None => {
+                Ok(Some(gid)) => (gid, g.clone()),
+                Err(why) => {
+                    self.problem(gspan.clone(), ctx, format!("group \"{}\": {why}", esc(g)));
+                    return Err(());
+                }
+                Ok(None) => {
                     self.problem(gspan.clone(), ctx, format!("unknown group \"{}\"", esc(g)));
                     return Err(());
                 }
@@ -886,8 +908,16 @@ impl<'t> Checker<'t> {
                     .unwrap_or_else(|| primary.to_string()),
             ),
         };
+        let list = match sys.group_list(uname, gid) {
+            Ok(list) => list,
+            Err(why) => {
+                let at = user.map_or(span.clone(), |(_, s)| s.clone());
+                self.problem(at, ctx, format!("groups of user \"{}\": {why}", esc(uname)));
+                return Err(());
+            }
+        };
         let mut groups = vec![gid];
-        for g in sys.group_list(uname, gid) {
+        for g in list {
             if !groups.contains(&g) {
                 groups.push(g);
             }
@@ -1306,13 +1336,14 @@ mod tests {
         fn identity(&self) -> (u32, u32) {
             (self.euid, self.euid)
         }
-        fn user(&self, name: &str) -> Option<(u32, u32)> {
-            match name {
+        fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
+            Ok(match name {
+                "ldapuser" => return Err("getent passwd ldapuser: no answer within 10s".into()),
                 "root" => Some((0, 0)),
                 "nobody" => Some((65534, 65534)),
                 "alice" => Some((1000, 1000)),
                 _ => None,
-            }
+            })
         }
         fn user_name(&self, uid: u32) -> Option<String> {
             Some(match uid {
@@ -1321,14 +1352,14 @@ mod tests {
                 _ => return None,
             })
         }
-        fn group(&self, name: &str) -> Option<u32> {
-            match name {
+        fn group(&self, name: &str) -> Result<Option<u32>, String> {
+            Ok(match name {
                 "root" => Some(0),
                 "nogroup" => Some(65534),
                 "alice" => Some(1000),
                 "staff" => Some(50),
                 _ => None,
-            }
+            })
         }
         fn group_name(&self, gid: u32) -> Option<String> {
             Some(match gid {
@@ -1338,12 +1369,12 @@ mod tests {
                 _ => return None,
             })
         }
-        fn group_list(&self, user: &str, gid: u32) -> Vec<u32> {
-            if user == "alice" {
+        fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
+            Ok(if user == "alice" {
                 vec![gid, 50]
             } else {
                 vec![gid]
-            }
+            })
         }
         fn exe_dir(&self) -> Option<PathBuf> {
             Some(PathBuf::from("/opt/build"))
@@ -1627,6 +1658,16 @@ allow = ["10.0.0.1/8"]
         .to_string();
         assert!(e.contains("unknown user \"ghost\""), "{e}");
         assert!(check(&format!("{MINIMAL}user = \"alice\"\n"), 1000).is_ok());
+    }
+
+    #[test]
+    fn a_failed_lookup_is_reported_as_such_not_as_unknown() {
+        let e = errors(&format!("{MINIMAL}user = \"ldapuser\"\n"));
+        assert!(
+            e.contains("9:8: service \"echo\": user \"ldapuser\": getent passwd ldapuser: no answer within 10s"),
+            "{e}"
+        );
+        assert!(!e.contains("unknown user"), "{e}");
     }
 
     #[test]

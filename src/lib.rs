@@ -9,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod accounts;
 pub mod admit;
 pub mod children;
 pub mod config;
