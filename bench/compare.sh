@@ -231,22 +231,24 @@ for s in "${SYSTEMS[@]}"; do
   echo "$s,${RSS_IDLE[$s]},$(rss_kib "$p"),$(zombies "$p"),$(fds "$p")" >> "$AFTER"
 done
 
-CEIL1=$("$OUT/bin/spawn_ceiling" "$ECHO1" "$DURATION")
+# Ceilings: "RATE CPU_MS_PER_1000" from each loop.
+read -r CEIL1 CEIL1_CPU < <("$OUT/bin/spawn_ceiling" "$ECHO1" "$DURATION" fork)
+read -r VCEIL1 VCEIL1_CPU < <("$OUT/bin/spawn_ceiling" "$ECHO1" "$DURATION" vfork)
 CEILN=0
 ceil_pids=()
 for i in $(seq 1 "$(nproc)"); do
-  "$OUT/bin/spawn_ceiling" "$ECHO1" "$DURATION" > "$OUT/run/ceil.$i" &
+  "$OUT/bin/spawn_ceiling" "$ECHO1" "$DURATION" fork > "$OUT/run/ceil.$i" &
   ceil_pids+=($!)
 done
 wait "${ceil_pids[@]}"   # not a bare wait: the systems under test are children too
-for i in $(seq 1 "$(nproc)"); do CEILN=$((CEILN + $(cat "$OUT/run/ceil.$i"))); done
+for i in $(seq 1 "$(nproc)"); do CEILN=$((CEILN + $(cut -d' ' -f1 "$OUT/run/ceil.$i"))); done
 SELFTEST=$("$LOADGEN" --selftest --concurrency 8 --duration "$DURATION" --warmup "$WARMUP" --label selftest | cut -d, -f5)
 
-python3 - "$CSV" "$AFTER" "$CEIL1" "$CEILN" "$SELFTEST" "$ROUNDS" "$DURATION" "${BUSYBOX_WHY:-}" <<'EOF'
+python3 - "$CSV" "$AFTER" "$CEIL1" "$CEILN" "$SELFTEST" "$ROUNDS" "$DURATION" "${BUSYBOX_WHY:-}" "$CEIL1_CPU" "$VCEIL1" "$VCEIL1_CPU" <<'EOF'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 after = {r["system"]: r for r in csv.DictReader(open(sys.argv[2]))}
-ceil1, ceiln, selftest, rounds, duration, bbwhy = sys.argv[3:9]
+ceil1, ceiln, selftest, rounds, duration, bbwhy, ceil1_cpu, vceil1, vceil1_cpu = sys.argv[3:12]
 systems = list(dict.fromkeys(r["system"] for r in rows))
 concs = sorted({int(r["concurrency"]) for r in rows})
 med = {}
@@ -278,6 +280,7 @@ for s in systems:
     print("| %s | %s | %s | %s | %s |" % (s, a["rss_idle_kib"], a["rss_after_kib"], a["zombies"], a["fds_after"]))
 print()
 print("Spawn ceiling (fork+exec+wait of the handler, no network): %s/s in one loop, %s/s with one loop per core." % (ceil1, ceiln))
+print("CPU charged to that loop itself, per 1,000 spawns: fork+exec+wait %s ms; vfork+exec+wait %s ms (%s/s): the least a parent that starts and reaps one process per connection can be charged here, before any accept or close." % (ceil1_cpu, vceil1_cpu, vceil1))
 print("Load generator against an in-process threaded echo server (no fork), C=8: %s conns/s." % selftest)
 print("Medians of %s interleaved rounds of %s s per cell; CPU is the daemon process's own (not its children's)." % (rounds, duration))
 if bbwhy:
