@@ -50,10 +50,18 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # --- Build ours ---------------------------------------------------------------
-gcc -O2 -static -o "$OUT/bin/echo1" handler/echo1.c 2>/dev/null || {
+# echo1 without libc where it can be (x86-64): see handler/echo1.c.
+if [ "$(uname -m)" = x86_64 ]; then
+  gcc -O2 -Wall -static -nostdlib -fno-stack-protector -DECHO1_NOLIBC -o "$OUT/bin/echo1" handler/echo1.c
+  ECHO1_KIND="static, no libc"
+elif gcc -O2 -Wall -static -o "$OUT/bin/echo1" handler/echo1.c 2>/dev/null; then
+  ECHO1_KIND="static glibc"
+else
   note "static linking unavailable: echo1 is dynamically linked"
-  gcc -O2 -o "$OUT/bin/echo1" handler/echo1.c
-}
+  gcc -O2 -Wall -o "$OUT/bin/echo1" handler/echo1.c
+  ECHO1_KIND="dynamic glibc"
+fi
+printf 'ping\n' | "$OUT/bin/echo1" | grep -qx ping || { echo "compare.sh: echo1 does not echo" >&2; exit 1; }
 gcc -O2 -Wall -o "$OUT/bin/tcpserv04" tcpserv04.c
 gcc -O2 -Wall -o "$OUT/bin/spawn_ceiling" spawn_ceiling.c
 (cd loadgen && cargo build --release --quiet)
@@ -244,11 +252,11 @@ wait "${ceil_pids[@]}"   # not a bare wait: the systems under test are children 
 for i in $(seq 1 "$(nproc)"); do CEILN=$((CEILN + $(cut -d' ' -f1 "$OUT/run/ceil.$i"))); done
 SELFTEST=$("$LOADGEN" --selftest --concurrency 8 --duration "$DURATION" --warmup "$WARMUP" --label selftest | cut -d, -f5)
 
-python3 - "$CSV" "$AFTER" "$CEIL1" "$CEILN" "$SELFTEST" "$ROUNDS" "$DURATION" "${BUSYBOX_WHY:-}" "$CEIL1_CPU" "$VCEIL1" "$VCEIL1_CPU" <<'EOF'
+python3 - "$CSV" "$AFTER" "$CEIL1" "$CEILN" "$SELFTEST" "$ROUNDS" "$DURATION" "${BUSYBOX_WHY:-}" "$CEIL1_CPU" "$VCEIL1" "$VCEIL1_CPU" "$ECHO1_KIND" <<'EOF'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 after = {r["system"]: r for r in csv.DictReader(open(sys.argv[2]))}
-ceil1, ceiln, selftest, rounds, duration, bbwhy, ceil1_cpu, vceil1, vceil1_cpu = sys.argv[3:12]
+ceil1, ceiln, selftest, rounds, duration, bbwhy, ceil1_cpu, vceil1, vceil1_cpu, echo1_kind = sys.argv[3:13]
 systems = list(dict.fromkeys(r["system"] for r in rows))
 concs = sorted({int(r["concurrency"]) for r in rows})
 med = {}
@@ -282,7 +290,7 @@ print()
 print("Spawn ceiling (fork+exec+wait of the handler, no network): %s/s in one loop, %s/s with one loop per core." % (ceil1, ceiln))
 print("CPU charged to that loop itself, per 1,000 spawns: fork+exec+wait %s ms; vfork+exec+wait %s ms (%s/s): the least a parent that starts and reaps one process per connection can be charged here, before any accept or close." % (ceil1_cpu, vceil1_cpu, vceil1))
 print("Load generator against an in-process threaded echo server (no fork), C=8: %s conns/s." % selftest)
-print("Medians of %s interleaved rounds of %s s per cell; CPU is the daemon process's own (not its children's)." % (rounds, duration))
+print("Medians of %s interleaved rounds of %s s per cell; CPU is the daemon process's own (not its children's). Handler: echo1, %s." % (rounds, duration, echo1_kind))
 if bbwhy:
     print("busybox inetd: not measured: %s." % bbwhy)
 if "tinyinetd" in systems:
