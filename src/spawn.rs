@@ -27,8 +27,9 @@
 //!   acts on are blocked for its whole life and read from a signalfd
 //!   (`signals`), so no daemon code runs on an asynchronous signal in the
 //!   child, and no mask needs changing around clone (std's stack-overflow
-//!   handler runs only on a fault, and the child resets it first). The child inherits that mask and
-//!   gets its own copy of the dispositions (no CLONE_SIGHAND); it resets
+//!   handler runs only on a fault, and the child resets it first). The
+//!   child inherits that mask and gets its own copy of the dispositions
+//!   (no CLONE_SIGHAND); it resets
 //!   every one that is not `SIG_DFL` (the daemon lists them once: SIGPIPE
 //!   above all, which Rust ignores and an ignore survives `execve`; std's
 //!   SIGSEGV/SIGBUS stack-overflow handlers; ignores the daemon inherited)
@@ -41,6 +42,23 @@
 //!   microseconds until its `execve`.
 //! * **Descriptors.** The child marks every descriptor from 3 up
 //!   close-on-exec before exec; nothing but the connection on 0–2 survives.
+//!
+//! # The hot path, per connection
+//!
+//! A connection costs the daemon four system calls of its own (five with
+//! the `exit` log line written at the default log level): `accept4` (the
+//! listener is non-blocking and drained up to a budget per poll turn, so
+//! one `poll` serves a burst), `clone` (the daemon sleeps until the
+//! child's `execve`), `close` of its copy of the connection (and a
+//! `getsockname` first when the listener is a wildcard address), and one
+//! `wait4` when the child's exit is read from the signalfd (one `read` and
+//! one `wait4` loop serve every exit between two polls). Everything that
+//! does not depend on the connection — the exec path, argv, the service's
+//! environment, credentials, the list of signals to reset — is built at
+//! load time; only the connection's own variables (`TCPREMOTEIP` and
+//! friends) are formatted per connection, into reused buffers. What the
+//! daemon is still charged for is the kernel's work in `clone` and in
+//! reaping; BENCHMARKS.md compares it with a bare vfork+exec+wait loop.
 
 #![allow(unsafe_code)]
 
@@ -143,9 +161,9 @@ pub struct Failure {
 /// Buffers reused from one spawn to the next, so the hot path does not
 /// allocate once they have grown to size.
 pub struct Scratch {
-    /// The signals whose disposition is not SIG_DFL in the daemon (its own
-    /// handlers, Rust's SIGPIPE ignore, ignores it inherited): the ones the
-    /// child must reset. Listing them here once saves the child 60-odd
+    /// The signals whose disposition is not SIG_DFL in the daemon (Rust's
+    /// SIGPIPE ignore, std's stack-overflow handlers, ignores it
+    /// inherited): the ones the child must reset. Listing them here once saves the child 60-odd
     /// system calls per connection, made while the daemon is suspended.
     reset: Vec<libc::c_int>,
     /// The per-connection variables, NUL-terminated one after the other.
@@ -163,11 +181,10 @@ pub struct Scratch {
 const CHILD_STACK: usize = 64 * 1024;
 
 impl Scratch {
-    /// Call after the daemon's signal handlers are installed: the signals
-    /// to reset are read from the dispositions as they are now. Nothing in
-    /// the daemon changes a disposition afterwards; `refresh_signals` is
-    /// called on every reload all the same. (Not `Default`: it reads the
-    /// process's signal state, and must run after the handlers exist.)
+    /// The signals to reset are read from the dispositions as they are
+    /// now. Nothing in the daemon changes a disposition afterwards;
+    /// `refresh_signals` is called on every reload all the same. (Not
+    /// `Default`: it reads the process's signal state.)
     #[allow(clippy::new_without_default)]
     pub fn new() -> Scratch {
         Scratch {
