@@ -536,6 +536,10 @@ fn bind_failure_names_the_address_and_exits_1() {
 fn emfile_backs_off_without_spinning_and_recovers() {
     let d = Daemon::start(&echo_conf());
     let pid = d.pid().as_raw().to_string();
+    // READY=1 arrives while the daemon may still hold the socket it sent it
+    // on; the "ready" log line is written after that socket is closed, and
+    // from then on the daemon opens nothing until a connection comes.
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
     // accept(2) takes the lowest free descriptor number: a soft limit equal
     // to that number makes it fail with EMFILE.
     let used: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
