@@ -45,20 +45,26 @@
 //!
 //! # The hot path, per connection
 //!
-//! A connection costs the daemon four system calls of its own (five with
-//! the `exit` log line written at the default log level): `accept4` (the
-//! listener is non-blocking and drained up to a budget per poll turn, so
-//! one `poll` serves a burst), `clone` (the daemon sleeps until the
-//! child's `execve`), `close` of its copy of the connection (and a
-//! `getsockname` first when the listener is a wildcard address), and one
-//! `wait4` when the child's exit is read from the signalfd (one `read` and
-//! one `wait4` loop serve every exit between two polls). Everything that
-//! does not depend on the connection — the exec path, argv, the service's
-//! environment, credentials, the list of signals to reset — is built at
-//! load time; only the connection's own variables (`TCPREMOTEIP` and
-//! friends) are formatted per connection, into reused buffers. What the
-//! daemon is still charged for is the kernel's work in `clone` and in
-//! reaping; BENCHMARKS.md compares it with a bare vfork+exec+wait loop.
+//! A connection costs the daemon five system calls of its own (six with
+//! the `exit` log line written at the default log level): `accept4`;
+//! `clone`, during which the daemon sleeps until the child's `execve`;
+//! `close` of its copy of the connection (after a `getsockname` when the
+//! listener is a wildcard address); a zero-timeout `poll` of the listener,
+//! which asks whether the next connection is already waiting; and one
+//! `wait4` when the exit is read from the signalfd. The listener is
+//! drained up to a budget per loop turn, so one full `poll` serves a
+//! burst, and one signalfd `read` and one `wait4` loop serve every exit
+//! between two turns. The small `poll` stands in for the accept that would
+//! fail with EAGAIN, which costs the kernel a socket and a file allocated
+//! and freed again.
+//!
+//! Everything that does not depend on the connection — the exec path,
+//! argv, the service's environment, credentials, the list of signals to
+//! reset — is built at load time; only the connection's own variables
+//! (`TCPREMOTEIP` and friends) are formatted per connection, into reused
+//! buffers. What the daemon is still charged for is mostly the kernel's
+//! work in `clone` and in reaping; BENCHMARKS.md compares it with a bare
+//! vfork+exec+wait loop.
 
 #![allow(unsafe_code)]
 
