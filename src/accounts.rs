@@ -41,27 +41,24 @@ pub struct Group {
 
 /// Looks up a user by name or, when `key` is all digits, by uid.
 pub fn passwd(key: &str) -> Result<Option<Passwd>, String> {
-    match query("passwd", key)? {
-        None => Ok(None),
-        Some(out) => parse_passwd(first_line(&out)).map(Some).ok_or_else(|| {
-            format!(
-                "getent passwd {key}: unexpected answer {:?}",
-                first_line(&out)
-            )
-        }),
-    }
+    lookup("passwd", key, parse_passwd)
 }
 
 /// Looks up a group by name or, when `key` is all digits, by gid.
 pub fn group(key: &str) -> Result<Option<Group>, String> {
-    match query("group", key)? {
+    lookup("group", key, parse_group)
+}
+
+/// One entry of `db`, parsed; `None` when getent knows no such key.
+fn lookup<T>(db: &str, key: &str, parse: fn(&str) -> Option<T>) -> Result<Option<T>, String> {
+    match query(db, key)? {
         None => Ok(None),
-        Some(out) => parse_group(first_line(&out)).map(Some).ok_or_else(|| {
-            format!(
-                "getent group {key}: unexpected answer {:?}",
-                first_line(&out)
-            )
-        }),
+        Some(out) => {
+            let line = first_line(&out);
+            parse(line)
+                .map(Some)
+                .ok_or_else(|| format!("getent {db} {key}: unexpected answer {line:?}"))
+        }
     }
 }
 
