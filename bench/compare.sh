@@ -207,7 +207,6 @@ note "systems: ${SYSTEMS[*]}"
 
 # --- Measure -------------------------------------------------------------------
 HZ=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 fds() { ls "/proc/$1/fd" | wc -l; }
 zombies() { ps -o stat= --ppid "$1" 2>/dev/null | grep -c '^Z' || true; }
@@ -221,10 +220,12 @@ for round in $(seq 1 "$ROUNDS"); do
   for c in $CONCS; do
     for s in "${SYSTEMS[@]}"; do
       pid=${PID[$s]}
-      t0=$(ticks "$pid")
-      line=$("$LOADGEN" --addr "127.0.0.1:${PORT[$s]}" --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP" --label "$s")
-      t1=$(ticks "$pid")
-      cpu_ms=$(( (t1 - t0) * 1000 / HZ ))
+      # The generator reads the daemon's CPU ticks at the start and the end
+      # of the measured window itself (last field), so that CPU and
+      # connections cover the same seconds, warm-up excluded.
+      line=$("$LOADGEN" --addr "127.0.0.1:${PORT[$s]}" --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP" --label "$s" --pid "$pid")
+      cpu_ms=$(( ${line##*,} * 1000 / HZ ))
+      line=${line%,*}
       echo "$round,${line#*,},$cpu_ms" | sed "s/^$round,/$round,$s,/" >> "$CSV"
       note "round $round C=$c $s: $(echo "$line" | cut -d, -f5) conns/s"
     done

@@ -1,7 +1,11 @@
 //! A closed-loop load generator: C client threads, each repeating
 //! connect → send one line → read the echo → close for D seconds, after a
 //! warm-up. Prints one CSV line:
-//! `label,concurrency,seconds,conns,conns_per_s,p50_us,p90_us,p99_us,max_us,err_connect,err_reset,err_timeout,err_short`.
+//! `label,concurrency,seconds,conns,conns_per_s,p50_us,p90_us,p99_us,max_us,err_connect,err_reset,err_timeout,err_short`,
+//! and with `--pid PID` one more field, `daemon_ticks`: the user + system
+//! clock ticks that process was charged between the start and the end of
+//! the measured window (warm-up excluded), read from `/proc/PID/stat`, so
+//! that CPU and connections are counted over the same seconds.
 //!
 //! `--selftest` drives a non-forking, in-process threaded echo server
 //! instead, to show how far the generator itself goes on this machine.
@@ -22,11 +26,12 @@ struct Opts {
     warmup: Duration,
     label: String,
     selftest: bool,
+    pid: Option<u32>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME]"
+        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME] [--pid PID]"
     );
     std::process::exit(2)
 }
@@ -39,6 +44,7 @@ fn parse() -> Opts {
         warmup: Duration::from_secs(1),
         label: "run".into(),
         selftest: false,
+        pid: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -46,10 +52,15 @@ fn parse() -> Opts {
         match a.as_str() {
             "--addr" => o.addr = Some(val().parse().unwrap_or_else(|_| usage())),
             "--concurrency" => o.concurrency = val().parse().unwrap_or_else(|_| usage()),
-            "--duration" => o.duration = Duration::from_secs_f64(val().parse().unwrap_or_else(|_| usage())),
-            "--warmup" => o.warmup = Duration::from_secs_f64(val().parse().unwrap_or_else(|_| usage())),
+            "--duration" => {
+                o.duration = Duration::from_secs_f64(val().parse().unwrap_or_else(|_| usage()))
+            }
+            "--warmup" => {
+                o.warmup = Duration::from_secs_f64(val().parse().unwrap_or_else(|_| usage()))
+            }
             "--label" => o.label = val(),
             "--selftest" => o.selftest = true,
+            "--pid" => o.pid = Some(val().parse().unwrap_or_else(|_| usage())),
             _ => usage(),
         }
     }
@@ -128,7 +139,11 @@ fn selftest_server() -> SocketAddr {
 
 fn main() {
     let o = parse();
-    let addr = if o.selftest { selftest_server() } else { o.addr.unwrap_or_else(|| usage()) };
+    let addr = if o.selftest {
+        selftest_server()
+    } else {
+        o.addr.unwrap_or_else(|| usage())
+    };
     let start = Instant::now();
     let measure_from = start + o.warmup;
     let end = measure_from + o.duration;
@@ -149,7 +164,9 @@ fn main() {
                         continue;
                     }
                     match r {
-                        Outcome::Ok => t.lat_us.push((now - t0).as_micros().min(u32::MAX as u128) as u32),
+                        Outcome::Ok => t
+                            .lat_us
+                            .push((now - t0).as_micros().min(u32::MAX as u128) as u32),
                         Outcome::Connect => t.connect += 1,
                         Outcome::Reset => t.reset += 1,
                         Outcome::Timeout => t.timeout += 1,
@@ -164,7 +181,14 @@ fn main() {
             })
         })
         .collect();
-    thread::sleep(end.saturating_duration_since(Instant::now()));
+    let until = |t: Instant| thread::sleep(t.saturating_duration_since(Instant::now()));
+    let ticks = o.pid.map(|pid| {
+        until(measure_from);
+        let t0 = cpu_ticks(pid);
+        until(end);
+        cpu_ticks(pid).saturating_sub(t0)
+    });
+    until(end);
     stop.store(true, Ordering::Relaxed);
     let mut all = Tally::default();
     for w in workers {
@@ -177,10 +201,17 @@ fn main() {
     }
     all.lat_us.sort_unstable();
     let n = all.lat_us.len();
-    let pct = |p: f64| if n == 0 { 0 } else { all.lat_us[((n - 1) as f64 * p).round() as usize] };
+    let pct = |p: f64| {
+        if n == 0 {
+            0
+        } else {
+            all.lat_us[((n - 1) as f64 * p).round() as usize]
+        }
+    };
     let secs = o.duration.as_secs_f64();
+    let ticks = ticks.map(|t| format!(",{t}")).unwrap_or_default();
     println!(
-        "{},{},{:.1},{},{:.0},{},{},{},{},{},{},{},{}",
+        "{},{},{:.1},{},{:.0},{},{},{},{},{},{},{},{}{}",
         o.label,
         o.concurrency,
         secs,
@@ -193,6 +224,32 @@ fn main() {
         all.connect,
         all.reset,
         all.timeout,
-        all.short
+        all.short,
+        ticks
     );
+}
+
+/// utime + stime of `pid`, in clock ticks (fields 14 and 15 of
+/// `/proc/PID/stat`, counted after the parenthesised command name, which
+/// may itself hold spaces). Exits with a message if it cannot be read.
+fn cpu_ticks(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        eprintln!("tinyinetd-loadgen: reading {path}: {e}");
+        std::process::exit(1)
+    });
+    let after = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    // After ") ": state is field 3, so utime (14) and stime (15) are the
+    // 12th and 13th.
+    let f: Vec<&str> = after.split_whitespace().collect();
+    match (
+        f.get(11).and_then(|v| v.parse::<u64>().ok()),
+        f.get(12).and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        (Some(u), Some(s)) => u + s,
+        _ => {
+            eprintln!("tinyinetd-loadgen: {path}: unexpected format");
+            std::process::exit(1)
+        }
+    }
 }
