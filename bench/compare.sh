@@ -289,7 +289,7 @@ for s in systems:
     print("| %s | %s | %s | %s | %s |" % (s, a["rss_idle_kib"], a["rss_after_kib"], a["zombies"], a["fds_after"]))
 print()
 print("Spawn ceiling (fork+exec+wait of the handler, no network): %s/s in one loop, %s/s with one loop per core." % (ceil1, ceiln))
-print("CPU charged to that loop itself, per 1,000 spawns: fork+exec+wait %s ms; vfork+exec+wait %s ms (%s/s): the least a parent that starts and reaps one process per connection can be charged here, before any accept or close." % (ceil1_cpu, vceil1_cpu, vceil1))
+print("CPU charged to that loop itself, per 1,000 spawns: fork+exec+wait %s ms; vfork+exec+wait %s ms (%s/s), what a parent that waits for each child's exec (as busybox inetd does) is charged at the least, before any accept or close." % (ceil1_cpu, vceil1_cpu, vceil1))
 print("Load generator against an in-process threaded echo server (no fork), C=8: %s conns/s." % selftest)
 print("Medians of %s interleaved rounds of %s s per cell; CPU is the daemon process's own (not its children's). Handler: echo1, %s." % (rounds, duration, echo1_kind))
 if bbwhy:

@@ -155,7 +155,7 @@ pub struct Access {
 pub struct ExecImage {
     /// The resolved, absolute program path.
     pub path: CString,
-    /// argv[0] (the program's file name as written) and the service's args.
+    /// `argv[0]` (the program's file name as written) and the service's args.
     pub argv: Vec<CString>,
     /// The fixed part of the environment, in order, with the per-connection
     /// variables left out: `PATH`, `PROTO`, `TINYINETD_SERVICE` and the

@@ -1,78 +1,102 @@
 //! `(Service, Conn) → Spawned`: start a child, put the connection on its
 //! fds 0–2 and exec the handler. The only module with `unsafe` code.
 //!
-//! # How: clone(CLONE_VM | CLONE_VFORK), as posix_spawn does
+//! # How: clone(CLONE_VM), without waiting for the exec
 //!
-//! The child is created with `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)` on a
-//! small stack of its own: it shares the daemon's memory (no page tables are
-//! copied, which is most of what `fork` costs) and the daemon is suspended
-//! until the child has called `execve` or `_exit`. Measured before and after
-//! in BENCHMARKS.md.
+//! The child is created with `clone(CLONE_VM | CLONE_CHILD_CLEARTID |
+//! SIGCHLD)` on a small stack of its own. It shares the daemon's memory, so
+//! no page tables are copied (most of what `fork` costs), and the daemon
+//! does not wait for it: `clone` returns at once, and the daemon goes back
+//! to its accept loop while the child, on another core, prepares and execs.
+//! posix_spawn and busybox inetd add CLONE_VFORK, which suspends the parent
+//! until the child's exec: a sleep and a wake-up of the daemon per
+//! connection, which measured as a quarter of its CPU (BENCHMARKS.md).
+//!
+//! Each child gets a `Slot`: its stack, its argv and envp, its failure
+//! report, and a reference to the `Service` its pointers lead into. The
+//! kernel says when the child no longer needs it: it zeroes the slot's
+//! `busy` word (CLONE_CHILD_CLEARTID) as soon as the child's `execve` has
+//! replaced its memory, or the child has exited. A slot is written, reused
+//! or freed only once that word is zero. A child gets there in tens of
+//! microseconds, so a few slots serve any load; at most `MAX_SLOTS`
+//! exist, and only if that many children were stopped before their exec
+//! would the daemon wait for one (as it waits for every child with
+//! CLONE_VFORK).
 //!
 //! # Why it is safe
 //!
-//! * **Shared memory.** The daemon does not run while the child does
-//!   (CLONE_VFORK), so nothing the child reads can change under it, and the
-//!   only memory the child writes is its own stack and one `Failure` slot
-//!   that the daemon reads after `clone` returns.
-//! * **Async-signal-safe only.** Between clone and exec the child calls raw
-//!   system calls through libc and nothing else: no allocation, no locks, no
-//!   logging, no panics, no return. It does share the daemon's thread-local
-//!   storage, so `errno` written in the child is the daemon's `errno`; the
-//!   daemon reads the child's error from the `Failure` slot, never `errno`.
-//!   Everything the child needs — the exec path, argv, envp (with this
-//!   connection's variables), credentials — is built by the parent *before*
-//!   clone, as plain pointers.
+//! * **Shared memory.** The child reads only its slot and, through the
+//!   `Arc<Service>` the slot holds, the service's exec image and
+//!   credentials, all built before clone and unchanged until `busy` is
+//!   zero; it writes only its own stack and the slot's failure report
+//!   (atomics). The daemon touches none of the child's stack, and the
+//!   stack has a guard page below it.
+//! * **No libc in the child.** The child runs while the daemon runs, and
+//!   shares its thread-local storage, `errno` included: anything that
+//!   writes errno or takes a lock could corrupt the daemon. So between
+//!   clone and exec the child makes raw system calls (`sys::call`, which
+//!   returns `-errno` and writes nothing else) and nothing else: no
+//!   allocation, no locks, no logging, no panics, no return. The kernel
+//!   gives a CLONE_VM child no robust-futex list, no rseq area and no
+//!   signal stack of its parent's, so it writes nothing of the daemon's
+//!   on the child's behalf either, except the zero in `busy`.
 //! * **Signals.** The daemon installs no signal handler: the signals it
 //!   acts on are blocked for its whole life and read from a signalfd
 //!   (`signals`), so no daemon code runs on an asynchronous signal in the
-//!   child, and no mask needs changing around clone (std's stack-overflow
-//!   handler runs only on a fault, and the child resets it first). The
-//!   child inherits that mask and gets its own copy of the dispositions
-//!   (no CLONE_SIGHAND); it resets
-//!   every one that is not `SIG_DFL` (the daemon lists them once: SIGPIPE
-//!   above all, which Rust ignores and an ignore survives `execve`; std's
-//!   SIGSEGV/SIGBUS stack-overflow handlers; ignores the daemon inherited)
-//!   to `SIG_DFL`, then empties its mask.
-//! * **Exec failure.** A failed step writes `(step, errno)` into the
-//!   `Failure` slot and `_exit(127)`s (`exit_group` ends only the child: it
-//!   is its own thread group). When `clone` returns, the daemon knows at once
-//!   whether the exec happened: no report pipe, no descriptor per child, and
-//!   the accept loop never waits for a running handler — only for the
-//!   microseconds until its `execve`.
-//! * **Descriptors.** The child marks every descriptor from 3 up
-//!   close-on-exec before exec; nothing but the connection on 0–2 survives.
+//!   child. The child inherits that mask and gets its own copy of the
+//!   dispositions (no CLONE_SIGHAND); it resets every one that is not
+//!   `SIG_DFL` (the daemon lists them once: SIGPIPE above all, which Rust
+//!   ignores and an ignore survives `execve`; std's SIGSEGV/SIGBUS
+//!   stack-overflow handlers; ignores the daemon inherited) to `SIG_DFL`,
+//!   then empties its mask.
+//! * **Exec failure.** A failed step writes `(step, errno)` into the slot
+//!   and exits 127 (`exit_group` ends only the child: it is its own thread
+//!   group). The daemon reads the report when it reaps the child
+//!   ([`Scratch::take_failure`]) and logs `exec-failed` before the `exit`
+//!   line: no report pipe, no descriptor per child, and the accept loop
+//!   never waits for a child.
+//! * **Descriptors.** The child has its own copy of the descriptor table
+//!   (no CLONE_FILES); it puts the connection on 0–2 and marks every
+//!   descriptor from 3 up close-on-exec; nothing else survives the exec.
+//!   The daemon closes its copy of the connection as soon as clone returns.
+//! * **Elsewhere.** The raw system calls are written for x86-64. On other
+//!   architectures (and when built with `--cfg tinyinetd_vfork`, which the
+//!   test suite also runs) the child is started with CLONE_VFORK as well:
+//!   the daemon is suspended until the exec, so the child may use libc's
+//!   `syscall`; everything else is the same code.
 //!
 //! # The hot path, per connection
 //!
 //! A connection costs the daemon five system calls of its own (six with
 //! the `exit` log line written at the default log level): `accept4`;
-//! `clone`, during which the daemon sleeps until the child's `execve`;
-//! `close` of its copy of the connection (after a `getsockname` when the
-//! listener is a wildcard address); a zero-timeout `poll` of the listener,
-//! which asks whether the next connection is already waiting; and one
-//! `wait4` when the exit is read from the signalfd. The listener is
-//! drained up to a budget per loop turn, so one full `poll` serves a
-//! burst, and one signalfd `read` and one `wait4` loop serve every exit
-//! between two turns. The small `poll` stands in for the accept that would
-//! fail with EAGAIN, which costs the kernel a socket and a file allocated
-//! and freed again.
+//! `clone`, which returns as soon as the child exists; `close` of its copy
+//! of the connection (after a `getsockname` when the listener is a
+//! wildcard address); a zero-timeout `poll` of the listener, which asks
+//! whether the next connection is already waiting; and one `wait4` when
+//! the exit is read from the signalfd. The listener is drained up to a
+//! budget per loop turn, so one full `poll` serves a burst, and one
+//! signalfd `read` and one `wait4` loop serve every exit between two
+//! turns. The small `poll` stands in for the accept that would fail with
+//! EAGAIN, which costs the kernel a socket and a file allocated and freed
+//! again.
 //!
 //! Everything that does not depend on the connection — the exec path,
 //! argv, the service's environment, credentials, the list of signals to
 //! reset — is built at load time; only the connection's own variables
-//! (`TCPREMOTEIP` and friends) are formatted per connection, into reused
-//! buffers. What the daemon is still charged for is mostly the kernel's
-//! work in `clone` and in reaping; BENCHMARKS.md compares it with a bare
-//! vfork+exec+wait loop.
+//! (`TCPREMOTEIP` and friends) are formatted per connection, into the
+//! slot's reused buffers. What the daemon is still charged for is mostly
+//! the kernel's work in `clone` and in reaping; BENCHMARKS.md compares it
+//! with a bare vfork+exec+wait loop.
 
 #![allow(unsafe_code)]
 
-use std::cell::UnsafeCell;
 use std::ffi::c_char;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -87,13 +111,6 @@ pub struct Conn {
     /// Unique within this run of the daemon; in the handler's environment
     /// and in every log line about the connection.
     pub id: u64,
-}
-
-/// A child that was started.
-pub struct Spawned {
-    pub pid: Pid,
-    /// Set when the child failed before or at `execve` (it exits 127).
-    pub failure: Option<Failure>,
 }
 
 /// Why a child could not be started at all (nothing was cloned).
@@ -164,27 +181,143 @@ pub struct Failure {
     pub errno: Errno,
 }
 
-/// Buffers reused from one spawn to the next, so the hot path does not
-/// allocate once they have grown to size.
+/// The children in flight, and what each reads: the daemon's half of the
+/// hot path. Buffers are reused from one spawn to the next, so the hot path
+/// does not allocate once they have grown to size.
 pub struct Scratch {
     /// The signals whose disposition is not SIG_DFL in the daemon (Rust's
     /// SIGPIPE ignore, std's stack-overflow handlers, ignores it
-    /// inherited): the ones the child must reset. Listing them here once saves the child 60-odd
-    /// system calls per connection, made while the daemon is suspended.
-    reset: Vec<libc::c_int>,
+    /// inherited): the ones the child must reset. Listing them here once
+    /// saves the child 60-odd system calls per connection.
+    reset: Arc<[libc::c_int]>,
+    /// One per child that may still be between clone and exec; reused once
+    /// it is free. Never more than `MAX_SLOTS`.
+    slots: Vec<Slot>,
+    /// Failure reports taken out of a slot that was reused before its
+    /// child was reaped: (pid, failure), read by [`Scratch::take_failure`].
+    failures: Vec<(Pid, Failure)>,
+}
+
+/// The most children between clone and exec at once. A child gets there
+/// in tens of microseconds, so a handful of slots is in use even under
+/// load; only children stopped before their exec could fill them all, and
+/// then the daemon waits for one to move on (as it would for every child
+/// with CLONE_VFORK).
+const MAX_SLOTS: usize = 32;
+
+/// The child's stack, below a guard page: the child path uses a few
+/// hundred bytes, and only the pages it touches take memory.
+const CHILD_STACK: usize = 32 * 1024;
+
+/// A child's stack: its own mapping, with a guard page below it, so that
+/// only the pages a child touches are resident.
+struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    fn new() -> Result<Stack, Errno> {
+        let guard = page_size();
+        let len = CHILD_STACK + guard;
+        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let stack = Stack { base, len };
+        // SAFETY: the lowest page of the mapping we own.
+        if unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } < 0 {
+            return Err(Errno::last());
+        }
+        Ok(stack)
+    }
+
+    /// The top of the stack, 16-byte aligned, as clone() wants it (the
+    /// stack grows down on every architecture Linux runs this on).
+    fn top(&self) -> *mut libc::c_void {
+        (self.base as usize + self.len) as *mut libc::c_void
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer used by any child (a slot
+        // whose child may still run is leaked, never dropped).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a value.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
+
+/// A child's slot: who had it last, and the memory it reads.
+struct Slot {
+    /// The child last started on this slot, until it is reaped or the slot
+    /// reused, so that its failure report can be found.
+    pid: Option<Pid>,
+    /// On the heap, so that it does not move while a child reads it; held
+    /// as a raw pointer, not a `Box`, because a `Box` claims sole access,
+    /// and a running child reads it too.
+    data: NonNull<SlotData>,
+}
+
+/// Everything one child reads or writes in the daemon's memory. The
+/// daemon writes it only while `busy` is zero, and then only before clone.
+struct SlotData {
+    /// Non-zero from just before clone until the child no longer uses the
+    /// daemon's memory: the kernel zeroes it (CLONE_CHILD_CLEARTID) when
+    /// the child's `execve` has replaced its memory, or the child has
+    /// exited. A futex word, as the kernel wants it.
+    busy: AtomicI32,
+    /// Written by the child on failure (a `Step`, 0 for none), read by the
+    /// daemon once `busy` is zero.
+    failed_step: AtomicU8,
+    failed_errno: AtomicI32,
+    args: ChildArgs,
     /// The per-connection variables, NUL-terminated one after the other.
     vars: Vec<u8>,
     /// Start offsets of each variable in `vars`.
     offsets: Vec<usize>,
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
-    /// The child's stack, reused: only one child runs on it at a time,
-    /// since the daemon is suspended until that child has exec'd.
-    stack: Vec<u8>,
+    /// The child's stack. The daemon never makes a reference into it.
+    stack: Stack,
+    /// Keep alive what `args`, `argv` and `envp` point into while the child
+    /// may read it (a reload may drop the daemon's own references).
+    service: Option<Arc<Service>>,
+    reset: Arc<[libc::c_int]>,
 }
 
-/// The child's stack: the child path uses a few hundred bytes.
-const CHILD_STACK: usize = 64 * 1024;
+/// Everything the child needs, as raw values: the child touches no
+/// Rust-owned data except through these pointers, into its `SlotData`
+/// and the `Arc<Service>` it holds.
+struct ChildArgs {
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    conn: RawFd,
+    umask: libc::mode_t,
+    /// uid, gid, groups pointer and length.
+    cred: Option<(u32, u32, *const u32, usize)>,
+    /// The signals to reset to SIG_DFL.
+    reset: *const libc::c_int,
+    reset_len: usize,
+}
 
 impl Scratch {
     /// The signals to reset are read from the dispositions as they are
@@ -194,18 +327,146 @@ impl Scratch {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Scratch {
         Scratch {
-            reset: non_default_signals(),
-            vars: Vec::new(),
-            offsets: Vec::new(),
-            argv: Vec::new(),
-            envp: Vec::new(),
-            stack: Vec::new(),
+            reset: non_default_signals().into(),
+            slots: Vec::new(),
+            failures: Vec::new(),
         }
     }
 
     /// Re-reads the dispositions (see [`Scratch::new`]).
     pub fn refresh_signals(&mut self) {
-        self.reset = non_default_signals();
+        self.reset = non_default_signals().into();
+    }
+
+    /// Whether the reaped child `pid` failed before or at `execve` (it
+    /// exited 127 then), and how. Call once for every reaped child: it
+    /// also forgets the pid, which the kernel may now give another child.
+    pub fn take_failure(&mut self, pid: Pid) -> Option<Failure> {
+        if let Some(k) = self.failures.iter().position(|(p, _)| *p == pid) {
+            return Some(self.failures.swap_remove(k).1);
+        }
+        let slot = self.slots.iter_mut().find(|s| s.pid == Some(pid))?;
+        slot.pid = None;
+        // A reaped child has left the daemon's memory: the slot is free.
+        let d = slot.free_data()?;
+        d.service = None;
+        d.take_failure()
+    }
+
+    /// The index of a free slot: the first free one (so that few stacks
+    /// stay warm), a new one, or — all `MAX_SLOTS` in use — the first
+    /// to become free.
+    fn free_slot(&mut self) -> Result<usize, Errno> {
+        loop {
+            if let Some(i) = self
+                .slots
+                .iter()
+                .position(|s| s.data().busy.load(Ordering::Acquire) == 0)
+            {
+                return Ok(i);
+            }
+            if self.slots.len() < MAX_SLOTS {
+                self.slots.push(Slot::new()?);
+                return Ok(self.slots.len() - 1);
+            }
+            for s in &self.slots {
+                s.data().wait_free(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn new() -> Result<Slot, Errno> {
+        let data = Box::new(SlotData {
+            busy: AtomicI32::new(0),
+            failed_step: AtomicU8::new(0),
+            failed_errno: AtomicI32::new(0),
+            args: ChildArgs {
+                path: std::ptr::null(),
+                argv: std::ptr::null(),
+                envp: std::ptr::null(),
+                conn: -1,
+                umask: 0,
+                cred: None,
+                reset: std::ptr::null(),
+                reset_len: 0,
+            },
+            vars: Vec::new(),
+            offsets: Vec::new(),
+            argv: Vec::new(),
+            envp: Vec::new(),
+            stack: Stack::new()?,
+            service: None,
+            reset: Arc::from(Vec::new()),
+        });
+        Ok(Slot {
+            pid: None,
+            data: NonNull::from(Box::leak(data)),
+        })
+    }
+
+    /// Shared access, at any time: what a child writes is atomic, and the
+    /// rest it only reads.
+    fn data(&self) -> &SlotData {
+        // SAFETY: allocated in `new`, freed only in `drop`; no `&mut` to it
+        // exists while `&self` is borrowed (see `free_data`).
+        unsafe { self.data.as_ref() }
+    }
+
+    /// Sole access, once no child uses the slot (`busy` is zero); `None`
+    /// while one may.
+    fn free_data(&mut self) -> Option<&mut SlotData> {
+        if self.data().busy.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        // SAFETY: no child reads or writes the slot any more (the kernel
+        // zeroed `busy` when its child exec'd or exited, and a new child is
+        // started only after this borrow ends), and `&mut self` excludes
+        // every other reference the daemon could make.
+        Some(unsafe { self.data.as_mut() })
+    }
+}
+
+impl Drop for Slot {
+    /// Frees the slot, unless a child still between clone and exec reads
+    /// it: that one is leaked (only on the daemon's way out).
+    fn drop(&mut self) {
+        if self.free_data().is_some() {
+            // SAFETY: made by `Box::leak` in `new`, and no child uses it.
+            drop(unsafe { Box::from_raw(self.data.as_ptr()) });
+        }
+    }
+}
+
+impl SlotData {
+    /// The child's failure report, cleared. Only once `busy` is zero.
+    fn take_failure(&self) -> Option<Failure> {
+        let step = self.failed_step.swap(0, Ordering::Relaxed);
+        Step::from_u8(step).map(|step| Failure {
+            step,
+            errno: Errno::from_raw(self.failed_errno.load(Ordering::Relaxed)),
+        })
+    }
+
+    /// Sleeps until `busy` is zero, or at most `limit`.
+    fn wait_free(&self, limit: std::time::Duration) {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: limit.subsec_nanos().into(),
+        };
+        // SAFETY: FUTEX_WAIT reads the word at a valid, aligned address and
+        // sleeps while it holds 1; the kernel's CLONE_CHILD_CLEARTID wake is
+        // a shared-futex wake, so no FUTEX_PRIVATE_FLAG here.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.busy.as_ptr(),
+                libc::FUTEX_WAIT,
+                1,
+                &ts as *const libc::timespec,
+            );
+        }
     }
 }
 
@@ -234,85 +495,107 @@ fn non_default_signals() -> Vec<libc::c_int> {
     out
 }
 
-/// Starts `svc`'s handler on `conn`. The connection is closed in the
-/// parent when the caller drops `conn`.
-pub fn spawn(svc: &Service, conn: &Conn, scratch: &mut Scratch) -> Result<Spawned, SpawnError> {
+/// Starts `svc`'s handler on `conn` and returns its pid at once: it does
+/// not wait for the exec. Whether the exec failed is learnt when the
+/// child is reaped ([`Scratch::take_failure`]). The connection is closed in
+/// the parent when the caller drops `conn`.
+pub fn spawn(svc: &Arc<Service>, conn: &Conn, scratch: &mut Scratch) -> Result<Pid, SpawnError> {
+    let i = scratch.free_slot().map_err(SpawnError::Fork)?;
+    let Scratch {
+        reset,
+        slots,
+        failures,
+    } = scratch;
+    let slot = &mut slots[i];
+    let last = slot.pid.take();
+    // --- Parent, before clone: build everything the child will use, in a
+    //     slot no child uses any more. ---
+    let Some(d) = slot.free_data() else {
+        // free_slot returned a free slot.
+        return Err(SpawnError::Fork(Errno::EAGAIN));
+    };
+    if let Some(pid) = last {
+        // Its child left the slot but has not been reaped yet.
+        if let Some(f) = d.take_failure() {
+            failures.push((pid, f));
+        }
+    }
+    d.service = Some(Arc::clone(svc));
+    d.reset = Arc::clone(reset);
     let img = &svc.image;
-
-    // --- Parent, before clone: build everything the child will use. ---
-    build_vars(scratch, conn);
-    scratch.argv.clear();
-    scratch.argv.extend(img.argv.iter().map(|a| a.as_ptr()));
-    scratch.argv.push(std::ptr::null());
-    scratch.envp.clear();
-    scratch.envp.extend(img.env.iter().map(|e| e.as_ptr()));
-    let base = scratch.vars.as_ptr();
+    build_vars(&mut d.vars, &mut d.offsets, conn);
+    d.argv.clear();
+    d.argv.extend(img.argv.iter().map(|a| a.as_ptr()));
+    d.argv.push(std::ptr::null());
+    d.envp.clear();
+    d.envp.extend(img.env.iter().map(|e| e.as_ptr()));
+    let base = d.vars.as_ptr();
     // SAFETY: every offset is < vars.len() and points at the start of a
-    // NUL-terminated string written by build_vars; `vars` is not modified
-    // again until the next spawn, after this child has exec'd or exited.
-    scratch.envp.extend(
-        scratch
-            .offsets
+    // NUL-terminated string written by build_vars.
+    d.envp.extend(
+        d.offsets
             .iter()
             .map(|&o| unsafe { base.add(o) } as *const c_char),
     );
-    scratch.envp.push(std::ptr::null());
-    if scratch.stack.len() != CHILD_STACK {
-        scratch.stack = vec![0u8; CHILD_STACK];
-    }
-    // The stack grows down on every architecture Linux runs this on;
-    // clone() wants its top, 16-byte aligned.
-    let top = scratch.stack.as_mut_ptr_range().end as usize & !15;
-
-    let args = ChildArgs {
+    d.envp.push(std::ptr::null());
+    d.args = ChildArgs {
         path: img.path.as_ptr(),
-        argv: scratch.argv.as_ptr(),
-        envp: scratch.envp.as_ptr(),
+        argv: d.argv.as_ptr(),
+        envp: d.envp.as_ptr(),
         conn: conn.stream.as_raw_fd(),
         umask: img.umask as libc::mode_t,
         cred: svc
             .cred
             .as_ref()
             .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
-        reset: scratch.reset.as_ptr(),
-        reset_len: scratch.reset.len(),
-        failed_step: UnsafeCell::new(0),
-        failed_errno: UnsafeCell::new(0),
+        reset: d.reset.as_ptr(),
+        reset_len: d.reset.len(),
     };
+    d.failed_step.store(0, Ordering::Relaxed);
+    d.failed_errno.store(0, Ordering::Relaxed);
+    d.busy.store(1, Ordering::Relaxed);
 
-    // SAFETY: `child_entry` runs on its own stack, touches only `args` (alive
-    // until clone returns: CLONE_VFORK suspends us until the child has
-    // exec'd or exited) and calls only async-signal-safe functions.
+    let mut flags = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+    if !sys::CONCURRENT {
+        flags |= libc::CLONE_VFORK;
+    }
+    // From here the daemon only shares the slot with the child.
+    let data = slot.data();
+    // SAFETY: `child_entry` runs on its own stack, reads only the slot and
+    // what it points into, which stays alive and unchanged until the
+    // kernel zeroes `busy` (the slot is not written or reused before, and
+    // holds the `Arc<Service>`), writes only its stack and the failure
+    // report, and makes only raw system calls (see the module
+    // documentation).
     let pid = unsafe {
         libc::clone(
             child_entry,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            &args as *const ChildArgs as *mut libc::c_void,
+            data.stack.top(),
+            flags,
+            slot.data.as_ptr() as *mut libc::c_void,
+            std::ptr::null_mut::<libc::pid_t>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            data.busy.as_ptr(),
         )
     };
     let clone_errno = Errno::last();
     if pid < 0 {
+        // No child: the slot is free again.
+        data.busy.store(0, Ordering::Release);
+        if let Some(d) = slot.free_data() {
+            d.service = None;
+        }
         return Err(SpawnError::Fork(clone_errno));
     }
-    // The child has exec'd or exited: its failure slot is final.
-    let step = args.failed_step.into_inner();
-    let failure = Step::from_u8(step).map(|step| Failure {
-        step,
-        errno: Errno::from_raw(args.failed_errno.into_inner()),
-    });
-    Ok(Spawned {
-        pid: Pid::from_raw(pid),
-        failure,
-    })
+    let pid = Pid::from_raw(pid);
+    slot.pid = Some(pid);
+    Ok(pid)
 }
 
-/// Writes this connection's variables into `scratch.vars`, recording where
-/// each starts. IPv4-mapped IPv6 addresses are shown as IPv4, IPv6 without
-/// brackets.
-fn build_vars(scratch: &mut Scratch, conn: &Conn) {
-    let v = &mut scratch.vars;
-    let o = &mut scratch.offsets;
+/// Writes this connection's variables into `v`, recording where each
+/// starts in `o`. IPv4-mapped IPv6 addresses are shown as IPv4, IPv6
+/// without brackets.
+fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) {
     v.clear();
     o.clear();
     let rip = conn.peer.ip().to_canonical();
@@ -331,38 +614,80 @@ fn build_vars(scratch: &mut Scratch, conn: &Conn) {
     var(o, v, "TINYINETD_CONN_ID", &conn.id);
 }
 
-/// Everything the child needs, as raw values (no Rust-owned data is touched
-/// in the child except through these pointers).
-struct ChildArgs {
-    path: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-    conn: RawFd,
-    umask: libc::mode_t,
-    /// uid, gid, groups pointer and length.
-    cred: Option<(u32, u32, *const u32, usize)>,
-    /// The signals to reset to SIG_DFL.
-    reset: *const libc::c_int,
-    reset_len: usize,
-    /// Written by the child on failure (a `Step`, 0 for none), read by the
-    /// parent once clone has returned.
-    failed_step: UnsafeCell<u8>,
-    failed_errno: UnsafeCell<i32>,
+/// Raw system calls for the child: they return the result or `-errno` and
+/// write nothing else (libc's wrappers store errno, which the child shares
+/// with the daemon through its thread-local storage).
+mod sys {
+    /// Whether the child may run while the daemon does: only where the
+    /// calls below are made without libc. Elsewhere (or built with
+    /// `--cfg tinyinetd_vfork`) the child is started with CLONE_VFORK too,
+    /// the daemon is suspended until the exec, and libc's `syscall` may
+    /// write errno.
+    #[cfg(all(target_arch = "x86_64", not(tinyinetd_vfork)))]
+    pub const CONCURRENT: bool = true;
+    #[cfg(not(all(target_arch = "x86_64", not(tinyinetd_vfork))))]
+    pub const CONCURRENT: bool = false;
+
+    /// System call `n` with six arguments (the unused ones are ignored).
+    ///
+    /// # Safety
+    /// As the system call itself: pointer arguments must be valid for it.
+    #[cfg(all(target_arch = "x86_64", not(tinyinetd_vfork)))]
+    #[inline(always)]
+    pub unsafe fn call(n: libc::c_long, a: [usize; 6]) -> isize {
+        let ret: isize;
+        // The x86-64 system call convention: number in rax, arguments in
+        // rdi, rsi, rdx, r10, r8, r9; rcx and r11 are clobbered.
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+        ret
+    }
+
+    /// System call `n` through libc (the child runs only while the daemon
+    /// is suspended, so the errno it writes harms no one).
+    ///
+    /// # Safety
+    /// As the system call itself: pointer arguments must be valid for it.
+    #[cfg(not(all(target_arch = "x86_64", not(tinyinetd_vfork))))]
+    #[inline(always)]
+    pub unsafe fn call(n: libc::c_long, a: [usize; 6]) -> isize {
+        let r = libc::syscall(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+        if r < 0 {
+            -(*libc::__errno_location() as isize)
+        } else {
+            r as isize
+        }
+    }
 }
 
 /// The entry point clone() calls in the child.
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `ChildArgs` the parent passed to clone, alive and
-    // unmodified while we run (the parent is suspended).
-    unsafe { child_main(&*(arg as *const ChildArgs)) }
+    // SAFETY: `arg` is the `SlotData` the parent passed to clone, alive and
+    // unchanged until this child has exec'd or exited.
+    unsafe { child_main(&*(arg as *const SlotData)) }
 }
 
 /// The child half: runs between clone and exec. Never returns.
 ///
 /// # Safety
-/// Only call in a child started by `spawn`'s clone, with `a`'s pointers
-/// valid (they point into the suspended parent's memory).
-unsafe fn child_main(a: &ChildArgs) -> ! {
+/// Only call in a child started by `spawn`'s clone, with `d` and its
+/// pointers valid until this child execs or exits.
+unsafe fn child_main(d: &SlotData) -> ! {
+    use libc::{c_long, SYS_execve, SYS_fcntl, SYS_setsid};
+    let a = &d.args;
+    let call = |n: c_long, a: [usize; 6]| sys::call(n, a);
+
     // 1. Every disposition that is not SIG_DFL back to SIG_DFL (the parent
     //    listed them: see `Scratch::reset`), through the raw system call:
     //    glibc's sigaction() refuses signals 32 and 33 (its own), but a
@@ -371,40 +696,54 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
     //    empty mask.
     let dfl = [0u64; 4];
     for i in 0..a.reset_len {
-        libc::syscall(
+        let sig = *a.reset.add(i) as usize;
+        call(
             libc::SYS_rt_sigaction,
-            *a.reset.add(i),
-            dfl.as_ptr(),
-            std::ptr::null_mut::<u64>(),
-            8usize,
+            [sig, dfl.as_ptr() as usize, 0, 8, 0, 0],
         );
     }
     // 2. Empty the mask (it survives execve). Pending signals are not
-    //    inherited across clone, so nothing fires here.
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    //    inherited across clone, so nothing fires here. The kernel's
+    //    sigset is 8 bytes.
+    let empty = 0u64;
+    call(
+        libc::SYS_rt_sigprocmask,
+        [
+            libc::SIG_SETMASK as usize,
+            &empty as *const u64 as usize,
+            0,
+            8,
+            0,
+            0,
+        ],
+    );
 
     // 3. Own session: the handler and its children form one process group
     //    that the daemon can signal, detached from the daemon's terminal.
-    if libc::setsid() < 0 {
-        fail(a, Step::Setsid);
+    let rc = call(SYS_setsid, [0; 6]);
+    if rc < 0 {
+        fail(d, Step::Setsid, rc);
     }
 
-    // 4. The connection on 0, 1, 2. dup2 clears FD_CLOEXEC on the copies.
+    // 4. The connection on 0, 1, 2. dup3 clears FD_CLOEXEC on the copies.
     //    The accepted socket is never 0–2 (std reopens closed stdio on
-    //    /dev/null at start), but if it were, dup2(fd, fd) would keep its
-    //    CLOEXEC flag, so move it out of the way first.
-    let mut conn = a.conn;
+    //    /dev/null at start), but if it were, it would be overwritten (and
+    //    dup3 refuses equal descriptors), so move it out of the way first.
+    let mut conn = a.conn as usize;
     if conn <= 2 {
-        conn = libc::fcntl(conn, libc::F_DUPFD_CLOEXEC, 3);
-        if conn < 0 {
-            fail(a, Step::Dup);
+        let rc = call(
+            SYS_fcntl,
+            [conn, libc::F_DUPFD_CLOEXEC as usize, 3, 0, 0, 0],
+        );
+        if rc < 0 {
+            fail(d, Step::Dup, rc);
         }
+        conn = rc as usize;
     }
     for target in 0..3 {
-        if libc::dup2(conn, target) < 0 {
-            fail(a, Step::Dup);
+        let rc = call(libc::SYS_dup3, [conn, target, 0, 0, 0, 0]);
+        if rc < 0 {
+            fail(d, Step::Dup, rc);
         }
     }
 
@@ -412,49 +751,87 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
     //    up close-on-exec (close_range(2), Linux 5.11). The descriptor table
     //    is the child's own copy (no CLONE_FILES): this never touches the
     //    daemon's descriptors.
-    if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) < 0 {
-        fail(a, Step::CloseFds);
+    let rc = call(
+        libc::SYS_close_range,
+        [
+            3,
+            u32::MAX as usize,
+            libc::CLOSE_RANGE_CLOEXEC as usize,
+            0,
+            0,
+            0,
+        ],
+    );
+    if rc < 0 {
+        fail(d, Step::CloseFds, rc);
     }
 
     // 6. Working directory and file-creation mask.
-    if libc::chdir(c"/".as_ptr()) < 0 {
-        fail(a, Step::Chdir);
+    let rc = call(libc::SYS_chdir, [c"/".as_ptr() as usize, 0, 0, 0, 0, 0]);
+    if rc < 0 {
+        fail(d, Step::Chdir, rc);
     }
-    libc::umask(a.umask);
+    call(libc::SYS_umask, [a.umask as usize, 0, 0, 0, 0, 0]);
 
     // 7. Drop privileges: supplementary groups, then gid, then uid (after
     //    setuid we could no longer change groups), then verify that none of
-    //    the real, effective or saved ids kept the old value.
+    //    the real, effective or saved ids kept the old value. The raw calls
+    //    change this process only, which is all there is: the child is a
+    //    thread group of its own.
     if let Some((uid, gid, groups, ngroups)) = a.cred {
-        if libc::setgroups(ngroups, groups) < 0 {
-            fail(a, Step::Setgroups);
+        let rc = call(libc::SYS_setgroups, [ngroups, groups as usize, 0, 0, 0, 0]);
+        if rc < 0 {
+            fail(d, Step::Setgroups, rc);
         }
-        if libc::setgid(gid) < 0 {
-            fail(a, Step::Setgid);
+        let rc = call(libc::SYS_setgid, [gid as usize, 0, 0, 0, 0, 0]);
+        if rc < 0 {
+            fail(d, Step::Setgid, rc);
         }
-        if libc::setuid(uid) < 0 {
-            fail(a, Step::Setuid);
+        let rc = call(libc::SYS_setuid, [uid as usize, 0, 0, 0, 0, 0]);
+        if rc < 0 {
+            fail(d, Step::Setuid, rc);
         }
-        let (mut r, mut e, mut s) = (0, 0, 0);
-        libc::getresuid(&mut r, &mut e, &mut s);
-        let (mut rg, mut eg, mut sg) = (0, 0, 0);
-        libc::getresgid(&mut rg, &mut eg, &mut sg);
-        if r != uid || e != uid || s != uid || rg != gid || eg != gid || sg != gid {
-            *libc::__errno_location() = libc::EPERM;
-            fail(a, Step::VerifyCred);
+        let ids = |n: c_long| {
+            let (r, e, s) = (0u32, 0u32, 0u32);
+            let rc = call(
+                n,
+                [
+                    &r as *const u32 as usize,
+                    &e as *const u32 as usize,
+                    &s as *const u32 as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            (rc, [r, e, s])
+        };
+        let (rcu, u) = ids(libc::SYS_getresuid);
+        let (rcg, g) = ids(libc::SYS_getresgid);
+        if rcu < 0 || rcg < 0 || u != [uid; 3] || g != [gid; 3] {
+            fail(d, Step::VerifyCred, -(libc::EPERM as isize));
         }
     }
 
     // 8. Exec. It only returns on failure.
-    libc::execve(a.path, a.argv, a.envp);
-    fail(a, Step::Exec)
+    let rc = call(
+        SYS_execve,
+        [a.path as usize, a.argv as usize, a.envp as usize, 0, 0, 0],
+    );
+    fail(d, Step::Exec, rc)
 }
 
-/// Records `(step, errno)` for the parent and exits 127. Async-signal-safe.
-unsafe fn fail(a: &ChildArgs, step: Step) -> ! {
-    *a.failed_errno.get() = *libc::__errno_location();
-    *a.failed_step.get() = step as u8;
-    libc::_exit(127)
+/// Records `(step, errno)` for the daemon (`rc` is the failed call's
+/// `-errno`) and exits 127.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn fail(d: &SlotData, step: Step, rc: isize) -> ! {
+    d.failed_errno.store(-rc as i32, Ordering::Relaxed);
+    d.failed_step.store(step as u8, Ordering::Relaxed);
+    loop {
+        sys::call(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
+    }
 }
 
 /// Marks every descriptor the daemon inherited beyond 0–2 close-on-exec, so
@@ -485,4 +862,118 @@ pub fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
     // parent, and nothing else in the daemon owns it: `LISTEN_FDS` is read
     // once, at start, and each number is adopted once.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+    use std::ffi::CString;
+    use std::os::unix::net::UnixStream;
+
+    /// A service running `program` (parsed from a real config, then its
+    /// exec path replaced), and a connection on one end of a socket pair.
+    fn fixture(program: &str) -> (Arc<Service>, Conn, UnixStream) {
+        let text = "[[service]]\nname = \"t\"\nlisten = [\"127.0.0.1:9\"]\nprogram = \"/bin/sh\"\n";
+        let mut plan = crate::config::parse(
+            std::path::Path::new("test.toml"),
+            text,
+            &crate::config::RealSystem,
+        )
+        .expect("parse");
+        let mut svc = Arc::try_unwrap(plan.services.remove(0)).expect("sole owner");
+        svc.image.path = CString::new(program).expect("path");
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let conn = Conn {
+            stream: theirs.into(),
+            peer: "127.0.0.1:40000".parse().expect("addr"),
+            local: "127.0.0.1:9".parse().expect("addr"),
+            id: 1,
+        };
+        (Arc::new(svc), conn, ours)
+    }
+
+    /// Waits for `pid` to exit without reaping it: its slot is free then.
+    fn wait_exited(pid: Pid) {
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).expect("waitid");
+    }
+
+    #[test]
+    fn a_failed_exec_is_reported_once_when_its_child_is_reaped() {
+        let mut scratch = Scratch::new();
+        let (svc, conn, _peer) = fixture("/nonexistent/handler");
+        let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
+        assert_eq!(
+            waitpid(pid, None).expect("waitpid"),
+            WaitStatus::Exited(pid, 127)
+        );
+        assert_eq!(
+            scratch.take_failure(pid),
+            Some(Failure {
+                step: Step::Exec,
+                errno: Errno::ENOENT
+            })
+        );
+        assert_eq!(scratch.take_failure(pid), None);
+    }
+
+    #[test]
+    fn a_successful_exec_reports_no_failure() {
+        let mut scratch = Scratch::new();
+        let (svc, conn, _peer) = fixture("/bin/true");
+        let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
+        assert_eq!(
+            waitpid(pid, None).expect("waitpid"),
+            WaitStatus::Exited(pid, 0)
+        );
+        assert_eq!(scratch.take_failure(pid), None);
+    }
+
+    /// A slot is reused as soon as its child has exited, before the daemon
+    /// reaps it: the report must survive the reuse, under its own pid.
+    #[test]
+    fn a_failure_survives_the_reuse_of_its_slot_before_the_reap() {
+        let mut scratch = Scratch::new();
+        let (bad, conn, _peer) = fixture("/nonexistent/handler");
+        let (good, conn2, _peer2) = fixture("/bin/true");
+        let a = spawn(&bad, &conn, &mut scratch).expect("spawn");
+        wait_exited(a);
+        let b = spawn(&good, &conn2, &mut scratch).expect("spawn");
+        assert_eq!(scratch.slots.len(), 1, "the free slot was reused");
+        assert_eq!(scratch.failures.len(), 1, "a's report was kept");
+        assert_eq!(waitpid(b, None).expect("waitpid"), WaitStatus::Exited(b, 0));
+        assert_eq!(scratch.take_failure(b), None);
+        assert_eq!(
+            waitpid(a, None).expect("waitpid"),
+            WaitStatus::Exited(a, 127)
+        );
+        assert_eq!(scratch.take_failure(a).map(|f| f.step), Some(Step::Exec));
+        assert!(scratch.failures.is_empty());
+    }
+
+    /// The child gets the connection on 0–2 and the per-connection
+    /// variables.
+    #[test]
+    fn the_child_runs_on_the_connection_with_its_variables() {
+        let mut scratch = Scratch::new();
+        let (mut svc, conn, mut peer) = fixture("/bin/sh");
+        Arc::get_mut(&mut svc).expect("sole owner").image.argv = [
+            "sh",
+            "-c",
+            "echo $TCPREMOTEIP $TCPREMOTEPORT $TINYINETD_CONN_ID",
+        ]
+        .iter()
+        .map(|a| CString::new(*a).expect("arg"))
+        .collect();
+        let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
+        drop(conn);
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut peer, &mut out).expect("read");
+        assert_eq!(out, "127.0.0.1 40000 1\n");
+        assert_eq!(
+            waitpid(pid, None).expect("waitpid"),
+            WaitStatus::Exited(pid, 0)
+        );
+        assert_eq!(scratch.take_failure(pid), None);
+    }
 }

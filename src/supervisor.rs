@@ -645,7 +645,7 @@ impl Supervisor {
         }
         let svc = Arc::clone(&st.svc);
         match spawn::spawn(&svc, &conn, &mut self.scratch) {
-            Ok(spawned) => {
+            Ok(pid) => {
                 let st = &mut self.services[svc_i];
                 st.running += 1;
                 *st.per_source.entry(source).or_insert(0) += 1;
@@ -657,15 +657,12 @@ impl Supervisor {
                     .event(Level::Debug, "start")
                     .kv("service", &svc.name)
                     .kv("conn", conn.id)
-                    .kv("pid", spawned.pid)
+                    .kv("pid", pid)
                     .kv("peer", conn.peer)
                     .send();
-                if let Some(f) = spawned.failure {
-                    self.log_exec_failed(&svc, conn.id, spawned.pid, conn.peer, f);
-                }
                 let term_at = svc.limits.timeout.map(|t| now + t);
                 self.children.insert(Child {
-                    pid: spawned.pid,
+                    pid,
                     service: svc,
                     conn_id: conn.id,
                     peer: conn.peer,
@@ -753,6 +750,9 @@ impl Supervisor {
         self.children.reap(now, &mut exits);
         for exit in exits.drain(..) {
             let c = &exit.child;
+            if let Some(f) = self.scratch.take_failure(c.pid) {
+                self.log_exec_failed(&c.service, c.conn_id, c.pid, c.peer, f);
+            }
             if let Some(st) = self
                 .services
                 .iter_mut()

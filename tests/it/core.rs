@@ -255,6 +255,76 @@ program = \"tinyinetd-echo\"
     assert_eq!(roundtrip(d.addr("echo"), b"still here"), b"still here");
 }
 
+/// The daemon does not wait for a child's exec: it learns of a failure
+/// when it reaps the child. A burst of failures, started faster than they
+/// are reaped, must each be reported once, for its own connection, before
+/// that connection's exit line.
+#[test]
+fn every_exec_failure_in_a_burst_is_reported_once_before_its_exit() {
+    const N: usize = 40;
+    let conf = format!(
+        "{DAEMON}
+[[service]]
+name = \"victim\"
+listen = [\"127.0.0.1:{{port:victim}}\"]
+program = \"{{tmp}}/victim\"
+"
+    );
+    let mut d = Daemon::prepare(&conf);
+    let victim = d.dir.path().join("victim");
+    std::fs::copy(bin_dir().join("tinyinetd-echo"), &victim).expect("copy");
+    d.spawn(&|_| {});
+    d.ready(Duration::from_secs(10)).expect("ready");
+    std::fs::remove_file(&victim).expect("remove program");
+
+    let mut conns: Vec<TcpStream> = (0..N).map(|_| connect(d.addr("victim"))).collect();
+    for s in &mut conns {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "got {buf:?}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .log_lines("exit service=victim")
+            .len()
+            == N),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().collect();
+    for conn in 1..=N {
+        let tag = format!(" service=victim conn={conn} ");
+        let failed: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].starts_with("error: exec-failed") && lines[i].contains(&tag))
+            .collect();
+        let exits: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].starts_with("info: exit") && lines[i].contains(&tag))
+            .collect();
+        assert_eq!(failed.len(), 1, "conn {conn}:\n{log}");
+        assert_eq!(exits.len(), 1, "conn {conn}:\n{log}");
+        assert!(failed[0] < exits[0], "conn {conn}:\n{log}");
+        assert!(
+            lines[failed[0]].contains("step=execve"),
+            "{}",
+            lines[failed[0]]
+        );
+        assert!(
+            lines[exits[0]].contains("status=127"),
+            "{}",
+            lines[exits[0]]
+        );
+        let pid = |l: &str| {
+            l.split(' ')
+                .find(|kv| kv.starts_with("pid="))
+                .map(str::to_owned)
+        };
+        assert_eq!(pid(lines[failed[0]]), pid(lines[exits[0]]), "conn {conn}");
+    }
+    assert_eq!(d.log_lines("exec-failed").len(), N, "{log}");
+    assert_eq!(d.zombies(), 0);
+}
+
 #[test]
 fn a_crashing_handler_is_logged_with_its_signal() {
     let conf = format!(
