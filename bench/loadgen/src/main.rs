@@ -7,8 +7,9 @@
 //! the measured window (warm-up excluded), read from `/proc/PID/stat`, so
 //! that CPU and connections are counted over the same seconds.
 //!
-//! `--selftest` drives a non-forking, in-process threaded echo server
-//! instead, to show how far the generator itself goes on this machine.
+//! `--selftest` drives a non-forking, in-process echo server instead (a
+//! pool of threads started up front, one connection at a time each), to
+//! show how far the generator itself goes on this machine.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -118,29 +119,33 @@ fn one(addr: SocketAddr) -> Outcome {
     Outcome::Ok
 }
 
-fn selftest_server() -> SocketAddr {
+/// The in-process echo server: `workers` threads started up front, each
+/// accepting on the shared listener and serving one connection at a time,
+/// so that a connection costs it no more than accept, read, write and
+/// close (no thread, no process per connection).
+fn selftest_server(workers: usize) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind selftest server");
     let addr = l.local_addr().expect("addr");
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
+    for _ in 0..workers {
+        let l = l.try_clone().expect("clone selftest listener");
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            for mut s in l.incoming().flatten() {
                 while let Ok(n) = s.read(&mut buf) {
                     if n == 0 || s.write_all(&buf[..n]).is_err() {
                         break;
                     }
                 }
-            });
-        }
-    });
+            }
+        });
+    }
     addr
 }
 
 fn main() {
     let o = parse();
     let addr = if o.selftest {
-        selftest_server()
+        selftest_server(o.concurrency + 1)
     } else {
         o.addr.unwrap_or_else(|| usage())
     };
