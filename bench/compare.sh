@@ -290,7 +290,7 @@ for s in systems:
 print()
 print("Spawn ceiling (fork+exec+wait of the handler, no network): %s/s in one loop, %s/s with one loop per core." % (ceil1, ceiln))
 print("CPU charged to that loop itself, per 1,000 spawns: fork+exec+wait %s ms; vfork+exec+wait %s ms (%s/s), what a parent that waits for each child's exec (as busybox inetd does) is charged at the least, before any accept or close." % (ceil1_cpu, vceil1_cpu, vceil1))
-print("Load generator against an in-process threaded echo server (no fork), C=8: %s conns/s." % selftest)
+print("Load generator against an in-process echo server (a pool of threads started up front; no fork, no thread per connection), C=8: %s conns/s." % selftest)
 print("Medians of %s interleaved rounds of %s s per cell; CPU is the daemon process's own (not its children's). Handler: echo1, %s." % (rounds, duration, echo1_kind))
 if bbwhy:
     print("busybox inetd: not measured: %s." % bbwhy)
@@ -302,5 +302,7 @@ if "tinyinetd" in systems:
         if (ref, c) in med:
             parts.append("%s %.2fx" % (ref, t / med[ref, c]["cps"]))
     parts.append("spawn ceiling (all cores) %.2fx" % (t / float(ceiln)) if float(ceiln) else "")
+    if c == 8 and float(selftest):
+        parts.append("in-process echo server (the generator's reach) %.2fx" % (t / float(selftest)))
     print("tinyinetd at C=%d: %s." % (c, ", ".join(p for p in parts if p)))
 EOF
