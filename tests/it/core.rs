@@ -209,20 +209,16 @@ fn three_hundred_sequential_connections_leave_no_zombie_and_no_fd() {
     assert_eq!(d.log_lines("info: exit service=echo").len(), 301);
 }
 
-#[test]
-fn removed_program_is_logged_and_others_keep_serving() {
+/// A daemon with a service `victim` whose program existed when the
+/// daemon started and has been removed since, and the `more` services.
+fn start_with_vanished_program(more: &str) -> (Daemon, std::path::PathBuf) {
     let conf = format!(
         "{DAEMON}
 [[service]]
 name = \"victim\"
 listen = [\"127.0.0.1:{{port:victim}}\"]
 program = \"{{tmp}}/victim\"
-
-[[service]]
-name = \"echo\"
-listen = [\"127.0.0.1:{{port:echo}}\"]
-program = \"tinyinetd-echo\"
-"
+{more}"
     );
     let mut d = Daemon::prepare(&conf);
     let victim = d.dir.path().join("victim");
@@ -230,6 +226,19 @@ program = \"tinyinetd-echo\"
     d.spawn(&|_| {});
     d.ready(Duration::from_secs(10)).expect("ready");
     std::fs::remove_file(&victim).expect("remove program");
+    (d, victim)
+}
+
+#[test]
+fn removed_program_is_logged_and_others_keep_serving() {
+    let (d, victim) = start_with_vanished_program(
+        "
+[[service]]
+name = \"echo\"
+listen = [\"127.0.0.1:{port:echo}\"]
+program = \"tinyinetd-echo\"
+",
+    );
 
     let mut s = connect(d.addr("victim"));
     let _ = s.write_all(b"anyone?\n");
@@ -262,20 +271,7 @@ program = \"tinyinetd-echo\"
 #[test]
 fn every_exec_failure_in_a_burst_is_reported_once_before_its_exit() {
     const N: usize = 40;
-    let conf = format!(
-        "{DAEMON}
-[[service]]
-name = \"victim\"
-listen = [\"127.0.0.1:{{port:victim}}\"]
-program = \"{{tmp}}/victim\"
-"
-    );
-    let mut d = Daemon::prepare(&conf);
-    let victim = d.dir.path().join("victim");
-    std::fs::copy(bin_dir().join("tinyinetd-echo"), &victim).expect("copy");
-    d.spawn(&|_| {});
-    d.ready(Duration::from_secs(10)).expect("ready");
-    std::fs::remove_file(&victim).expect("remove program");
+    let (d, _) = start_with_vanished_program("");
 
     let mut conns: Vec<TcpStream> = (0..N).map(|_| connect(d.addr("victim"))).collect();
     for s in &mut conns {
