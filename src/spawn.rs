@@ -628,6 +628,20 @@ mod sys {
     #[cfg(not(all(target_arch = "x86_64", not(tinyinetd_vfork))))]
     pub const CONCURRENT: bool = false;
 
+    #[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
+    pub use libc::{
+        SYS_getresgid as GETRESGID, SYS_getresuid as GETRESUID, SYS_setgid as SETGID,
+        SYS_setgroups as SETGROUPS, SYS_setuid as SETUID,
+    };
+    /// The credential calls with 32-bit ids. On 32-bit x86, arm and sparc
+    /// the plain numbers are the old 16-bit-id calls (libc's wrappers
+    /// pick the `32` ones); everywhere else they are the 32-bit ones.
+    #[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
+    pub use libc::{
+        SYS_getresgid32 as GETRESGID, SYS_getresuid32 as GETRESUID, SYS_setgid32 as SETGID,
+        SYS_setgroups32 as SETGROUPS, SYS_setuid32 as SETUID,
+    };
+
     /// System call `n` with six arguments (the unused ones are ignored).
     ///
     /// # Safety
@@ -779,15 +793,15 @@ unsafe fn child_main(d: &SlotData) -> ! {
     //    change this process only, which is all there is: the child is a
     //    thread group of its own.
     if let Some((uid, gid, groups, ngroups)) = a.cred {
-        let rc = call(libc::SYS_setgroups, [ngroups, groups as usize, 0, 0, 0, 0]);
+        let rc = call(sys::SETGROUPS, [ngroups, groups as usize, 0, 0, 0, 0]);
         if rc < 0 {
             fail(d, Step::Setgroups, rc);
         }
-        let rc = call(libc::SYS_setgid, [gid as usize, 0, 0, 0, 0, 0]);
+        let rc = call(sys::SETGID, [gid as usize, 0, 0, 0, 0, 0]);
         if rc < 0 {
             fail(d, Step::Setgid, rc);
         }
-        let rc = call(libc::SYS_setuid, [uid as usize, 0, 0, 0, 0, 0]);
+        let rc = call(sys::SETUID, [uid as usize, 0, 0, 0, 0, 0]);
         if rc < 0 {
             fail(d, Step::Setuid, rc);
         }
@@ -806,8 +820,8 @@ unsafe fn child_main(d: &SlotData) -> ! {
             );
             (rc, [r, e, s])
         };
-        let (rcu, u) = ids(libc::SYS_getresuid);
-        let (rcg, g) = ids(libc::SYS_getresgid);
+        let (rcu, u) = ids(sys::GETRESUID);
+        let (rcg, g) = ids(sys::GETRESGID);
         if rcu < 0 || rcg < 0 || u != [uid; 3] || g != [gid; 3] {
             fail(d, Step::VerifyCred, -(libc::EPERM as isize));
         }
