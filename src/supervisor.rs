@@ -152,6 +152,9 @@ pub struct Supervisor {
     fired: Vec<(Pid, Signal)>,
     slots: Vec<Slot>,
     ready: Vec<(Slot, PollFlags)>,
+    /// The poll set's memory, kept from one turn to the next (empty between
+    /// turns: its entries borrow the descriptors only while a turn polls).
+    pollfds: Vec<PollFd<'static>>,
 }
 
 impl Supervisor {
@@ -208,6 +211,7 @@ impl Supervisor {
             fired: Vec::new(),
             slots: Vec::new(),
             ready: Vec::new(),
+            pollfds: Vec::new(),
         };
         sup.install(plan, held);
         for s in &sup.socks {
@@ -376,7 +380,7 @@ impl Supervisor {
     fn poll(&mut self, timeout: Option<Duration>) {
         self.slots.clear();
         self.ready.clear();
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.socks.len() + 1);
+        let mut fds: Vec<PollFd<'_>> = recycle(std::mem::take(&mut self.pollfds));
         fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
         self.slots.push(Slot::Signals);
         let now = Instant::now();
@@ -411,13 +415,13 @@ impl Supervisor {
             // blocked and come through the signalfd): just poll again.
             Err(Errno::EINTR) => {}
             Err(e) => {
-                drop(fds);
                 self.log
                     .event(Level::Error, "poll-failed")
                     .kv("error", crate::log::os_error(e))
                     .send();
             }
         }
+        self.pollfds = recycle(fds);
     }
 
     /// The nearest moment something is due: a handler signal, the drain,
@@ -1056,9 +1060,30 @@ pub fn inherited_sockets() -> Vec<listen::Inherited> {
     found
 }
 
+/// Empties `v` and hands its memory on as a vector of the same type with
+/// another lifetime, so that the poll set is not allocated anew every turn.
+/// The iterator is empty, so the closure never runs; collecting from a
+/// vector's own iterator into one of the same layout reuses its buffer.
+#[allow(clippy::unnecessary_filter_map)] // it changes the lifetime, not the items
+fn recycle<'a, 'b>(mut v: Vec<PollFd<'a>>) -> Vec<PollFd<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recycle_keeps_the_poll_sets_memory() {
+        let f = std::fs::File::open("/dev/null").expect("open");
+        let mut v: Vec<PollFd<'_>> = Vec::with_capacity(8);
+        v.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
+        let back: Vec<PollFd<'static>> = recycle(v);
+        assert!(back.is_empty());
+        assert_eq!((back.as_ptr() as usize, back.capacity()), (ptr, cap));
+    }
     use std::net::TcpStream;
 
     #[test]
