@@ -36,16 +36,19 @@ pub struct Signals {
     fd: SignalFd,
 }
 
-/// The set the daemon blocks and reads.
+/// The signals the daemon blocks and reads.
+const HANDLED: [Signal; 5] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+];
+
+/// [`HANDLED`] as a set.
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
-    for sig in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-    ] {
+    for sig in HANDLED {
         set.add(sig);
     }
     set
@@ -155,13 +158,7 @@ mod tests {
         // one, then raise on this thread (tgkill) so the signals stay
         // pending for it.
         let mut s = Signals::install().expect("install");
-        for sig in [
-            Signal::SIGCHLD,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGUSR1,
-        ] {
+        for sig in HANDLED {
             nix::sys::signal::raise(sig).expect("raise");
         }
         assert_eq!(
