@@ -10,11 +10,8 @@
 # compare.sh built under bench/out (run it first, even with --quick). The
 # probes are removed at the end; the daemon is stopped by PID. Loopback
 # only.
-set -euo pipefail
-cd "$(dirname "$0")"
-BENCH=$(pwd)
-ROOT=$(cd .. && pwd)
-OUT=$BENCH/out
+# shellcheck source=bench/common.sh
+. "$(dirname "$0")/common.sh"
 CONC=8
 DURATION=5
 while [ $# -gt 0 ]; do
@@ -27,7 +24,6 @@ done
 for tool in perf nm readelf; do
   command -v "$tool" >/dev/null || { echo "allocs.sh: needs $tool" >&2; exit 1; }
 done
-LOADGEN=$BENCH/loadgen/target/release/tinyinetd-loadgen
 CONF=$OUT/run/tinyinetd.toml
 [ -x "$LOADGEN" ] && [ -f "$CONF" ] || { echo "allocs.sh: run bench/compare.sh first" >&2; exit 1; }
 PORT=$(sed -n 's/^listen = \["127.0.0.1:\([0-9]*\)"\]/\1/p' "$CONF")
@@ -61,7 +57,7 @@ done
 
 "$BIN" --config "$CONF" 2>"$OUT/run/allocs-tinyinetd.err" &
 DAEMON=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+wait_port "$PORT" || { echo "allocs.sh: tinyinetd did not come up on 127.0.0.1:$PORT" >&2; exit 1; }
 perf stat --no-inherit -x, -e "$GROUP:malloc,$GROUP:realloc,$GROUP:calloc" -p "$DAEMON" \
   -o "$OUT/run/allocs.perf" -- sleep "$((DURATION + 1))" &
 PERF=$!

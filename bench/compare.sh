@@ -12,11 +12,8 @@
 # process started here is stopped by PID at the end. Loopback only.
 #
 # Output: a markdown table on stdout, raw CSV in bench/out/results.csv.
-set -euo pipefail
-cd "$(dirname "$0")"
-BENCH=$(pwd)
-ROOT=$(cd .. && pwd)
-OUT=$BENCH/out
+# shellcheck source=bench/common.sh
+. "$(dirname "$0")/common.sh"
 ROUNDS=3
 DURATION=5
 WARMUP=1
@@ -65,7 +62,6 @@ printf 'ping\n' | "$OUT/bin/echo1" | grep -qx ping || { echo "compare.sh: echo1 
 gcc -O2 -Wall -o "$OUT/bin/tcpserv04" tcpserv04.c
 gcc -O2 -Wall -o "$OUT/bin/spawn_ceiling" spawn_ceiling.c
 (cd loadgen && cargo build --release --quiet)
-LOADGEN=$BENCH/loadgen/target/release/tinyinetd-loadgen
 (cd "$ROOT" && cargo build --release --quiet)
 ECHO1=$OUT/bin/echo1
 
@@ -120,13 +116,6 @@ cleanup() {
 trap cleanup EXIT
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  return 1
-}
 base=19900
 while ! port_free $base || ! port_free $((base + 6)); do base=$((base + 10)); done
 

@@ -13,11 +13,8 @@
 # (needs perf; the counting itself slows the daemon, so the CPU figures of
 # that pass are not printed). Every process started here is stopped by PID.
 # Loopback only.
-set -euo pipefail
-cd "$(dirname "$0")"
-BENCH=$(pwd)
-ROOT=$(cd .. && pwd)
-OUT=$BENCH/out
+# shellcheck source=bench/common.sh
+. "$(dirname "$0")/common.sh"
 ROUNDS=3
 DURATION=5
 CONC=8
@@ -33,7 +30,6 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ "$(id -u)" -eq 0 ] || { echo "solo.sh: needs root (the handler runs as root, as in compare.sh)" >&2; exit 1; }
-LOADGEN=$BENCH/loadgen/target/release/tinyinetd-loadgen
 TINYINETD=$ROOT/target/release/tinyinetd
 BUSYBOX=$OUT/peers/busybox/busybox
 for f in "$LOADGEN" "$TINYINETD" "$OUT/run/tinyinetd.toml"; do
@@ -51,13 +47,6 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  return 1
-}
 
 declare -A PID PORT
 "$TINYINETD" --config "$OUT/run/tinyinetd.toml" 2>"$OUT/run/solo-tinyinetd.err" &
