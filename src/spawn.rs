@@ -912,15 +912,22 @@ mod tests {
         waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).expect("waitid");
     }
 
-    #[test]
-    fn a_failed_exec_is_reported_once_when_its_child_is_reaped() {
+    /// Starts `program` on a fresh `Scratch`, reaps it and checks its exit
+    /// code.
+    fn spawn_and_reap(program: &str, code: i32) -> (Scratch, Pid) {
         let mut scratch = Scratch::new();
-        let (svc, conn, _peer) = fixture("/nonexistent/handler");
+        let (svc, conn, _peer) = fixture(program);
         let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
         assert_eq!(
             waitpid(pid, None).expect("waitpid"),
-            WaitStatus::Exited(pid, 127)
+            WaitStatus::Exited(pid, code)
         );
+        (scratch, pid)
+    }
+
+    #[test]
+    fn a_failed_exec_is_reported_once_when_its_child_is_reaped() {
+        let (mut scratch, pid) = spawn_and_reap("/nonexistent/handler", 127);
         assert_eq!(
             scratch.take_failure(pid),
             Some(Failure {
@@ -933,13 +940,7 @@ mod tests {
 
     #[test]
     fn a_successful_exec_reports_no_failure() {
-        let mut scratch = Scratch::new();
-        let (svc, conn, _peer) = fixture("/bin/true");
-        let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
-        assert_eq!(
-            waitpid(pid, None).expect("waitpid"),
-            WaitStatus::Exited(pid, 0)
-        );
+        let (mut scratch, pid) = spawn_and_reap("/bin/true", 0);
         assert_eq!(scratch.take_failure(pid), None);
     }
 

@@ -1073,6 +1073,7 @@ fn recycle<'a, 'b>(mut v: Vec<PollFd<'a>>) -> Vec<PollFd<'b>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
 
     #[test]
     fn recycle_keeps_the_poll_sets_memory() {
@@ -1084,7 +1085,6 @@ mod tests {
         assert!(back.is_empty());
         assert_eq!((back.as_ptr() as usize, back.capacity()), (ptr, cap));
     }
-    use std::net::TcpStream;
 
     #[test]
     fn waiting_sees_a_queued_connection_without_taking_it() {
