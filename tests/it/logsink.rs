@@ -1,0 +1,172 @@
+//! Issue 14, item 6: a log sink that stops reading (a stalled syslog, a
+//! stderr pipe nobody drains) never blocks the daemon's loop.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::harness::*;
+
+fn echo_conf(log: &str) -> String {
+    format!(
+        "{}\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{{port:echo}}\"]\nprogram = \"tinyinetd-echo\"\n",
+        DAEMON.replace("log = \"stderr\"", log)
+    )
+}
+
+/// One echo round trip that must complete within `within`.
+fn echo_within(d: &Daemon, msg: &[u8], within: Duration) {
+    let start = Instant::now();
+    let mut s = connect(d.addr("echo"));
+    s.set_read_timeout(Some(within)).expect("timeout");
+    std::io::Write::write_all(&mut s, msg).expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut out = Vec::new();
+    let r = s.read_to_end(&mut out);
+    assert!(
+        r.is_ok() && out == msg && start.elapsed() < within,
+        "echo not served within {within:?} ({r:?}, {} bytes, {:?})",
+        out.len(),
+        start.elapsed()
+    );
+}
+
+fn can_unshare() -> bool {
+    is_root()
+        && std::process::Command::new("unshare")
+            .args(["-m", "true"])
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Gives the daemon a private /dev/log (a symlink to `sock`) in a mount namespace.
+fn with_private_dev_log(cmd: &mut std::process::Command, scratch: &std::path::Path, sock: &std::path::Path) {
+    let script = format!(
+        "set -e\nmkdir -p {d}/olddev\nmount --bind /dev {d}/olddev\nmount -t tmpfs tmpfs /dev\n\
+         for n in null zero urandom random; do touch /dev/$n; mount --bind {d}/olddev/$n /dev/$n; done\n\
+         ln -s {s} /dev/log\nexec \"$0\" \"$@\"\n",
+        d = scratch.display(),
+        s = sock.display()
+    );
+    launch_through(cmd, "unshare", &["-m", "--propagation", "private", "sh", "-c", &script]);
+}
+
+#[test]
+fn a_syslog_that_stops_reading_never_stops_serving() {
+    if !can_unshare() {
+        eprintln!("SKIPPED: needs root and mount namespaces (unshare -m) to give the daemon a private /dev/log");
+        return;
+    }
+    let mut d = Daemon::prepare(&echo_conf("log = \"syslog\""));
+    let sock_path = d.dir.path().join("syslog.sock");
+    let scratch = d.dir.path().to_path_buf();
+    // Bound and never read: its small receive queue fills after a few lines.
+    let syslog = UnixDatagram::bind(&sock_path).expect("bind fake syslog");
+    nix::sys::socket::setsockopt(&syslog, nix::sys::socket::sockopt::RcvBuf, &4096)
+        .expect("SO_RCVBUF");
+    d.spawn(&|cmd| with_private_dev_log(cmd, &scratch, &sock_path));
+    d.ready(Duration::from_secs(10)).expect("ready");
+    // Each connection logs two lines at debug; 200 are far more than the
+    // queue holds (a datagram queue also counts its datagrams).
+    for i in 0..200 {
+        echo_within(&d, format!("line {i}").as_bytes(), Duration::from_secs(2));
+    }
+    d.signal(Signal::SIGUSR1);
+    echo_within(&d, b"after status", Duration::from_secs(2));
+
+    // Drain the queue: the next line is preceded by the count of the dropped ones.
+    syslog.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 4096];
+    while syslog.recv(&mut buf).is_ok() {}
+    echo_within(&d, b"drained", Duration::from_secs(2));
+    let mut got = Vec::new();
+    syslog.set_nonblocking(false).expect("blocking");
+    syslog
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !got.iter().any(|l: &String| l.contains("log-dropped")) {
+        if let Ok(n) = syslog.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let dropped = got
+        .iter()
+        .find(|l| l.contains("warn: log-dropped count="))
+        .unwrap_or_else(|| panic!("no log-dropped line after the drain: {got:?}"));
+    assert!(dropped.starts_with("<28>"), "warning, facility daemon: {dropped}");
+
+    let start = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(5)).expect("exit on SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_stderr_pipe_nobody_reads_never_stops_serving() {
+    let mut d = Daemon::prepare(&echo_conf("log = \"stderr\""));
+    let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().expect("pipe");
+    let mut cmd = d.command();
+    cmd.stderr(Stdio::from(w));
+    d.child = Some(cmd.spawn().expect("spawn tinyinetd"));
+    drop(cmd);
+    d.ready(Duration::from_secs(10)).expect("ready");
+    // start + exit at debug are about 180 bytes a connection: 500 fill a
+    // 64 KiB pipe with room to spare.
+    for i in 0..500 {
+        echo_within(&d, format!("line {i}").as_bytes(), Duration::from_secs(2));
+    }
+    d.signal(Signal::SIGUSR1);
+    echo_within(&d, b"after status", Duration::from_secs(2));
+
+    // Drain, log once more, stop, and read the rest until EOF.
+    nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .expect("O_NONBLOCK");
+    let mut pipe = std::fs::File::from(r);
+    let mut text = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = pipe.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    let before = text.len();
+    echo_within(&d, b"drained", Duration::from_secs(2));
+    let start = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(5)).expect("exit on SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    while let Ok(n) = pipe.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    assert!(before >= 60_000, "the pipe was filled: {before} bytes");
+    assert!(
+        text[before..].contains("warn: log-dropped count="),
+        "no log-dropped line after the drain:\n{}",
+        &text[before..]
+    );
+    // Every line is whole: no half line was left without its newline.
+    for line in text.lines() {
+        assert!(
+            line.starts_with("debug: ")
+                || line.starts_with("info: ")
+                || line.starts_with("warn: ")
+                || line.starts_with("error: "),
+            "broken line {line:?}"
+        );
+    }
+}
