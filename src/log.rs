@@ -6,32 +6,92 @@
 //! logger, so logging an event does not allocate once the buffer has grown.
 
 use std::fmt::{self, Write as _};
-use std::io::{IsTerminal, Write as _};
+use std::io::IsTerminal;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use syslog::{Facility, Formatter3164, LoggerBackend};
+use nix::errno::Errno;
+use syslog::{Facility, Formatter3164, LogFormat, Severity};
 
 use crate::plan::{Level, LogTarget};
 
 /// The longest a single value may be in a log line, in characters.
 pub const MAX_VALUE_CHARS: usize = 200;
 
-type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
+/// Writes to a pipe of at most this many bytes are atomic (POSIX PIPE_BUF).
+const PIPE_BUF: usize = 4096;
 
-enum Sink {
-    Stderr,
-    Syslog {
-        /// `None` after a failed send until a reconnect succeeds.
-        logger: Option<Syslog>,
-        /// Reconnects are tried at most once a second, so a vanished syslog
-        /// socket costs one failed connect per second, not one per line.
-        next_attempt: Instant,
-    },
+/// syslog: RFC 3164 lines (formatted by the syslog crate) sent through a
+/// datagram socket of our own, connected to /dev/log and non-blocking.
+///
+/// The crate's own logger sends blocking: a syslogd that stops reading
+/// (its receive queue is ten datagrams by default) would stall the whole
+/// loop in `sendto()`. A line the socket cannot queue at once is dropped
+/// and counted, as `notify` drops a message to a full notify socket; the
+/// first line that goes out again is preceded by `warn: log-dropped count=N`.
+struct Syslog {
+    /// `None` after a lost socket until a reconnect succeeds.
+    sock: Option<UnixDatagram>,
+    /// Reconnects are tried at most once a second, so a vanished syslog
+    /// socket costs one failed connect per second, not one per line.
+    next_attempt: Instant,
+    formatter: Formatter3164,
+    /// The formatted datagram; reused.
+    buf: Vec<u8>,
+    /// Lines dropped since the last one that went out.
+    dropped: u64,
+}
+
+/// What a non-blocking send or write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    All,
+    /// Only this many bytes (a stream, or a pipe write above PIPE_BUF).
+    Part(usize),
+    /// Nothing: the reader is not keeping up (EAGAIN, ENOBUFS), or it is
+    /// gone for good (EPIPE); either way the line is dropped and counted.
+    Full,
+    /// The socket is gone (syslogd restarted or stopped): reconnect.
+    Lost,
+}
+
+/// How stderr is written without blocking, decided once from what fd 2 is.
+enum ErrOut {
+    /// A regular file: written as is (a write to a file does not wait for
+    /// a reader).
+    File,
+    /// A socket (the journal's stream): `send` with MSG_DONTWAIT.
+    Socket,
+    /// A pipe, FIFO or terminal: a file description of our own opened
+    /// through /proc/self/fd/2 with O_NONBLOCK. Setting O_NONBLOCK on fd 2
+    /// itself would change the description shared with the shell or the
+    /// service manager (a terminal left non-blocking breaks the shell).
+    Private(OwnedFd),
+    /// A pipe or terminal that could not be reopened: a zero-timeout poll
+    /// for room before each write of at most PIPE_BUF bytes, which a pipe
+    /// with room takes whole.
+    Guarded,
+    /// fd 2 is closed: nothing to write to.
+    Closed,
+}
+
+struct Stderr {
+    out: ErrOut,
+    /// The rest of a line that was written in part. A line is never left
+    /// without its end: the rest goes out before anything else, and lines
+    /// that come while it waits are dropped and counted.
+    pending: Vec<u8>,
+    /// Lines dropped since the last one that went out.
+    dropped: u64,
 }
 
 /// The daemon's logger. Owned by the supervisor; never used in a child.
 pub struct Logger {
-    sink: Sink,
+    /// `Some` when logging to syslog; stderr then takes a line only when
+    /// syslog is gone.
+    syslog: Option<Syslog>,
+    stderr: Stderr,
     level: Level,
     /// The line being built; reused.
     line: String,
@@ -43,7 +103,12 @@ impl Logger {
     /// A stderr logger at `level`; what the daemon uses until the config is read.
     pub fn stderr(level: Level) -> Logger {
         Logger {
-            sink: Sink::Stderr,
+            syslog: None,
+            stderr: Stderr {
+                out: ErrOut::detect(),
+                pending: Vec::new(),
+                dropped: 0,
+            },
             level,
             line: String::with_capacity(256),
             scratch: String::with_capacity(64),
@@ -66,10 +131,18 @@ impl Logger {
         }
         match connect_syslog() {
             Ok(s) => {
-                logger.sink = Sink::Syslog {
-                    logger: Some(s),
+                logger.syslog = Some(Syslog {
+                    sock: Some(s),
                     next_attempt: Instant::now(),
-                };
+                    formatter: Formatter3164 {
+                        facility: Facility::LOG_DAEMON,
+                        hostname: None,
+                        process: "tinyinetd".into(),
+                        pid: std::process::id(),
+                    },
+                    buf: Vec::with_capacity(512),
+                    dropped: 0,
+                });
                 (logger, None)
             }
             Err(e) => (
@@ -104,57 +177,233 @@ impl Logger {
     }
 
     fn write(&mut self, level: Level) {
-        if let Sink::Syslog {
-            logger,
-            next_attempt,
-        } = &mut self.sink
-        {
-            if logger.is_none() && Instant::now() >= *next_attempt {
-                *logger = connect_syslog().ok();
-                *next_attempt = Instant::now() + Duration::from_secs(1);
-            }
-            if let Some(l) = logger {
-                if send_syslog(l, level, &self.line).is_ok() {
-                    return;
-                }
-                // Lost the socket (syslogd restarted, or gone): reconnect
-                // once now, then fall back to stderr for this line.
-                *logger = connect_syslog().ok();
-                *next_attempt = Instant::now() + Duration::from_secs(1);
-                if let Some(l) = logger {
-                    if send_syslog(l, level, &self.line).is_ok() {
-                        return;
-                    }
-                    *logger = None;
-                }
+        if let Some(s) = &mut self.syslog {
+            if s.write(level, &self.line) {
+                return;
             }
         }
         // stderr: one write per line so lines from one process never interleave.
         self.line.push('\n');
-        let _ = std::io::stderr().lock().write_all(self.line.as_bytes());
+        self.stderr.write(self.line.as_bytes());
     }
 }
 
-fn send_syslog(l: &mut Syslog, level: Level, msg: &str) -> syslog::Result<()> {
+impl Syslog {
+    /// Sends `line`, preceded by the dropped count if there is one. False
+    /// when syslog is gone and the line should go to stderr instead.
+    fn write(&mut self, level: Level, line: &str) -> bool {
+        if self.sock.is_none() && Instant::now() >= self.next_attempt {
+            self.sock = connect_syslog().ok();
+            self.next_attempt = Instant::now() + Duration::from_secs(1);
+        }
+        for attempt in 0..2 {
+            let Some(sock) = &self.sock else {
+                return false;
+            };
+            let mut sent = Sent::All;
+            if self.dropped > 0 {
+                let summary = format!(
+                    "{}: log-dropped count={}",
+                    Level::Warn.as_str(),
+                    self.dropped
+                );
+                sent = send_formatted(
+                    sock,
+                    &self.formatter,
+                    &mut self.buf,
+                    Severity::LOG_WARNING,
+                    &summary,
+                );
+                if sent == Sent::All {
+                    self.dropped = 0;
+                }
+            }
+            if sent == Sent::All {
+                sent = send_formatted(sock, &self.formatter, &mut self.buf, severity(level), line);
+            }
+            match sent {
+                Sent::All => return true,
+                // A datagram goes whole or not at all; a full queue drops
+                // the line (counted), it does not send it to stderr.
+                Sent::Part(_) | Sent::Full => {
+                    self.dropped += 1;
+                    return true;
+                }
+                Sent::Lost => {
+                    // Lost the socket (syslogd restarted, or gone): reconnect
+                    // once now, then fall back to stderr for this line.
+                    self.sock = if attempt == 0 {
+                        connect_syslog().ok()
+                    } else {
+                        None
+                    };
+                    self.next_attempt = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+        false
+    }
+}
+
+fn severity(level: Level) -> Severity {
     match level {
-        Level::Error => l.err(msg),
-        Level::Warn => l.warning(msg),
-        Level::Info => l.info(msg),
-        Level::Debug => l.debug(msg),
+        Level::Error => Severity::LOG_ERR,
+        Level::Warn => Severity::LOG_WARNING,
+        Level::Info => Severity::LOG_INFO,
+        Level::Debug => Severity::LOG_DEBUG,
     }
 }
 
-fn connect_syslog() -> Result<Syslog, String> {
-    let formatter = Formatter3164 {
-        facility: Facility::LOG_DAEMON,
-        hostname: None,
-        process: "tinyinetd".into(),
-        pid: std::process::id(),
-    };
+fn send_formatted(
+    sock: &UnixDatagram,
+    f: &Formatter3164,
+    buf: &mut Vec<u8>,
+    sev: Severity,
+    msg: &str,
+) -> Sent {
+    buf.clear();
+    if f.format(buf, sev, msg).is_err() {
+        return Sent::Full;
+    }
+    match sock.send(buf) {
+        Ok(n) if n == buf.len() => Sent::All,
+        Ok(n) => Sent::Part(n),
+        Err(e) => match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
+            Errno::EAGAIN | Errno::ENOBUFS | Errno::EINTR | Errno::EMSGSIZE => Sent::Full,
+            _ => Sent::Lost,
+        },
+    }
+}
+
+/// A non-blocking datagram socket connected to /dev/log (close-on-exec, as
+/// every socket std creates).
+fn connect_syslog() -> Result<UnixDatagram, String> {
     if !std::path::Path::new("/dev/log").exists() {
         return Err("/dev/log does not exist".into());
     }
-    syslog::unix_custom(formatter, "/dev/log").map_err(|e| e.to_string())
+    let sock = UnixDatagram::unbound().map_err(|e| crate::config::io_reason(&e))?;
+    sock.connect("/dev/log").map_err(|e| {
+        if e.raw_os_error() == Some(libc::EPROTOTYPE) {
+            "/dev/log is a stream socket; only datagram syslog is supported".to_string()
+        } else {
+            format!("/dev/log: {}", crate::config::io_reason(&e))
+        }
+    })?;
+    sock.set_nonblocking(true)
+        .map_err(|e| crate::config::io_reason(&e))?;
+    Ok(sock)
+}
+
+impl ErrOut {
+    fn detect() -> ErrOut {
+        use nix::sys::stat::SFlag;
+        let fd2 = std::io::stderr();
+        let Ok(st) = nix::sys::stat::fstat(fd2.as_fd()) else {
+            return ErrOut::Closed;
+        };
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFREG {
+            ErrOut::File
+        } else if kind == SFlag::S_IFSOCK {
+            ErrOut::Socket
+        } else {
+            use nix::fcntl::OFlag;
+            match nix::fcntl::open(
+                "/proc/self/fd/2",
+                OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                Ok(fd) => ErrOut::Private(fd),
+                Err(_) => ErrOut::Guarded,
+            }
+        }
+    }
+
+    /// Writes what it can of `b` now.
+    fn put(&self, b: &[u8]) -> Sent {
+        let err = std::io::stderr();
+        let fd2: BorrowedFd<'_> = err.as_fd();
+        let r = match self {
+            ErrOut::Closed => return Sent::All,
+            ErrOut::File => {
+                use std::io::Write as _;
+                let _ = std::io::stderr().lock().write_all(b);
+                return Sent::All;
+            }
+            ErrOut::Socket => {
+                use std::os::fd::AsRawFd as _;
+                nix::sys::socket::send(
+                    fd2.as_raw_fd(),
+                    b,
+                    nix::sys::socket::MsgFlags::MSG_DONTWAIT
+                        | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                )
+            }
+            ErrOut::Private(fd) => nix::unistd::write(fd, b),
+            ErrOut::Guarded => {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                let mut fds = [PollFd::new(fd2, PollFlags::POLLOUT)];
+                let room = matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+                    && fds[0]
+                        .revents()
+                        .is_some_and(|r| r.contains(PollFlags::POLLOUT));
+                if !room {
+                    return Sent::Full;
+                }
+                nix::unistd::write(fd2, &b[..b.len().min(PIPE_BUF)])
+            }
+        };
+        match r {
+            Ok(n) if n == b.len() => Sent::All,
+            Ok(n) => Sent::Part(n),
+            Err(_) => Sent::Full,
+        }
+    }
+}
+
+impl Stderr {
+    /// Writes one line (ending in a newline) without blocking: first the
+    /// rest of a line written in part, then the dropped count, then the line.
+    fn write(&mut self, line: &[u8]) {
+        if !self.pending.is_empty() {
+            match self.out.put(&self.pending) {
+                Sent::All => self.pending.clear(),
+                Sent::Part(n) => {
+                    self.pending.drain(..n);
+                    self.dropped += 1;
+                    return;
+                }
+                Sent::Full | Sent::Lost => {
+                    self.dropped += 1;
+                    return;
+                }
+            }
+        }
+        if self.dropped > 0 {
+            let summary = format!(
+                "{}: log-dropped count={}\n",
+                Level::Warn.as_str(),
+                self.dropped
+            );
+            match self.out.put(summary.as_bytes()) {
+                Sent::All => self.dropped = 0,
+                Sent::Part(n) => {
+                    self.pending.extend_from_slice(&summary.as_bytes()[n..]);
+                    self.dropped = 1;
+                    return;
+                }
+                Sent::Full | Sent::Lost => {
+                    self.dropped += 1;
+                    return;
+                }
+            }
+        }
+        match self.out.put(line) {
+            Sent::All => {}
+            Sent::Part(n) => self.pending.extend_from_slice(&line[n..]),
+            Sent::Full | Sent::Lost => self.dropped += 1,
+        }
+    }
 }
 
 /// A log line being built.

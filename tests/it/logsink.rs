@@ -44,7 +44,11 @@ fn can_unshare() -> bool {
 }
 
 /// Gives the daemon a private /dev/log (a symlink to `sock`) in a mount namespace.
-fn with_private_dev_log(cmd: &mut std::process::Command, scratch: &std::path::Path, sock: &std::path::Path) {
+fn with_private_dev_log(
+    cmd: &mut std::process::Command,
+    scratch: &std::path::Path,
+    sock: &std::path::Path,
+) {
     let script = format!(
         "set -e\nmkdir -p {d}/olddev\nmount --bind /dev {d}/olddev\nmount -t tmpfs tmpfs /dev\n\
          for n in null zero urandom random; do touch /dev/$n; mount --bind {d}/olddev/$n /dev/$n; done\n\
@@ -52,7 +56,11 @@ fn with_private_dev_log(cmd: &mut std::process::Command, scratch: &std::path::Pa
         d = scratch.display(),
         s = sock.display()
     );
-    launch_through(cmd, "unshare", &["-m", "--propagation", "private", "sh", "-c", &script]);
+    launch_through(
+        cmd,
+        "unshare",
+        &["-m", "--propagation", "private", "sh", "-c", &script],
+    );
 }
 
 #[test]
@@ -98,11 +106,16 @@ fn a_syslog_that_stops_reading_never_stops_serving() {
         .iter()
         .find(|l| l.contains("warn: log-dropped count="))
         .unwrap_or_else(|| panic!("no log-dropped line after the drain: {got:?}"));
-    assert!(dropped.starts_with("<28>"), "warning, facility daemon: {dropped}");
+    assert!(
+        dropped.starts_with("<28>"),
+        "warning, facility daemon: {dropped}"
+    );
 
     let start = Instant::now();
     d.signal(Signal::SIGTERM);
-    let status = d.wait_exit(Duration::from_secs(5)).expect("exit on SIGTERM");
+    let status = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("exit on SIGTERM");
     assert!(status.success(), "{status}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
@@ -143,7 +156,9 @@ fn a_stderr_pipe_nobody_reads_never_stops_serving() {
     echo_within(&d, b"drained", Duration::from_secs(2));
     let start = Instant::now();
     d.signal(Signal::SIGTERM);
-    let status = d.wait_exit(Duration::from_secs(5)).expect("exit on SIGTERM");
+    let status = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("exit on SIGTERM");
     assert!(status.success(), "{status}");
     assert!(start.elapsed() < Duration::from_secs(5));
     while let Ok(n) = pipe.read(&mut buf) {
