@@ -8,6 +8,7 @@ mod core;
 mod examples;
 mod faults;
 mod logsink;
+mod lookups;
 mod reload;
 mod security;
 mod stress;
