@@ -10,11 +10,15 @@
 //! would, and happen only while a config is loaded, never per connection.
 //!
 //! `getent` is run by absolute path, with an empty environment, no input and
-//! a time limit; its exit status tells found (0) from not found (2).
+//! a time limit; its exit status tells found (0) from not found (2). Its
+//! output is read while it runs (an answer may exceed a pipe's capacity),
+//! up to a size limit. These lookups wait, so the daemon never makes them
+//! in its loop: at start and for `--check` nothing is served yet, and a
+//! reload makes them in a resolver child (`resolver`).
 
-use std::io::Read as _;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where `getent` is looked for, in order. No `PATH` search: the daemon
@@ -23,6 +27,10 @@ const GETENT: [&str; 2] = ["/usr/bin/getent", "/bin/getent"];
 
 /// How long one lookup may take (a directory server may be slow or down).
 const LIMIT: Duration = Duration::from_secs(10);
+
+/// The most one lookup may answer, stdout and stderr together. A group
+/// of 100,000 members is under 1 MiB; more than this is not an answer.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
 /// A passwd entry: name, uid, primary gid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,20 +109,30 @@ fn query(db: &str, key: &str) -> Result<Option<String>, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{what}: {}", crate::config::io_reason(&e)))?;
-    // Poll for the exit with a growing pause, up to LIMIT. The answers are
-    // a line or two, far below a pipe's capacity, so getent never blocks on
-    // writing them before it exits.
-    let start = Instant::now();
+    let deadline = Instant::now() + LIMIT;
+    // Read both pipes while getent runs: an answer may be larger than a
+    // pipe holds (a group of 12,000 members is a 130 KB line), and getent
+    // cannot exit before it has written it all.
+    let read = read_both(&mut child, deadline);
+    let (out, err) = match read {
+        Ok(x) => x,
+        Err(why) => {
+            // Our own child, by PID; then reap it.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what}: {why}"));
+        }
+    };
+    // Both pipes are closed: getent is exiting. Wait for it, still bounded.
     let mut pause = Duration::from_millis(1);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() < LIMIT => {
+            Ok(None) if Instant::now() < deadline => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
             Ok(None) => {
-                // Our own child, by PID; then reap it.
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!("{what}: no answer within {}s", LIMIT.as_secs()));
@@ -122,14 +140,8 @@ fn query(db: &str, key: &str) -> Result<Option<String>, String> {
             Err(e) => return Err(format!("{what}: {}", crate::config::io_reason(&e))),
         }
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut err);
-    }
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let err = String::from_utf8_lossy(&err);
     match status.code() {
         Some(0) => Ok(Some(out)),
         Some(2) => Ok(None),
@@ -142,6 +154,65 @@ fn query(db: &str, key: &str) -> Result<Option<String>, String> {
             })
         }
     }
+}
+
+/// Reads the child's stdout and stderr until both are closed, polling both
+/// with `deadline`; at most [`MAX_ANSWER`] bytes in all.
+fn read_both(child: &mut Child, deadline: Instant) -> Result<(Vec<u8>, Vec<u8>), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut pipes = [
+        child.stdout.take().map(OwnedFd::from),
+        child.stderr.take().map(OwnedFd::from),
+    ];
+    let mut got: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut buf = vec![0u8; 64 * 1024];
+    while pipes.iter().any(Option::is_some) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no answer within {}s", LIMIT.as_secs()));
+        }
+        let open: Vec<usize> = (0..2).filter(|&i| pipes[i].is_some()).collect();
+        let mut fds: Vec<PollFd<'_>> = open
+            .iter()
+            .filter_map(|&i| pipes[i].as_ref())
+            .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("poll: {}", crate::log::os_error(e))),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        for (k, &i) in open.iter().enumerate() {
+            if !ready[k] {
+                continue;
+            }
+            let Some(p) = &pipes[i] else { continue };
+            match nix::unistd::read(p, &mut buf) {
+                Ok(0) => pipes[i] = None,
+                Ok(n) => {
+                    if got[0].len() + got[1].len() + n > MAX_ANSWER {
+                        return Err(format!(
+                            "the answer is larger than {} MiB",
+                            MAX_ANSWER / (1024 * 1024)
+                        ));
+                    }
+                    got[i].extend_from_slice(&buf[..n]);
+                }
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Err(format!("reading its answer: {}", crate::log::os_error(e))),
+            }
+        }
+    }
+    let [out, err] = got;
+    Ok((out, err))
 }
 
 /// `name:password:uid:gid:gecos:home:shell`.

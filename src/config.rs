@@ -129,9 +129,11 @@ pub trait System {
     /// `(uid, primary gid)` of a user name; `Err` when the lookup itself
     /// failed (as opposed to: no such user).
     fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String>;
-    fn user_name(&self, uid: u32) -> Option<String>;
+    /// The name of `uid`; `Ok(None)` when it has none (a bare uid is valid).
+    fn user_name(&self, uid: u32) -> Result<Option<String>, String>;
     fn group(&self, name: &str) -> Result<Option<u32>, String>;
-    fn group_name(&self, gid: u32) -> Option<String>;
+    /// The name of `gid`; `Ok(None)` when it has none (a bare gid is valid).
+    fn group_name(&self, gid: u32) -> Result<Option<String>, String>;
     /// Supplementary groups of `user` with `gid` included.
     fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String>;
     /// The directory of the running daemon executable.
@@ -160,16 +162,16 @@ impl System for RealSystem {
             .filter(|p| p.name == name)
             .map(|p| (p.uid, p.gid)))
     }
-    fn user_name(&self, uid: u32) -> Option<String> {
-        Some(crate::accounts::passwd(&uid.to_string()).ok()??.name)
+    fn user_name(&self, uid: u32) -> Result<Option<String>, String> {
+        Ok(crate::accounts::passwd(&uid.to_string())?.map(|p| p.name))
     }
     fn group(&self, name: &str) -> Result<Option<u32>, String> {
         Ok(crate::accounts::group(name)?
             .filter(|g| g.name == name)
             .map(|g| g.gid))
     }
-    fn group_name(&self, gid: u32) -> Option<String> {
-        Some(crate::accounts::group(&gid.to_string()).ok()??.name)
+    fn group_name(&self, gid: u32) -> Result<Option<String>, String> {
+        Ok(crate::accounts::group(&gid.to_string())?.map(|g| g.name))
     }
     fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
         let mut list = vec![gid];
@@ -245,7 +247,18 @@ pub fn io_reason(e: &std::io::Error) -> String {
 
 /// Reads and validates the file at `path`. `default_path` says whether the
 /// user named it, so that a missing default file can suggest `--config`.
+/// Each account is looked up once (`resolver::Accounts`); the lookups may
+/// wait, so the running daemon loads through a resolver child instead.
 pub fn load(path: &Path, default_path: bool) -> Result<Plan, ConfigError> {
+    load_with(
+        path,
+        default_path,
+        &crate::resolver::Accounts::live(&RealSystem),
+    )
+}
+
+/// [`load`], asking `sys`.
+pub fn load_with(path: &Path, default_path: bool, sys: &dyn System) -> Result<Plan, ConfigError> {
     let text = std::fs::read(path).map_err(|e| {
         let mut message = format!("cannot read the configuration: {}", io_reason(&e));
         if default_path && e.kind() == std::io::ErrorKind::NotFound {
@@ -273,10 +286,10 @@ pub fn load(path: &Path, default_path: bool) -> Result<Plan, ConfigError> {
             }],
         }
     })?;
-    if RealSystem.identity().0 == 0 {
+    if sys.identity().0 == 0 {
         // A root daemon runs what this file says: if anyone but root can
         // change it, anyone can become root.
-        if let Err(why) = RealSystem.root_only(path) {
+        if let Err(why) = sys.root_only(path) {
             return Err(ConfigError {
                 path: path.to_path_buf(),
                 problems: vec![Problem {
@@ -290,7 +303,7 @@ pub fn load(path: &Path, default_path: bool) -> Result<Plan, ConfigError> {
             });
         }
     }
-    parse(path, &text, &RealSystem)
+    parse(path, &text, sys)
 }
 
 /// Validates `text` as the contents of `path`.
@@ -827,7 +840,7 @@ impl<'t> Checker<'t> {
                         bad = true;
                     }
                     Ok(Some((uid, _))) if uid != euid => {
-                        let me = sys.user_name(euid).unwrap_or_else(|| euid.to_string());
+                        let me = name_or_number(sys.user_name(euid), euid);
                         self.problem(
                             uspan.clone(),
                             ctx,
@@ -852,7 +865,7 @@ impl<'t> Checker<'t> {
                         bad = true;
                     }
                     Ok(Some(gid)) if gid != egid => {
-                        let mine = sys.group_name(egid).unwrap_or_else(|| egid.to_string());
+                        let mine = name_or_number(sys.group_name(egid), egid);
                         self.problem(
                             gspan.clone(),
                             ctx,
@@ -902,11 +915,20 @@ impl<'t> Checker<'t> {
                     return Err(());
                 }
             },
-            None => (
-                primary,
-                sys.group_name(primary)
-                    .unwrap_or_else(|| primary.to_string()),
-            ),
+            // A primary gid without a group entry is valid and shown as its
+            // number; a lookup that failed is an error, never that fallback.
+            None => match sys.group_name(primary) {
+                Ok(name) => (primary, name.unwrap_or_else(|| primary.to_string())),
+                Err(why) => {
+                    let at = user.map_or(span.clone(), |(_, s)| s.clone());
+                    self.problem(
+                        at,
+                        ctx,
+                        format!("primary group {primary} of user \"{}\": {why}", esc(uname)),
+                    );
+                    return Err(());
+                }
+            },
         };
         let list = match sys.group_list(uname, gid) {
             Ok(list) => list,
@@ -1297,6 +1319,16 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// A name for a message that is already an error: the name, the number
+/// when there is none, and why when the lookup itself failed.
+fn name_or_number(found: Result<Option<String>, String>, id: u32) -> String {
+    match found {
+        Ok(Some(name)) => name,
+        Ok(None) => id.to_string(),
+        Err(why) => format!("{id}, whose name could not be looked up: {why}"),
+    }
+}
+
 /// Escapes text taken from the file for a message: no control bytes, bounded.
 fn esc(s: &str) -> String {
     crate::log::escape(s)
@@ -1342,15 +1374,17 @@ mod tests {
                 "root" => Some((0, 0)),
                 "nobody" => Some((65534, 65534)),
                 "alice" => Some((1000, 1000)),
+                "slowgroup" => Some((1001, 4242)),
+                "bare" => Some((1002, 7777)),
                 _ => None,
             })
         }
-        fn user_name(&self, uid: u32) -> Option<String> {
-            Some(match uid {
+        fn user_name(&self, uid: u32) -> Result<Option<String>, String> {
+            Ok(Some(match uid {
                 0 => "root".into(),
                 1000 => "alice".into(),
-                _ => return None,
-            })
+                _ => return Ok(None),
+            }))
         }
         fn group(&self, name: &str) -> Result<Option<u32>, String> {
             Ok(match name {
@@ -1361,13 +1395,14 @@ mod tests {
                 _ => None,
             })
         }
-        fn group_name(&self, gid: u32) -> Option<String> {
-            Some(match gid {
+        fn group_name(&self, gid: u32) -> Result<Option<String>, String> {
+            Ok(Some(match gid {
                 0 => "root".into(),
                 65534 => "nogroup".into(),
                 1000 => "alice".into(),
-                _ => return None,
-            })
+                4242 => return Err("getent group 4242: no answer within 10s".into()),
+                _ => return Ok(None),
+            }))
         }
         fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
             Ok(if user == "alice" {
@@ -1668,6 +1703,18 @@ allow = ["10.0.0.1/8"]
             "{e}"
         );
         assert!(!e.contains("unknown user"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_primary_group_lookup_is_an_error_not_the_number() {
+        let e = errors(&format!("{MINIMAL}user = \"slowgroup\"\n"));
+        assert!(
+            e.contains("9:8: service \"echo\": primary group 4242 of user \"slowgroup\": getent group 4242: no answer within 10s"),
+            "{e}"
+        );
+        // A gid that has no group at all is valid, and shown as its number.
+        let plan = check(&format!("{MINIMAL}user = \"bare\"\n"), 0).unwrap();
+        assert_eq!(plan.services[0].cred.as_ref().unwrap().group, "7777");
     }
 
     #[test]

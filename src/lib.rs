@@ -18,6 +18,7 @@ pub mod listen;
 pub mod log;
 pub mod notify;
 pub mod plan;
+pub mod resolver;
 pub mod signals;
 pub mod spawn;
 pub mod supervisor;

@@ -93,7 +93,7 @@
 use std::ffi::c_char;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -845,6 +845,73 @@ unsafe fn fail(d: &SlotData, step: Step, rc: isize) -> ! {
     d.failed_step.store(step as u8, Ordering::Relaxed);
     loop {
         sys::call(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
+    }
+}
+
+/// Forks a resolver child (`resolver`): a real `fork()`, not the
+/// handlers' clone. The child leads a process group of its own (so that
+/// the daemon can SIGKILL it and its getent children together), keeps only
+/// `out` of the daemon's descriptors (0–2 become /dev/null; `close` is the
+/// daemon's end of the same pipe, closed with the rest), runs `body` and
+/// exits with its value. Returns the child's pid; `out` is closed here.
+///
+/// SAFETY argument. After `fork` the child is a copy of the daemon with one
+/// thread, and the daemon has only one (it never starts a thread), so no
+/// lock in the copy is held by a thread that no longer exists: the child
+/// may run ordinary Rust code, allocation included. It never returns into
+/// the daemon's code: it leaves by `_exit`, so no destructor of the
+/// daemon's state (listeners, the signalfd) runs twice, and no buffered
+/// output is flushed. Its signal mask is the daemon's (the signals the
+/// daemon reads from its signalfd stay blocked in it, so SIGTERM does not
+/// stop it; the daemon uses SIGKILL); `std::process::Command` resets mask
+/// and SIGPIPE for the getent it runs.
+pub fn fork_resolver(
+    out: OwnedFd,
+    close: std::os::fd::BorrowedFd<'_>,
+    body: impl FnOnce(OwnedFd) -> i32,
+) -> Result<Pid, Errno> {
+    let _ = close; // closed in the child with every other descriptor
+                   // SAFETY: see above; the daemon is single-threaded.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Errno::last());
+    }
+    if pid > 0 {
+        // Also here, so that the group exists before `fork_resolver`
+        // returns, whichever of the two runs first.
+        let _ = nix::unistd::setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+        drop(out);
+        return Ok(Pid::from_raw(pid));
+    }
+    // The child.
+    // SAFETY: plain system calls on descriptor numbers; `out` is moved out
+    // of its OwnedFd first so that nothing closes it behind our back.
+    unsafe {
+        libc::setpgid(0, 0);
+        let mut keep = out.into_raw_fd();
+        if keep < 3 {
+            keep = libc::fcntl(keep, libc::F_DUPFD_CLOEXEC, 3);
+            if keep < 0 {
+                libc::_exit(125);
+            }
+        }
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                if fd != null {
+                    libc::dup2(null, fd);
+                }
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+        let code = body(OwnedFd::from_raw_fd(keep));
+        libc::_exit(code)
     }
 }
 

@@ -237,8 +237,6 @@ fn a_reload_with_hung_lookups_keeps_serving_and_sigterm_ends_it() {
     assert!(
         wait_until(Duration::from_secs(5), || !left.iter().any(|&p| alive(p))),
         "left behind: {:?}",
-        left.iter()
-            .map(|&p| (p, proc_state(p)))
-            .collect::<Vec<_>>()
+        left.iter().map(|&p| (p, proc_state(p))).collect::<Vec<_>>()
     );
 }
