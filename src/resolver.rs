@@ -548,6 +548,40 @@ mod tests {
         assert!(decode("end\nu\tx\tnone\n").is_err());
     }
 
+    #[test]
+    fn past_its_deadline_a_resolver_is_killed_with_its_group() {
+        use std::os::unix::process::CommandExt as _;
+        // A stand-in resolver: a process group of its own that never answers.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        nix::fcntl::fcntl(
+            &r,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .expect("nonblocking");
+        let now = Instant::now();
+        let mut p = Pending {
+            pid: Pid::from_raw(child.id() as i32),
+            pipe: std::fs::File::from(r),
+            buf: Vec::new(),
+            deadline: now + Duration::from_secs(30),
+            again: false,
+            ended: false,
+        };
+        assert!(matches!(p.read(now), Progress::More));
+        match p.read(now + DEADLINE) {
+            Progress::Failed(why) => assert!(why.contains("did not finish within 30s"), "{why}"),
+            _ => panic!("no failure past the deadline"),
+        }
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        drop(w);
+    }
+
     /// Counts what it is asked; knows alice (1000, gid 100) only.
     struct Counting {
         asked: RefCell<usize>,

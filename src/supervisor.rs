@@ -29,6 +29,7 @@ use crate::listen::{self, Change, Sockets};
 use crate::log::Logger;
 use crate::notify;
 use crate::plan::{Level, Plan, Service};
+use crate::resolver;
 use crate::signals::Signals;
 use crate::spawn::{self, Conn, Failure, Scratch, SpawnError};
 
@@ -110,6 +111,8 @@ struct Drain {
 enum Slot {
     Signals,
     Sock(usize),
+    /// The pipe of a pending reload's resolver child.
+    Resolver,
 }
 
 /// Why the daemon could not start.
@@ -142,6 +145,8 @@ pub struct Supervisor {
     /// The next connection id; ids are unique within this run.
     next_conn: u64,
     drain: Option<Drain>,
+    /// The reload whose account lookups are being made, if one is.
+    reloading: Option<resolver::Pending>,
     /// `(interval, next ping)` when systemd's watchdog is on.
     watchdog: Option<(Duration, Instant)>,
     /// The last `STATUS=` sent, to send only changes.
@@ -204,6 +209,7 @@ impl Supervisor {
             log,
             next_conn: 1,
             drain: None,
+            reloading: None,
             watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
             status_sent: String::new(),
             scratch: Scratch::new(),
@@ -342,9 +348,15 @@ impl Supervisor {
         };
         if sig.terminate {
             self.terminate(now);
+            // A pending reload is abandoned: dropping it kills its resolver.
+            self.reloading = None;
         }
         if sig.reload {
             self.reload(now);
+        }
+        let resolver_due = self.reloading.as_ref().is_some_and(|p| p.deadline <= now)
+            || self.ready.iter().any(|(s, _)| matches!(s, Slot::Resolver));
+        if resolver_due && self.reload_progress(now) {
             // The socket list was rebuilt: this turn's readiness refers to
             // the old indices. The next poll reports the listeners again.
             self.ready
@@ -383,6 +395,10 @@ impl Supervisor {
         let mut fds: Vec<PollFd<'_>> = recycle(std::mem::take(&mut self.pollfds));
         fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
         self.slots.push(Slot::Signals);
+        if let Some(p) = &self.reloading {
+            fds.push(PollFd::new(p.fd(), PollFlags::POLLIN));
+            self.slots.push(Slot::Resolver);
+        }
         let now = Instant::now();
         if self.drain.is_none() {
             for (i, s) in self.socks.iter().enumerate() {
@@ -452,6 +468,7 @@ impl Supervisor {
             }
         }
         consider(self.watchdog.map(|(_, t)| t));
+        consider(self.reloading.as_ref().map(|p| p.deadline));
         next
     }
 
@@ -873,30 +890,86 @@ impl Supervisor {
         self.fire_deadlines(now);
     }
 
-    /// SIGHUP: validate the file, then swap. An invalid file changes nothing.
-    fn reload(&mut self, _now: Instant) {
+    /// SIGHUP: start a reload. The file is validated, then swapped in; an
+    /// invalid file changes nothing. The account lookups the load needs may
+    /// wait (a directory server that does not answer), so they are made by a
+    /// resolver child ([`resolver::Pending`]) while the loop goes on serving;
+    /// [`reload_progress`](Self::reload_progress) loads and applies the plan
+    /// once it has answered.
+    ///
+    /// A SIGHUP while a reload is pending does not restart it (a stream of
+    /// them would then never let one finish); it asks for one more reload
+    /// when this one ends, so the file as it is then is the one loaded.
+    fn reload(&mut self, now: Instant) {
         if self.drain.is_some() {
             return;
         }
-        let plan = match config::load(&self.plan.path, false) {
-            Ok(p) => p,
-            Err(e) => {
-                for line in e.to_string().lines() {
-                    self.log
-                        .event(Level::Error, "reload-failed")
-                        .kv("error", line)
-                        .send();
+        if let Some(p) = &mut self.reloading {
+            p.again = true;
+            return;
+        }
+        match resolver::Pending::start(&self.plan.path, now) {
+            Ok(p) => {
+                self.log
+                    .event(Level::Debug, "reload-resolving")
+                    .kv("pid", p.pid())
+                    .send();
+                self.reloading = Some(p);
+            }
+            Err(e) => self.reload_failed(&format!("starting the account resolver: {e}")),
+        }
+    }
+
+    /// Reads the pending reload's resolver; at its end, loads the file with
+    /// its answers and applies the plan. Returns true when a plan was applied.
+    fn reload_progress(&mut self, now: Instant) -> bool {
+        let Some(p) = &mut self.reloading else {
+            return false;
+        };
+        let applied = match p.read(now) {
+            resolver::Progress::More => return false,
+            resolver::Progress::Failed(why) => {
+                self.reload_failed(&why);
+                false
+            }
+            resolver::Progress::Done(record) => {
+                let replay = resolver::Accounts::replay(&config::RealSystem, record);
+                match config::load_with(&self.plan.path, false, &replay) {
+                    Ok(plan) => {
+                        self.apply(plan);
+                        true
+                    }
+                    Err(e) => {
+                        self.reload_failed(&e.to_string());
+                        false
+                    }
                 }
-                let first = e.to_string().lines().next().unwrap_or_default().to_string();
-                let status =
-                    format!("reload failed, still serving the previous configuration: {first}");
-                if let Err(e) = notify::status(&status) {
-                    self.log_notify_error(e);
-                }
-                self.status_sent = status;
-                return;
             }
         };
+        if self.reloading.take().is_some_and(|p| p.again) {
+            self.reload(now);
+        }
+        applied
+    }
+
+    /// A reload that changed nothing: say why, in the log and the status.
+    fn reload_failed(&mut self, why: &str) {
+        for line in why.lines() {
+            self.log
+                .event(Level::Error, "reload-failed")
+                .kv("error", line)
+                .send();
+        }
+        let first = why.lines().next().unwrap_or_default().to_string();
+        let status = format!("reload failed, still serving the previous configuration: {first}");
+        if let Err(e) = notify::status(&status) {
+            self.log_notify_error(e);
+        }
+        self.status_sent = status;
+    }
+
+    /// Makes a loaded plan current: sockets, services, logging.
+    fn apply(&mut self, plan: Plan) {
         if let Err(e) = notify::reloading() {
             self.log_notify_error(e);
         }

@@ -212,6 +212,26 @@ fn a_reload_with_hung_lookups_keeps_serving_and_sigterm_ends_it() {
     // Whoever runs the hung getent (a resolver child) is its parent.
     let resolver = proc_state(hung[0]).map(|(_, ppid)| ppid);
 
+    // The resolver holds none of the daemon's sockets (a removed port
+    // would stay bound while it runs): only its pipes and /dev/null.
+    if let Some(r) = resolver {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{r}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            !fds.is_empty()
+                && fds
+                    .iter()
+                    .all(|l| l.starts_with("pipe:") || l == "/dev/null"),
+            "the resolver {r} holds {fds:?}"
+        );
+    }
+
     // While the lookup hangs, every service is served at once, and
     // SIGUSR1 is answered.
     for i in 0..3 {
