@@ -565,6 +565,49 @@ mod tests {
     }
 
     #[test]
+    fn a_line_written_in_part_is_finished_before_the_next_and_drops_are_counted() {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::io::Read as _;
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        // One page: a 6,000-byte line goes out in part.
+        fcntl(&w, FcntlArg::F_SETPIPE_SZ(4096)).expect("F_SETPIPE_SZ");
+        fcntl(&w, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("O_NONBLOCK");
+        fcntl(&r, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("O_NONBLOCK");
+        let mut e = Stderr {
+            out: ErrOut::Private(w),
+            pending: Vec::new(),
+            dropped: 0,
+        };
+        let long = format!("info: long {}\n", "x".repeat(6000));
+        e.write(long.as_bytes());
+        assert!(!e.pending.is_empty(), "written in part");
+        e.write(b"info: second\n");
+        assert_eq!(e.dropped, 1, "the pipe is full: dropped and counted");
+        let mut r = std::fs::File::from(r);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        let mut drain = |got: &mut Vec<u8>| {
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        drain(&mut got);
+        e.write(b"info: third\n");
+        drain(&mut got);
+        drain(&mut got);
+        e.write(b"info: fourth\n");
+        drain(&mut got);
+        let text = String::from_utf8(got).expect("utf-8");
+        assert_eq!(
+            text,
+            format!("{long}warn: log-dropped count=1\ninfo: third\ninfo: fourth\n"),
+        );
+    }
+
+    #[test]
     fn lines_are_formatted_and_filtered() {
         let mut l = Logger::stderr(Level::Info);
         l.event(Level::Info, "exit")
