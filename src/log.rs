@@ -4,6 +4,11 @@
 //! config file can never inject a newline, a control byte or an unbounded
 //! amount of data into the log. The line is built in a buffer owned by the
 //! logger, so logging an event does not allocate once the buffer has grown.
+//!
+//! Sending a line never blocks: syslog through a non-blocking socket of our
+//! own, stderr by a non-blocking write chosen for what fd 2 is. A line the
+//! reader has no room for is dropped and counted, and the count is logged
+//! (`log-dropped count=N`) before the next line that goes out.
 
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;

@@ -393,7 +393,7 @@ impl Pending {
         )
         .map_err(|e| format!("pipe: {}", crate::log::os_error(e)))?;
         let path = path.to_path_buf();
-        let pid = crate::spawn::fork_resolver(w, r.as_fd(), move |out| resolve(&path, out))
+        let pid = crate::spawn::fork_resolver(w, move |out| resolve(&path, out))
             .map_err(|e| format!("fork: {}", crate::log::os_error(e)))?;
         Ok(Pending {
             pid,

@@ -87,6 +87,13 @@
 //! slot's reused buffers. What the daemon is still charged for is mostly
 //! the kernel's work in `clone` and in reaping; BENCHMARKS.md compares it
 //! with a bare vfork+exec+wait loop.
+//!
+//! # The resolver fork
+//!
+//! One other child is started here: the reload's account resolver
+//! ([`fork_resolver`]), a real `fork()` that runs ordinary Rust code and
+//! never execs. Its own doc gives the argument; the clone rules above are
+//! not needed for it.
 
 #![allow(unsafe_code)]
 
@@ -851,27 +858,23 @@ unsafe fn fail(d: &SlotData, step: Step, rc: isize) -> ! {
 /// Forks a resolver child (`resolver`): a real `fork()`, not the
 /// handlers' clone. The child leads a process group of its own (so that
 /// the daemon can SIGKILL it and its getent children together), keeps only
-/// `out` of the daemon's descriptors (0–2 become /dev/null; `close` is the
-/// daemon's end of the same pipe, closed with the rest), runs `body` and
-/// exits with its value. Returns the child's pid; `out` is closed here.
+/// `out` of the daemon's descriptors (0–2 become /dev/null; the listeners,
+/// the signalfd, the daemon's end of the pipe and everything else are
+/// closed), runs `body` and exits with its value. Returns the child's pid;
+/// the daemon's copy of `out` is closed.
 ///
 /// SAFETY argument. After `fork` the child is a copy of the daemon with one
 /// thread, and the daemon has only one (it never starts a thread), so no
 /// lock in the copy is held by a thread that no longer exists: the child
 /// may run ordinary Rust code, allocation included. It never returns into
 /// the daemon's code: it leaves by `_exit`, so no destructor of the
-/// daemon's state (listeners, the signalfd) runs twice, and no buffered
-/// output is flushed. Its signal mask is the daemon's (the signals the
-/// daemon reads from its signalfd stay blocked in it, so SIGTERM does not
-/// stop it; the daemon uses SIGKILL); `std::process::Command` resets mask
-/// and SIGPIPE for the getent it runs.
-pub fn fork_resolver(
-    out: OwnedFd,
-    close: std::os::fd::BorrowedFd<'_>,
-    body: impl FnOnce(OwnedFd) -> i32,
-) -> Result<Pid, Errno> {
-    let _ = close; // closed in the child with every other descriptor
-                   // SAFETY: see above; the daemon is single-threaded.
+/// daemon's state (listeners, the signalfd) runs, and no buffered output is
+/// flushed. Its signal mask is the daemon's (the signals the daemon reads
+/// from its signalfd stay blocked in it, so SIGTERM does not stop it; the
+/// daemon uses SIGKILL); `std::process::Command` resets the mask and
+/// SIGPIPE for the getent it runs.
+pub fn fork_resolver(out: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<Pid, Errno> {
+    // SAFETY: see above; the daemon is single-threaded.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(Errno::last());
@@ -884,21 +887,48 @@ pub fn fork_resolver(
         return Ok(Pid::from_raw(pid));
     }
     // The child.
-    // SAFETY: plain system calls on descriptor numbers; `out` is moved out
-    // of its OwnedFd first so that nothing closes it behind our back.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let keep = only_descriptor(out.into_raw_fd());
+    // SAFETY: `keep` is open and owned by nothing else: `only_descriptor`
+    // closed every other copy of it.
+    let code = body(unsafe { OwnedFd::from_raw_fd(keep) });
+    // SAFETY: `_exit` ends the child without running anything of the daemon's.
+    unsafe { libc::_exit(code) }
+}
+
+/// In the resolver child: closes every descriptor from 3 up but `keep`
+/// (moved to 3 or above first) and puts /dev/null on 0–2. Returns `keep`'s
+/// number.
+fn only_descriptor(mut keep: RawFd) -> RawFd {
+    // SAFETY: plain system calls on descriptor numbers, in a child whose
+    // descriptors nothing else uses (it is single-threaded and never
+    // returns into the daemon's code).
     unsafe {
-        libc::setpgid(0, 0);
-        let mut keep = out.into_raw_fd();
         if keep < 3 {
             keep = libc::fcntl(keep, libc::F_DUPFD_CLOEXEC, 3);
             if keep < 0 {
                 libc::_exit(125);
             }
         }
+        let mut ok = true;
         if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+            ok &= libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32) == 0;
         }
-        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+        ok &= libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32) == 0;
+        if !ok {
+            // close_range(2) is Linux 5.9: close one by one, up to the limit.
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur.min(1 << 20) as RawFd
+            } else {
+                1 << 16
+            };
+            for fd in 3..max {
+                if fd != keep {
+                    libc::close(fd);
+                }
+            }
+        }
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
             for fd in 0..3 {
@@ -910,9 +940,8 @@ pub fn fork_resolver(
                 libc::close(null);
             }
         }
-        let code = body(OwnedFd::from_raw_fd(keep));
-        libc::_exit(code)
     }
+    keep
 }
 
 /// Marks every descriptor the daemon inherited beyond 0–2 close-on-exec, so
