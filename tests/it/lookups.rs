@@ -260,3 +260,47 @@ fn a_reload_with_hung_lookups_keeps_serving_and_sigterm_ends_it() {
         left.iter().map(|&p| (p, proc_state(p))).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_sighup_during_a_pending_reload_reloads_once_more_when_it_ends() {
+    if !can_unshare() {
+        eprintln!("SKIPPED: needs root and mount namespaces (unshare -m) to replace getent for the daemon");
+        return;
+    }
+    let mut d = Daemon::prepare(&services(1, "nobody"));
+    let dir = d.dir.path().to_path_buf();
+    let standin = getent_standin(&dir);
+    d.spawn(&|cmd| with_mounts(cmd, &[(standin.clone(), "/usr/bin/getent")]));
+    d.ready(Duration::from_secs(20)).expect("ready");
+    let before = calls(&dir).len();
+
+    std::fs::write(dir.join("getent.hang"), "").expect("hang");
+    d.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || calls(&dir).len() > before),
+        "no lookup started: {}",
+        d.log()
+    );
+    // A second service, and a second SIGHUP while the first reload hangs;
+    // then the directory answers again.
+    d.rewrite(&services(2, "nobody"));
+    d.signal(Signal::SIGHUP);
+    std::fs::remove_file(dir.join("getent.hang")).expect("unhang");
+
+    // The hung lookup reaches its 10 s limit in the resolver: that reload
+    // fails, saying why; the one asked for meanwhile then loads the new file.
+    assert!(
+        d.wait_log("info: reload ", Duration::from_secs(25)),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    let failed = log
+        .lines()
+        .find(|l| l.contains("reload-failed"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(failed.contains("no answer within 10s"), "{failed}");
+    assert_eq!(d.log_lines("info: reload ").len(), 1, "{log}");
+    echo_within(d.addr("echo1"), Duration::from_secs(2));
+    echo_within(d.addr("echo0"), Duration::from_secs(2));
+}
