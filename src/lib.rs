@@ -137,8 +137,15 @@ fn describe_service(out: &mut String, s: &Service) {
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
 pub fn run(opts: &Options) -> Result<(), Error> {
     // Nothing this process inherited may reach a handler. Systemd's passed
-    // sockets are marked too (we want them close-on-exec as well).
-    let _ = spawn::mark_inherited_cloexec();
+    // sockets are marked too (we want them close-on-exec as well). The same
+    // call is what every handler's child makes before its exec, so a kernel
+    // without it (before Linux 5.11) could serve nobody: refuse to start.
+    spawn::mark_inherited_cloexec().map_err(|e| {
+        Error::Start(supervisor::StartError::Io(
+            "tinyinetd needs Linux 5.11 or later: close_range(CLOSE_RANGE_CLOEXEC)",
+            e,
+        ))
+    })?;
     let inherited = supervisor::inherited_sockets();
 
     let plan = config::load(&opts.config, opts.default_config).map_err(Error::Config)?;

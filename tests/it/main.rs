@@ -7,6 +7,7 @@ mod admission;
 mod core;
 mod examples;
 mod faults;
+mod platform;
 mod reload;
 mod security;
 mod stress;
