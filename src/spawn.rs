@@ -324,8 +324,22 @@ impl Scratch {
     /// now. Nothing in the daemon changes a disposition afterwards;
     /// `refresh_signals` is called on every reload all the same. (Not
     /// `Default`: it reads the process's signal state.)
+    ///
+    /// A root daemon also makes itself non-dumpable here, once and for
+    /// all. A handler's `setuid` runs on the memory it shares with the
+    /// daemon (CLONE_VM), and the kernel then clears the dumpable flag of
+    /// that memory (commit_creds, `suid_dumpable`): left alone, the
+    /// daemon's flag would depend on whether a handler with another user
+    /// has started yet. Off is the right value for a root daemon: its core
+    /// would hold client data and its configuration, and non-dumpable also
+    /// means its /proc files and ptrace are root's alone. A non-root
+    /// daemon's handlers keep its credentials, so its flag is left as is.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Scratch {
+        if nix::unistd::geteuid().is_root() {
+            // Only fails for a value other than 0 or 1.
+            let _ = nix::sys::prctl::set_dumpable(false);
+        }
         Scratch {
             reset: non_default_signals().into(),
             slots: Vec::new(),
@@ -805,25 +819,10 @@ unsafe fn child_main(d: &SlotData) -> ! {
         if rc < 0 {
             fail(d, Step::Setuid, rc);
         }
-        let ids = |n: c_long| {
-            let (r, e, s) = (0u32, 0u32, 0u32);
-            let rc = call(
-                n,
-                [
-                    &r as *const u32 as usize,
-                    &e as *const u32 as usize,
-                    &s as *const u32 as usize,
-                    0,
-                    0,
-                    0,
-                ],
-            );
-            (rc, [r, e, s])
-        };
-        let (rcu, u) = ids(sys::GETRESUID);
-        let (rcg, g) = ids(sys::GETRESGID);
-        if rcu < 0 || rcg < 0 || u != [uid; 3] || g != [gid; 3] {
-            fail(d, Step::VerifyCred, -(libc::EPERM as isize));
+        match (res_ids(sys::GETRESUID), res_ids(sys::GETRESGID)) {
+            (Ok(u), Ok(g)) if u == [uid; 3] && g == [gid; 3] => {}
+            (Err(rc), _) | (_, Err(rc)) => fail(d, Step::VerifyCred, rc),
+            _ => fail(d, Step::VerifyCred, -(libc::EPERM as isize)),
         }
     }
 
@@ -833,6 +832,26 @@ unsafe fn child_main(d: &SlotData) -> ! {
         [a.path as usize, a.argv as usize, a.envp as usize, 0, 0, 0],
     );
     fail(d, Step::Exec, rc)
+}
+
+/// The real, effective and saved ids from `getresuid` or `getresgid`
+/// (`n`), or the call's `-errno`. The kernel writes into a mutable buffer
+/// the compiler knows may change.
+///
+/// # Safety
+/// `n` must be one of the two calls; safe in the child (a raw call).
+unsafe fn res_ids(n: libc::c_long) -> Result<[u32; 3], isize> {
+    let mut ids = [0u32; 3];
+    let p = ids.as_mut_ptr();
+    let rc = sys::call(
+        n,
+        [p as usize, p.add(1) as usize, p.add(2) as usize, 0, 0, 0],
+    );
+    if rc < 0 {
+        Err(rc)
+    } else {
+        Ok(ids)
+    }
 }
 
 /// Records `(step, errno)` for the daemon (`rc` is the failed call's
@@ -964,6 +983,49 @@ mod tests {
         );
         assert_eq!(scratch.take_failure(a).map(|f| f.step), Some(Step::Exec));
         assert!(scratch.failures.is_empty());
+    }
+
+    /// The credential check reads the real, effective and saved ids the
+    /// kernel reports (here: the test process's own).
+    #[test]
+    fn the_credential_check_reads_the_kernels_ids() {
+        let u = nix::unistd::getresuid().expect("getresuid");
+        let g = nix::unistd::getresgid().expect("getresgid");
+        // SAFETY: getresuid/getresgid write three ids into the buffer.
+        let (ru, rg) = unsafe { (res_ids(sys::GETRESUID), res_ids(sys::GETRESGID)) };
+        assert_eq!(
+            ru,
+            Ok([u.real.as_raw(), u.effective.as_raw(), u.saved.as_raw()])
+        );
+        assert_eq!(
+            rg,
+            Ok([g.real.as_raw(), g.effective.as_raw(), g.saved.as_raw()])
+        );
+    }
+
+    /// A handler's setuid runs on the memory it shares with the daemon, and
+    /// the kernel then clears the dumpable flag of that memory, the
+    /// daemon's: so a root daemon decides the flag when its spawner is made,
+    /// and no handler changes it afterwards.
+    #[test]
+    fn a_handler_dropping_privileges_does_not_change_the_daemons_dumpable_flag() {
+        use nix::sys::prctl::{get_dumpable, set_dumpable};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: dropping privileges needs the tests to run as root");
+            return;
+        }
+        set_dumpable(true).expect("set_dumpable");
+        let mut scratch = Scratch::new();
+        let before = get_dumpable().expect("get_dumpable");
+        assert!(!before, "a root daemon is not dumpable from the start");
+        let (svc, conn, _peer) = fixture("/bin/true");
+        assert!(svc.cred.is_some(), "as root, handlers drop to nobody");
+        let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
+        assert_eq!(
+            waitpid(pid, None).expect("waitpid"),
+            WaitStatus::Exited(pid, 0)
+        );
+        assert_eq!(get_dumpable().expect("get_dumpable"), before);
     }
 
     /// The child gets the connection on 0–2 and the per-connection

@@ -40,7 +40,9 @@ fn a_kernel_without_close_range_is_refused_at_start() {
         .status()
         .map_or(true, |s| !s.success())
     {
-        panic!("python3-seccomp is missing: tests/run installs it (apt-get install python3-seccomp)");
+        panic!(
+            "python3-seccomp is missing: tests/run installs it (apt-get install python3-seccomp)"
+        );
     }
     start_without_close_range("ENOSYS");
     start_without_close_range("EINVAL");
