@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -945,30 +945,34 @@ impl<'t> Checker<'t> {
                 self.problem(c.name_span.clone(), &ctx, m);
             }
         }
-        let mut seen: Vec<(SocketAddr, usize, &str)> = Vec::new();
+        // Every socket seen so far: (socket, service index, service name,
+        // the address as that service wrote it). Each entry is compared with
+        // those before it, within its own service too: `"127.0.0.1:P"` and
+        // `"P"` in one service would fail at bind just the same.
+        let mut seen: Vec<(SocketAddr, usize, &str, ListenAddr)> = Vec::new();
         for (index, c) in services.iter().enumerate() {
             let s = &c.service;
             for (addr, span) in s.listen.iter().zip(&c.listen_spans) {
-                for sock in addr.sockets() {
-                    if let Some((_, other_index, other)) =
-                        seen.iter().find(|(a, _, _)| conflicts(*a, sock))
-                    {
-                        let ctx = format!("service \"{}\"", s.name);
-                        let m = if *other_index == index {
-                            format!("listen address \"{addr}\" overlaps another address of this service")
-                        } else {
-                            format!(
-                                "listen address \"{addr}\" is already used by service \"{other}\""
-                            )
-                        };
-                        self.problem(span.clone(), &ctx, m);
-                        break;
-                    }
+                let clash = addr.sockets().into_iter().find_map(|sock| {
+                    seen.iter()
+                        .find(|(a, _, _, _)| conflicts(*a, sock))
+                        .map(|(_, i, name, wrote)| (*i, *name, *wrote))
+                });
+                if let Some((other_index, other, wrote)) = clash {
+                    let ctx = format!("service \"{}\"", s.name);
+                    let m = if other_index == index {
+                        format!("listen address \"{addr}\" overlaps \"{wrote}\" of this service")
+                    } else if wrote == *addr {
+                        format!("listen address \"{addr}\" is already used by service \"{other}\"")
+                    } else {
+                        format!(
+                            "listen address \"{addr}\" conflicts with \"{wrote}\" of service \"{other}\""
+                        )
+                    };
+                    self.problem(span.clone(), &ctx, m);
                 }
-            }
-            for addr in &s.listen {
                 for sock in addr.sockets() {
-                    seen.push((sock, index, &s.name));
+                    seen.push((sock, index, &s.name, *addr));
                 }
             }
         }
@@ -1100,50 +1104,57 @@ fn parse_level(s: &str) -> Option<Level> {
 }
 
 /// Parses a `listen` entry: `"IPv4:PORT"`, `"[IPv6]:PORT"` or `"PORT"`.
+/// An entry of another shape gets a message that says what to write.
 pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
-    let bad_port = || {
-        format!(
-            "invalid listen address \"{}\": the port must be 1 to 65535",
-            esc(s)
-        )
+    let invalid = |why: &str| format!("invalid listen address \"{}\": {why}", esc(s));
+    let bad_port = || invalid("the port must be 1 to 65535");
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(bad_port()),
     };
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return match s.parse::<u16>() {
-            Ok(p) if p > 0 => Ok(ListenAddr::Any(p)),
-            _ => Err(bad_port()),
+        return port(s).map(ListenAddr::Any);
+    }
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((ip, p)) = rest.split_once("]:") else {
+            return Err(invalid("expected \"[IPv6]:PORT\" such as \"[::1]:9877\""));
+        };
+        return match ip.parse::<Ipv6Addr>() {
+            Ok(_) if ip.contains('%') => Err(invalid("scoped IPv6 addresses are not supported")),
+            Ok(ip) if digits(p) => Ok(ListenAddr::Addr(SocketAddr::from((ip, port(p)?)))),
+            Ok(_) => Err(bad_port()),
+            Err(_) if ip.contains('%') => Err(invalid("scoped IPv6 addresses are not supported")),
+            Err(_) => Err(invalid("expected \"[IPv6]:PORT\" such as \"[::1]:9877\"")),
         };
     }
-    let addr: SocketAddr = if s.starts_with('[') {
-        match s.parse::<SocketAddrV6>() {
-            Ok(a) if a.scope_id() == 0 => SocketAddr::V6(a),
-            Ok(_) => {
-                return Err(format!(
-                    "invalid listen address \"{}\": scoped IPv6 addresses are not supported",
-                    esc(s)
-                ))
-            }
-            Err(_) => {
-                return Err(format!(
-                "invalid listen address \"{}\": expected \"[IPv6]:PORT\" such as \"[::1]:9877\"",
-                esc(s)
-            ))
-            }
-        }
-    } else {
-        match s.parse::<SocketAddrV4>() {
-            Ok(a) => SocketAddr::V4(a),
-            Err(_) => {
-                return Err(format!(
-                    "invalid listen address \"{}\": expected \"IPv4:PORT\", \"[IPv6]:PORT\" or \"PORT\"",
-                    esc(s)
-                ))
-            }
-        }
+    let generic = || invalid("expected \"IPv4:PORT\", \"[IPv6]:PORT\" or \"PORT\"");
+    let Some((host, p)) = s.rsplit_once(':') else {
+        return Err(generic());
     };
-    if addr.port() == 0 {
-        return Err(bad_port());
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return if digits(p) {
+            Ok(ListenAddr::Addr(SocketAddr::from((ip, port(p)?))))
+        } else {
+            Err(bad_port())
+        };
     }
-    Ok(ListenAddr::Addr(addr))
+    if digits(p) && host.parse::<Ipv6Addr>().is_ok() {
+        return Err(invalid(&format!(
+            "an IPv6 address needs brackets, as in \"[{host}]:{p}\""
+        )));
+    }
+    let hostname = !host.is_empty()
+        && host.bytes().any(|b| b.is_ascii_alphabetic())
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if hostname && digits(p) {
+        return Err(invalid(&format!(
+            "host names are not accepted; write an address, such as \"127.0.0.1:{p}\" or \"[::1]:{p}\""
+        )));
+    }
+    Err(generic())
 }
 
 /// Parses an `allow`/`deny` entry: an address or a CIDR without host bits.
@@ -1272,29 +1283,16 @@ fn exec_image(
 }
 
 /// "Did you mean" for a misspelt key: the known key nearest by edit
-/// distance, if it is close enough to be a plausible typo.
+/// distance (a swap of two neighbours counts as one edit), when at most a
+/// third of its characters differ: a plausible typo, not any short word.
 fn suggest(key: &str, known: &[&str]) -> String {
     known
         .iter()
-        .map(|k| (edit_distance(key, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .map(|k| (strsim::osa_distance(key, k), *k))
+        .filter(|(d, k)| *d * 3 <= k.chars().count())
         .min()
         .map(|(_, k)| format!(" (did you mean \"{k}\"?)"))
         .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// Escapes text taken from the file for a message: no control bytes, bounded.
@@ -1591,7 +1589,7 @@ allow = ["10.0.0.1/8"]
         );
         let e = errors(&text);
         assert!(e.contains("t.toml:11:8: service \"echo\": duplicate service name \"echo\" (first defined on line 6)"), "{e}");
-        assert!(e.contains("t.toml:12:11: service \"echo\": listen address \"9877\" is already used by service \"echo\""), "{e}");
+        assert!(e.contains("t.toml:12:11: service \"echo\": listen address \"9877\" conflicts with \"127.0.0.1:9877\" of service \"echo\""), "{e}");
     }
 
     #[test]
@@ -1711,6 +1709,69 @@ allow = ["10.0.0.1/8"]
         assert!(parse_listen("70000").is_err());
         assert!(parse_listen("0").is_err());
         assert!(parse_listen("").is_err());
+    }
+
+    #[test]
+    fn listen_address_errors_say_what_is_wrong() {
+        let err = |s: &str| parse_listen(s).unwrap_err();
+        assert_eq!(
+            err("127.0.0.1:99999"),
+            "invalid listen address \"127.0.0.1:99999\": the port must be 1 to 65535"
+        );
+        assert_eq!(
+            err("[::1]:0"),
+            "invalid listen address \"[::1]:0\": the port must be 1 to 65535"
+        );
+        assert_eq!(
+            err("::1:19001"),
+            "invalid listen address \"::1:19001\": an IPv6 address needs brackets, as in \"[::1]:19001\""
+        );
+        assert_eq!(
+            err("localhost:19001"),
+            "invalid listen address \"localhost:19001\": host names are not accepted; write an address, such as \"127.0.0.1:19001\" or \"[::1]:19001\""
+        );
+        assert_eq!(
+            err("127.0.0.1"),
+            "invalid listen address \"127.0.0.1\": expected \"IPv4:PORT\", \"[IPv6]:PORT\" or \"PORT\""
+        );
+    }
+
+    #[test]
+    fn a_conflict_names_what_each_service_wrote() {
+        let text = format!(
+            "{MINIMAL}\n[[service]]\nname = \"other\"\nlisten = [\"9877\"]\nprogram = \"echo\"\n"
+        );
+        assert_eq!(
+            errors(&text),
+            "t.toml:12:11: service \"other\": listen address \"9877\" conflicts with \"127.0.0.1:9877\" of service \"echo\""
+        );
+    }
+
+    #[test]
+    fn overlapping_addresses_within_one_service_are_errors() {
+        let text = MINIMAL.replace(
+            "listen = [\"127.0.0.1:9877\"]",
+            "listen = [\"127.0.0.1:9877\", \"9877\"]",
+        );
+        assert_eq!(
+            errors(&text),
+            "t.toml:7:29: service \"echo\": listen address \"9877\" overlaps \"127.0.0.1:9877\" of this service"
+        );
+    }
+
+    #[test]
+    fn suggestions_are_only_close_matches() {
+        assert_eq!(
+            suggest("max_instance", SERVICE_KEYS),
+            " (did you mean \"max_instances\"?)"
+        );
+        assert_eq!(
+            suggest("listne", SERVICE_KEYS),
+            " (did you mean \"listen\"?)"
+        );
+        assert_eq!(suggest("dney", SERVICE_KEYS), " (did you mean \"deny\"?)");
+        assert_eq!(suggest("ident", SERVICE_KEYS), "");
+        assert_eq!(suggest("xyz", SERVICE_KEYS), "");
     }
 
     #[test]

@@ -67,12 +67,12 @@ pub fn describe(plan: &Plan) -> String {
         out.push('\n');
     }
     let enabled = plan.enabled().count();
+    let n = plan.services.len();
     let _ = writeln!(
         out,
-        "{}: OK, {} services ({} enabled)",
+        "{}: OK, {n} service{} ({enabled} enabled)",
         plan.path.display(),
-        plan.services.len(),
-        enabled
+        if n == 1 { "" } else { "s" },
     );
     out
 }
@@ -166,4 +166,40 @@ pub fn run(opts: &Options) -> Result<(), Error> {
 /// The default configuration path as a `Path`.
 pub fn default_config() -> &'static Path {
     Path::new(config::DEFAULT_PATH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(services: usize) -> Plan {
+        let mut text = String::new();
+        for i in 0..services {
+            text.push_str(&format!(
+                "[[service]]\nname = \"s{i}\"\nlisten = [\"127.0.0.1:{}\"]\nprogram = \"/bin/sh\"\n",
+                9000 + i
+            ));
+        }
+        config::parse(Path::new("t.toml"), &text, &config::RealSystem).expect("valid")
+    }
+
+    #[test]
+    fn the_check_summary_counts_in_words() {
+        let last = |n| describe(&plan_of(n)).lines().last().map(String::from);
+        assert_eq!(
+            last(1).as_deref(),
+            Some("t.toml: OK, 1 service (1 enabled)")
+        );
+        assert_eq!(
+            last(2).as_deref(),
+            Some("t.toml: OK, 2 services (2 enabled)")
+        );
+        assert_eq!(
+            describe(&Plan {
+                path: "t.toml".into(),
+                ..Plan::default()
+            }),
+            "t.toml: OK, 0 services (0 enabled)\n"
+        );
+    }
 }
