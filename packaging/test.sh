@@ -74,6 +74,7 @@ mandoc_out=$(mandoc -T lint -W warning man/*.[58] 2>&1 || true)
 # --- Install ----------------------------------------------------------------
 dpkg -i "$deb" >/dev/null && ok "dpkg -i" || die "dpkg -i failed"
 for f in /usr/sbin/tinyinetd /usr/libexec/tinyinetd/tinyinetd-echo /usr/libexec/tinyinetd/tinyinetd-sum \
+         /usr/libexec/tinyinetd/tinyinetd-daytime /usr/share/man/man8/tinyinetd-daytime.8.gz \
          /etc/tinyinetd.toml /usr/lib/systemd/system/tinyinetd.service \
          /usr/share/man/man8/tinyinetd.8.gz /usr/share/man/man5/tinyinetd.toml.5.gz \
          /usr/share/doc/tinyinetd/copyright /usr/share/doc/tinyinetd/changelog.Debian.gz; do

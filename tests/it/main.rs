@@ -5,6 +5,7 @@ mod harness;
 
 mod admission;
 mod core;
+mod daytime;
 mod examples;
 mod faults;
 mod platform;

@@ -96,20 +96,7 @@ fn binary_requests_split_with_a_pause_and_two_in_one_write() {
 #[test]
 fn the_books_host_order_client_gets_correct_sums() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let client = dir.path().join("sum_host_order");
-    let src =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/sum_host_order.c");
-    let cc = std::process::Command::new("cc")
-        .args(["-O2", "-Wall", "-Werror", "-o"])
-        .arg(&client)
-        .arg(&src)
-        .output()
-        .expect("run cc (gcc is on every machine of this project)");
-    assert!(
-        cc.status.success(),
-        "cc: {}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let client = crate::daytime::compile_client("sum_host_order", dir.path());
     let conf = format!(
         "{DAEMON}\n[[service]]\nname = \"hsum\"\nlisten = [\"127.0.0.1:{{port:hsum}}\"]\nprogram = \"tinyinetd-sum\"\nargs = [\"--host-order\"]\n"
     );
