@@ -363,16 +363,9 @@ fn walk(path: &Path, flags: OFlag) -> Result<Opened, Refusal> {
         };
         let (dir_path, dir_mode) = (dir_path.clone(), dir_st.st_mode);
         let here = dir_path.join(&name);
-        let fd = openat(dir.as_fd(), name.as_os_str(), pflags, none).map_err(|e| {
-            if last {
-                os(e)
-            } else {
-                Refusal::Unusable(
-                    format!("{}: {}", here.display(), crate::log::os_error(e)),
-                    Some(e),
-                )
-            }
-        })?;
+        // As the kernel reports a failed lookup: the reason, not which
+        // component (the path is in the caller's message).
+        let fd = openat(dir.as_fd(), name.as_os_str(), pflags, none).map_err(os)?;
         let st = fstat(&fd).map_err(os)?;
         // The entry rule: in a directory others can write (it passed
         // `check_dir`, so it is sticky), only a root-owned entry is safe.
@@ -410,16 +403,7 @@ fn walk(path: &Path, flags: OFlag) -> Result<Opened, Refusal> {
                 check_dir(&st, &here).map_err(|w| untrusted(w, &via))?;
                 stack.push((fd, here, st));
             }
-            _ if !last => {
-                return Err(Refusal::Unusable(
-                    format!(
-                        "{}: {}",
-                        here.display(),
-                        crate::log::os_error(Errno::ENOTDIR)
-                    ),
-                    Some(Errno::ENOTDIR),
-                ));
-            }
+            _ if !last => return Err(os(Errno::ENOTDIR)),
             _ => {
                 if !is_regular(&st) {
                     return Err(not_regular());
