@@ -59,6 +59,10 @@
 //!   (no CLONE_FILES); it puts the connection on 0–2 and marks every
 //!   descriptor from 3 up close-on-exec; nothing else survives the exec.
 //!   The daemon closes its copy of the connection as soon as clone returns.
+//!   A program that is not a script is exec'd through the `O_PATH`
+//!   descriptor its check opened at load (`execveat` with `AT_EMPTY_PATH`),
+//!   so the file that runs is the file that was checked; that descriptor
+//!   is close-on-exec too (see `plan::ExecImage::fd`).
 //! * **Elsewhere.** The raw system calls are written for x86-64. On other
 //!   architectures (and when built with `--cfg tinyinetd_vfork`, which the
 //!   test suite also runs) the child is started with CLONE_VFORK as well:

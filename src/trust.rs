@@ -202,7 +202,7 @@ fn shebang(opened: &Opened) -> Result<Option<OsString>, Refusal> {
     let fd = match openat(
         opened.dir.as_fd(),
         opened.name.as_os_str(),
-        flags | OFlag::O_NOFOLLOW,
+        flags | opened.nofollow,
         nix::sys::stat::Mode::empty(),
     ) {
         Ok(fd) => fd,
@@ -248,6 +248,9 @@ struct Opened {
     /// The directory it was found in (`O_PATH`) and its name there.
     dir: OwnedFd,
     name: PathBuf,
+    /// `O_NOFOLLOW` when `name` is the file itself (the walk resolved
+    /// every link); empty when the kernel resolves it (`Mode::User`).
+    nofollow: OFlag,
 }
 
 /// Opens the regular file at `path` with `flags` (plus `O_CLOEXEC`),
@@ -304,6 +307,7 @@ fn open(path: &Path, flags: OFlag, mode: Mode) -> Result<Opened, Refusal> {
                 stat,
                 dir,
                 name,
+                nofollow: OFlag::empty(),
             })
         }
     }
@@ -431,6 +435,7 @@ fn walk(path: &Path, flags: OFlag) -> Result<Opened, Refusal> {
                     stat,
                     dir,
                     name: PathBuf::from(name),
+                    nofollow: OFlag::O_NOFOLLOW,
                 });
             }
         }
@@ -737,6 +742,18 @@ mod tests {
         file(&sh, "#! /bin/sh -e\necho\n", 0o755, 0);
         assert!(program(&sh, Mode::Root).unwrap().script);
         assert!(program(&sh, Mode::User).unwrap().script);
+        // Not root: the path is resolved by the kernel, links included.
+        symlink(&sh, t.path().join("link.sh")).expect("symlink");
+        assert!(
+            program(&t.path().join("link.sh"), Mode::User)
+                .unwrap()
+                .script
+        );
+        assert!(
+            program(&t.path().join("link.sh"), Mode::Root)
+                .unwrap()
+                .script
+        );
         let bad = t.path().join("bad.sh");
         file(&bad, &format!("#!{}/nope\n", t.path().display()), 0o755, 0);
         let why = program(&bad, Mode::Root).unwrap_err().to_string();
