@@ -15,6 +15,7 @@ use std::ffi::CString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use toml::Spanned;
 use crate::plan::{
     Access, Cred, Daemon, ExecImage, Level, Limits, ListenAddr, LogTarget, Plan, Service,
 };
+use crate::trust::{self, Refusal};
 
 /// The default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/tinyinetd.toml";
@@ -136,11 +138,12 @@ pub trait System {
     fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String>;
     /// The directory of the running daemon executable.
     fn exe_dir(&self) -> Option<PathBuf>;
-    /// `Ok(())` if `path` is a regular file with an execute bit, else why not.
-    fn executable(&self, path: &Path) -> Result<(), String>;
-    /// For a root daemon: `Ok(())` if only root can change `path` (the file
-    /// and the directory holding it), else why not.
-    fn root_only(&self, path: &Path) -> Result<(), String>;
+    /// Opens and checks the program at `path` (`trust::program`): a regular
+    /// file with an execute bit and, for a root daemon (`Mode::Root`), one
+    /// that only root can change, as is every directory and symbolic link
+    /// on the way to it and to a script's interpreter. Gives the descriptor
+    /// to exec, or `None` to exec by path (a script: see `RealSystem`).
+    fn program(&self, path: &Path, mode: trust::Mode) -> Result<Option<OwnedFd>, Refusal>;
 }
 
 /// The real system: users and groups through NSS (`accounts`: getent),
@@ -185,54 +188,25 @@ impl System for RealSystem {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
     }
-    fn root_only(&self, path: &Path) -> Result<(), String> {
-        root_only_path(path)?;
-        match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => root_only_path(dir),
-            _ => Ok(()),
-        }
+    /// Exec what was checked: a binary is exec'd through the `O_PATH`
+    /// descriptor the check opened (`execveat(fd, "", AT_EMPTY_PATH)`),
+    /// so a file put at its path later never runs in its place.
+    ///
+    /// A script (`#!`) is exec'd by its path instead. Through a descriptor
+    /// the kernel hands the interpreter `/dev/fd/N` as the script's name:
+    /// with `O_CLOEXEC` that descriptor is closed by the exec and the
+    /// interpreter fails (ENOENT); without it the descriptor would leak
+    /// into the handler and its `$0` would become `/dev/fd/N`. Exec'ing
+    /// the checked path is safe for a root daemon because the check walked
+    /// all of it: every directory and link on it, and the file, can be
+    /// changed by root alone, and the interpreter named on the `#!` line
+    /// went through the same walk. What a script runs as is therefore what
+    /// root has put at that path (a root's edit takes effect on the next
+    /// connection; a binary changes only at the next reload).
+    fn program(&self, path: &Path, mode: trust::Mode) -> Result<Option<OwnedFd>, Refusal> {
+        let p = trust::program(path, mode)?;
+        Ok((!p.script).then_some(p.fd))
     }
-    fn executable(&self, path: &Path) -> Result<(), String> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| io_reason(&e))?;
-        if !meta.is_file() {
-            return Err("not a regular file".into());
-        }
-        if meta.permissions().mode() & 0o111 == 0 {
-            return Err("not executable (no execute permission)".into());
-        }
-        Ok(())
-    }
-}
-
-/// Whether only root can change `path`: owned by root, not writable by
-/// group or others (a sticky directory such as /tmp is fine: nobody else can
-/// replace a root-owned file in it).
-fn root_only_path(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))?;
-    if meta.uid() != 0 {
-        return Err(format!(
-            "{} is owned by uid {}, not root",
-            path.display(),
-            meta.uid()
-        ));
-    }
-    let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
-    if meta.mode() & 0o022 != 0 && !sticky_dir {
-        let who = match (meta.mode() & 0o020 != 0, meta.mode() & 0o002 != 0) {
-            (true, true) => "its group and others",
-            (true, false) => "its group",
-            _ => "others",
-        };
-        return Err(format!(
-            "{} is writable by {who} (mode {:04o})",
-            path.display(),
-            meta.mode() & 0o7777
-        ));
-    }
-    Ok(())
 }
 
 /// The OS error text without Rust's " (os error N)" suffix.
@@ -245,20 +219,35 @@ pub fn io_reason(e: &std::io::Error) -> String {
 
 /// Reads and validates the file at `path`. `default_path` says whether the
 /// user named it, so that a missing default file can suggest `--config`.
+///
+/// The file is opened once and read through that descriptor, after the
+/// checks of `trust::config`: a regular file of at most 1 MiB and, for a
+/// root daemon, one that only root can change, down every directory and
+/// symbolic link on its path. Nothing is looked up by path after the
+/// check, so the file cannot be swapped between the check and the read.
 pub fn load(path: &Path, default_path: bool) -> Result<Plan, ConfigError> {
-    let text = std::fs::read(path).map_err(|e| {
-        let mut message = format!("cannot read the configuration: {}", io_reason(&e));
-        if default_path && e.kind() == std::io::ErrorKind::NotFound {
-            message.push_str(" (name another file with --config PATH)");
-        }
-        ConfigError {
-            path: path.to_path_buf(),
-            problems: vec![Problem {
-                line: 0,
-                col: 0,
-                context: String::new(),
-                message,
-            }],
+    let whole = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        problems: vec![Problem {
+            line: 0,
+            col: 0,
+            context: String::new(),
+            message,
+        }],
+    };
+    let mode = trust::Mode::for_euid(RealSystem.identity().0);
+    let text = trust::config(path, mode).map_err(|r| match r {
+        // A root daemon runs what this file says: if anyone but root can
+        // change it, anyone can become root.
+        Refusal::Untrusted(why) => whole(format!(
+            "refusing a configuration that a user other than root can change: {why}"
+        )),
+        Refusal::Unusable(why, errno) => {
+            let mut message = format!("cannot read the configuration: {why}");
+            if default_path && errno == Some(nix::errno::Errno::ENOENT) {
+                message.push_str(" (name another file with --config PATH)");
+            }
+            whole(message)
         }
     })?;
     let text = String::from_utf8(text).map_err(|e| {
@@ -273,23 +262,6 @@ pub fn load(path: &Path, default_path: bool) -> Result<Plan, ConfigError> {
             }],
         }
     })?;
-    if RealSystem.identity().0 == 0 {
-        // A root daemon runs what this file says: if anyone but root can
-        // change it, anyone can become root.
-        if let Err(why) = RealSystem.root_only(path) {
-            return Err(ConfigError {
-                path: path.to_path_buf(),
-                problems: vec![Problem {
-                    line: 0,
-                    col: 0,
-                    context: String::new(),
-                    message: format!(
-                        "refusing a configuration that a user other than root can change: {why}"
-                    ),
-                }],
-            });
-        }
-    }
     parse(path, &text, &RealSystem)
 }
 
@@ -746,20 +718,9 @@ impl<'t> Checker<'t> {
         }
 
         let resolved = program.as_ref().and_then(|(p, pspan)| {
-            let checked = resolve_program(p, &daemon.handler_dir, sys).and_then(|path| {
-                if identity_uid != 0 {
-                    return Ok(path);
-                }
-                match sys.root_only(&path) {
-                    Ok(()) => Ok(path),
-                    Err(why) => Err(format!(
-                        "program \"{}\": refusing to run a program that a user other than root can change: {why}",
-                        esc(p)
-                    )),
-                }
-            });
-            match checked {
-                Ok(path) => Some(path),
+            let mode = trust::Mode::for_euid(identity_uid);
+            match resolve_program(p, &daemon.handler_dir, sys, mode) {
+                Ok(found) => Some(found),
                 Err(m) => {
                     self.problem(pspan.clone(), &ctx, m);
                     None
@@ -778,12 +739,12 @@ impl<'t> Checker<'t> {
 
         let (name, name_span) = name?;
         let (program, _) = program?;
-        let path = resolved?;
+        let (path, fd) = resolved?;
         let cred = cred.ok()?;
         if !ok {
             return None;
         }
-        let image = exec_image(&name, &program, &path, &args, &env, umask)?;
+        let image = exec_image(&name, &program, &path, fd, &args, &env, umask)?;
         let listen_spans = listen.iter().map(|(_, s)| s.clone()).collect();
         Some(Checked {
             service: Service {
@@ -890,8 +851,34 @@ impl<'t> Checker<'t> {
             self.problem(uspan, ctx, m);
             return Err(());
         };
+        // Root by another name (`toor`, a uid-0 alias) is root: only the
+        // word "root" may ask for it, so that a reader of the file sees it.
+        if uid == 0 && uname != "root" {
+            self.problem(
+                uspan,
+                ctx,
+                format!(
+                    "user \"{}\" has uid 0: handlers run as root only when the config says user = \"root\"",
+                    esc(uname)
+                ),
+            );
+            return Err(());
+        }
         let (gid, gname) = match group {
             Some((g, gspan)) => match sys.group(g) {
+                // The same for a group alias of gid 0 (group root opens
+                // root-group files); a user's primary group is not checked.
+                Ok(Some(0)) if g != "root" => {
+                    self.problem(
+                        gspan.clone(),
+                        ctx,
+                        format!(
+                            "group \"{}\" has gid 0: handlers run with group root only when the config says group = \"root\"",
+                            esc(g)
+                        ),
+                    );
+                    return Err(());
+                }
                 Ok(Some(gid)) => (gid, g.clone()),
                 Err(why) => {
                     self.problem(gspan.clone(), ctx, format!("group \"{}\": {why}", esc(g)));
@@ -1201,9 +1188,22 @@ fn check_env_name(var: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Finds the program: an absolute path as is, or a bare name in
-/// `handler_dir`, then beside the daemon's own executable.
-fn resolve_program(p: &str, handler_dir: &Path, sys: &dyn System) -> Result<PathBuf, String> {
+/// Finds and opens the program: an absolute path as is, or a bare name in
+/// `handler_dir`, then beside the daemon's own executable. A file found but
+/// refused as one others can change ends the search (it is an error to
+/// fix, not a reason to run another file of the same name).
+fn resolve_program(
+    p: &str,
+    handler_dir: &Path,
+    sys: &dyn System,
+    mode: trust::Mode,
+) -> Result<(PathBuf, Option<OwnedFd>), String> {
+    let untrusted = |why: String| {
+        format!(
+            "program \"{}\": refusing to run a program that a user other than root can change: {why}",
+            esc(p)
+        )
+    };
     if p.is_empty() {
         return Err("\"program\" cannot be empty".into());
     }
@@ -1212,9 +1212,10 @@ fn resolve_program(p: &str, handler_dir: &Path, sys: &dyn System) -> Result<Path
     }
     if p.starts_with('/') {
         let path = PathBuf::from(p);
-        return match sys.executable(&path) {
-            Ok(()) => Ok(path),
-            Err(why) => Err(format!("program \"{}\": {why}", esc(p))),
+        return match sys.program(&path, mode) {
+            Ok(fd) => Ok((path, fd)),
+            Err(Refusal::Untrusted(why)) => Err(untrusted(why)),
+            Err(Refusal::Unusable(why, _)) => Err(format!("program \"{}\": {why}", esc(p))),
         };
     }
     if p.contains('/') {
@@ -1232,9 +1233,10 @@ fn resolve_program(p: &str, handler_dir: &Path, sys: &dyn System) -> Result<Path
     }
     for dir in dirs {
         let path = dir.join(p);
-        match sys.executable(&path) {
-            Ok(()) => return Ok(path),
-            Err(why) => tried.push(format!("{}: {why}", path.display())),
+        match sys.program(&path, mode) {
+            Ok(fd) => return Ok((path, fd)),
+            Err(Refusal::Untrusted(why)) => return Err(untrusted(why)),
+            Err(Refusal::Unusable(why, _)) => tried.push(format!("{}: {why}", path.display())),
         }
     }
     Err(format!(
@@ -1244,11 +1246,13 @@ fn resolve_program(p: &str, handler_dir: &Path, sys: &dyn System) -> Result<Path
     ))
 }
 
-/// Builds the argv and the fixed environment as C strings.
+/// Builds the argv and the fixed environment as C strings, around the
+/// checked program (`fd`, or `None` to exec `path`: see `RealSystem::program`).
 fn exec_image(
     name: &str,
     program: &str,
     path: &Path,
+    fd: Option<OwnedFd>,
     args: &[String],
     env: &[(String, String)],
     umask: u32,
@@ -1276,6 +1280,7 @@ fn exec_image(
         .collect::<Option<Vec<_>>>()?;
     Some(ExecImage {
         path: CString::new(path.as_os_str().as_bytes()).ok()?,
+        fd,
         argv,
         env,
         umask,
@@ -1338,6 +1343,7 @@ mod tests {
             Ok(match name {
                 "ldapuser" => return Err("getent passwd ldapuser: no answer within 10s".into()),
                 "root" => Some((0, 0)),
+                "toor" => Some((0, 0)),
                 "nobody" => Some((65534, 65534)),
                 "alice" => Some((1000, 1000)),
                 _ => None,
@@ -1353,6 +1359,7 @@ mod tests {
         fn group(&self, name: &str) -> Result<Option<u32>, String> {
             Ok(match name {
                 "root" => Some(0),
+                "wheel0" => Some(0),
                 "nogroup" => Some(65534),
                 "alice" => Some(1000),
                 "staff" => Some(50),
@@ -1377,21 +1384,22 @@ mod tests {
         fn exe_dir(&self) -> Option<PathBuf> {
             Some(PathBuf::from("/opt/build"))
         }
-        fn root_only(&self, path: &Path) -> Result<(), String> {
+        fn program(&self, path: &Path, mode: trust::Mode) -> Result<Option<OwnedFd>, Refusal> {
             match path.to_str() {
-                Some("/opt/h/loose") => {
-                    Err("/opt/h/loose is writable by others (mode 0777)".into())
-                }
-                _ => Ok(()),
-            }
-        }
-        fn executable(&self, path: &Path) -> Result<(), String> {
-            match path.to_str() {
+                Some("/opt/h/loose") if mode == trust::Mode::Root => Err(Refusal::Untrusted(
+                    "/opt/h/loose is writable by others (mode 0777)".into(),
+                )),
                 Some(
                     "/bin/handler" | "/opt/h/echo" | "/opt/h/loose" | "/opt/build/tinyinetd-sum",
-                ) => Ok(()),
-                Some("/bin/plain") => Err("not executable (no execute permission)".into()),
-                _ => Err("No such file or directory".into()),
+                ) => Ok(None),
+                Some("/bin/plain") => Err(Refusal::Unusable(
+                    "not executable (no execute permission)".into(),
+                    None,
+                )),
+                _ => Err(Refusal::Unusable(
+                    "No such file or directory".into(),
+                    Some(nix::errno::Errno::ENOENT),
+                )),
             }
         }
     }
@@ -1675,6 +1683,17 @@ allow = ["10.0.0.1/8"]
         assert!(e.contains("8:11: service \"echo\": program \"loose\": refusing to run a program that a user other than root can change: /opt/h/loose is writable by others"), "{e}");
         // Not root: the daemon cannot raise anyone's privileges, no check.
         assert!(check(&loose, 1000).is_ok());
+    }
+
+    #[test]
+    fn root_by_another_name_is_refused() {
+        let e = errors(&format!("{MINIMAL}user = \"toor\"\n"));
+        assert!(e.contains("9:8: service \"echo\": user \"toor\" has uid 0: handlers run as root only when the config says user = \"root\""), "{e}");
+        let e = errors(&format!("{MINIMAL}group = \"wheel0\"\n"));
+        assert!(e.contains("9:9: service \"echo\": group \"wheel0\" has gid 0: handlers run with group root only when the config says group = \"root\""), "{e}");
+        let plan = check(&format!("{MINIMAL}user = \"root\"\ngroup = \"root\"\n"), 0).unwrap();
+        let cred = plan.services[0].cred.as_ref().unwrap();
+        assert_eq!((cred.uid, cred.gid), (0, 0));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod signals;
 pub mod spawn;
 pub mod supervisor;
+pub mod trust;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -59,6 +59,10 @@
 //!   (no CLONE_FILES); it puts the connection on 0–2 and marks every
 //!   descriptor from 3 up close-on-exec; nothing else survives the exec.
 //!   The daemon closes its copy of the connection as soon as clone returns.
+//!   A program that is not a script is exec'd through the `O_PATH`
+//!   descriptor its check opened at load (`execveat` with `AT_EMPTY_PATH`),
+//!   so the file that runs is the file that was checked; that descriptor
+//!   is close-on-exec too (see `plan::ExecImage::fd`).
 //! * **Elsewhere.** The raw system calls are written for x86-64. On other
 //!   architectures (and when built with `--cfg tinyinetd_vfork`, which the
 //!   test suite also runs) the child is started with CLONE_VFORK as well:
@@ -308,6 +312,9 @@ struct SlotData {
 /// and the `Arc<Service>` it holds.
 struct ChildArgs {
     path: *const c_char,
+    /// The checked program's `O_PATH` descriptor, exec'd with execveat;
+    /// -1 to exec `path` (a script: see `ExecImage::fd`).
+    exec_fd: RawFd,
     argv: *const *const c_char,
     envp: *const *const c_char,
     conn: RawFd,
@@ -398,6 +405,7 @@ impl Slot {
             failed_errno: AtomicI32::new(0),
             args: ChildArgs {
                 path: std::ptr::null(),
+                exec_fd: -1,
                 argv: std::ptr::null(),
                 envp: std::ptr::null(),
                 conn: -1,
@@ -554,6 +562,7 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, scratch: &mut Scratch) -> Result<P
     d.envp.push(std::ptr::null());
     d.args = ChildArgs {
         path: img.path.as_ptr(),
+        exec_fd: img.fd.as_ref().map_or(-1, |f| f.as_raw_fd()),
         argv: d.argv.as_ptr(),
         envp: d.envp.as_ptr(),
         conn: conn.stream.as_raw_fd(),
@@ -826,11 +835,32 @@ unsafe fn child_main(d: &SlotData) -> ! {
         }
     }
 
-    // 8. Exec. It only returns on failure.
-    let rc = call(
-        SYS_execve,
-        [a.path as usize, a.argv as usize, a.envp as usize, 0, 0, 0],
-    );
+    // 8. Exec what was checked at load: the program's own descriptor,
+    //    whatever its path names now (execveat with an empty path and
+    //    AT_EMPTY_PATH, Linux 3.19). The descriptor is O_CLOEXEC, which a
+    //    binary does not mind; a script is exec'd by its checked path
+    //    instead (exec_fd -1), see `ExecImage::fd`. The descriptor number
+    //    is valid here: this is a copy of the daemon's table, and the
+    //    slot's `Arc<Service>` keeps the daemon's copy open until the
+    //    exec. It only returns on failure.
+    let rc = if a.exec_fd >= 0 {
+        call(
+            libc::SYS_execveat,
+            [
+                a.exec_fd as usize,
+                c"".as_ptr() as usize,
+                a.argv as usize,
+                a.envp as usize,
+                libc::AT_EMPTY_PATH as usize,
+                0,
+            ],
+        )
+    } else {
+        call(
+            SYS_execve,
+            [a.path as usize, a.argv as usize, a.envp as usize, 0, 0, 0],
+        )
+    };
     fail(d, Step::Exec, rc)
 }
 
@@ -916,6 +946,7 @@ mod tests {
         .expect("parse");
         let mut svc = Arc::try_unwrap(plan.services.remove(0)).expect("sole owner");
         svc.image.path = CString::new(program).expect("path");
+        svc.image.fd = None;
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let conn = Conn {
             stream: theirs.into(),
@@ -953,6 +984,24 @@ mod tests {
                 step: Step::Exec,
                 errno: Errno::ENOENT
             })
+        );
+        assert_eq!(scratch.take_failure(pid), None);
+    }
+
+    /// With a descriptor, the child execs it, not the path (which here
+    /// names nothing at all).
+    #[test]
+    fn the_held_descriptor_is_exec_d_not_the_path() {
+        let mut scratch = Scratch::new();
+        let (mut svc, conn, _peer) = fixture("/nonexistent/handler");
+        let p = crate::trust::program(std::path::Path::new("/bin/true"), crate::trust::Mode::User)
+            .expect("open /bin/true");
+        assert!(!p.script);
+        Arc::get_mut(&mut svc).expect("sole owner").image.fd = Some(p.fd);
+        let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
+        assert_eq!(
+            waitpid(pid, None).expect("waitpid"),
+            WaitStatus::Exited(pid, 0)
         );
         assert_eq!(scratch.take_failure(pid), None);
     }
