@@ -13,6 +13,22 @@ import struct
 import sys
 
 
+def explain_bad_reply(data, requests):
+    """Why the reply is not 9 bytes a request, in words a user can act on."""
+    if data.endswith(b"\n") and all(32 <= b < 127 or b == 10 for b in data):
+        first = data.decode("ascii").splitlines()[0]
+        return (
+            'sum_client.py: the server answered in text ("%s"): it looks like '
+            "tinyinetd-sum in text mode, and this client speaks the binary "
+            'protocol; give the service args = ["--binary"]\n' % first
+        )
+    return "sum_client.py: short reply: %d bytes for %d requests (expected %d)\n" % (
+        len(data),
+        requests,
+        9 * requests,
+    )
+
+
 def main(argv):
     if len(argv) < 5 or (len(argv) - 3) % 2:
         sys.stderr.write(__doc__)
@@ -30,7 +46,7 @@ def main(argv):
                 break
             data += chunk
     if len(data) != 9 * len(pairs):
-        sys.stderr.write("short reply: %d bytes for %d requests\n" % (len(data), len(pairs)))
+        sys.stderr.write(explain_bad_reply(data, len(pairs)))
         return 1
     for (a, b), off in zip(pairs, range(0, len(data), 9)):
         status, total = struct.unpack(">Bq", data[off:off + 9])

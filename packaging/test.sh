@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packaging test: build the .deb, judge it with Debian's own tools, install
-# it, run the installed daemon with the installed config, talk to echo and
-# sum, stop it, purge the package and check that nothing is left behind.
+# it, run the installed daemon with the installed config (moved to free
+# ports), talk to echo and sum, stop it, purge the package and check that
+# nothing is left behind.
 #
 # Needs root (dpkg -i). Installs what it needs when missing: cargo-deb,
 # lintian, mandoc, man-db, systemd (for systemd-analyze).
@@ -34,13 +35,6 @@ if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --locked --quiet
 fi
 
-# Ports the shipped config uses must be free, or the daemon test means nothing.
-for port in 9877 9878; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    die "127.0.0.1:$port is already in use; stop what listens there first"
-  fi
-done
-
 work=$(mktemp -d)
 daemon_pid=""
 cleanup() {
@@ -61,10 +55,8 @@ if dpkg -s tinyinetd >/dev/null 2>&1; then
 fi
 
 # --- Build -------------------------------------------------------------------
-mkdir -p target/man
-for page in man/*.[58]; do
-  gzip -9n -c "$page" > "target/man/$(basename "$page").gz"
-done
+# The README's commands, as written (cargo-deb compresses the man pages).
+echo "packaging: building the release binaries and the .deb (cargo build --release && cargo deb --no-build)"
 cargo build --release --quiet
 deb=$(cargo deb --no-build --quiet --output target/debian/ 2>/dev/null | tail -n 1)
 [ -f "$deb" ] || deb=$(ls -t target/debian/tinyinetd_*.deb | head -n 1)
@@ -82,6 +74,7 @@ mandoc_out=$(mandoc -T lint -W warning man/*.[58] 2>&1 || true)
 # --- Install ----------------------------------------------------------------
 dpkg -i "$deb" >/dev/null && ok "dpkg -i" || die "dpkg -i failed"
 for f in /usr/sbin/tinyinetd /usr/libexec/tinyinetd/tinyinetd-echo /usr/libexec/tinyinetd/tinyinetd-sum \
+         /usr/libexec/tinyinetd/tinyinetd-daytime /usr/share/man/man8/tinyinetd-daytime.8.gz \
          /etc/tinyinetd.toml /usr/lib/systemd/system/tinyinetd.service \
          /usr/share/man/man8/tinyinetd.8.gz /usr/share/man/man5/tinyinetd.toml.5.gz \
          /usr/share/doc/tinyinetd/copyright /usr/share/doc/tinyinetd/changelog.Debian.gz; do
@@ -101,11 +94,23 @@ echo "  systemd-analyze security: $exposure"
 sed 's/^/  check: /' "$work/check"
 
 # --- Run the installed daemon --------------------------------------------------
-/usr/sbin/tinyinetd --config /etc/tinyinetd.toml 2>"$work/log" &
+# The installed binary and handlers with the installed config, but on free
+# ports: the shipped ones (9877, 9878) may be taken, by the daemon the
+# README starts from the source tree above all.
+read -r echo_port sum_port < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+sed -e "s/127\.0\.0\.1:9877/127.0.0.1:$echo_port/" -e "s/127\.0\.0\.1:9878/127.0.0.1:$sum_port/" \
+  /etc/tinyinetd.toml >"$work/tinyinetd.toml"
+grep -q ":$sum_port\"" "$work/tinyinetd.toml" || die "could not move the installed config to free ports"
+/usr/sbin/tinyinetd --config "$work/tinyinetd.toml" 2>"$work/log" &
 daemon_pid=$!
 up=""
 for _ in $(seq 1 100); do
-  if (exec 3<>/dev/tcp/127.0.0.1/9878) 2>/dev/null; then up=yes; break; fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$sum_port") 2>/dev/null; then up=yes; break; fi
   sleep 0.05
 done
 [ -n "$up" ] || die "the installed daemon did not listen within 5 s: $(cat "$work/log")"
@@ -113,9 +118,9 @@ done
 talk() { # talk PORT REQUEST -> reply (bounded by timeout)
   timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf "%b" "$2" >&3; cat <&3' _ "$1" "$2"
 }
-[ "$(talk 9877 'hello\n')" = "hello" ] && ok "echo answers" || fail "echo: $(talk 9877 'hello\n')"
-[ "$(talk 9878 '3 4\n-5 10\n1 2 3\n')" = "$(printf '7\n5\ninput error')" ] && ok "sum answers" \
-  || fail "sum: $(talk 9878 '3 4\n')"
+[ "$(talk "$echo_port" 'hello\n')" = "hello" ] && ok "echo answers" || fail "echo: $(talk "$echo_port" 'hello\n')"
+[ "$(talk "$sum_port" '3 4\n-5 10\n1 2 3\n')" = "$(printf '7\n5\ninput error')" ] && ok "sum answers" \
+  || fail "sum: $(talk "$sum_port" '3 4\n')"
 
 kill -TERM "$daemon_pid"
 rc=0

@@ -13,8 +13,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use toml::Spanned;
 use crate::plan::{
     Access, Cred, Daemon, ExecImage, Level, Limits, ListenAddr, LogTarget, Plan, Service,
 };
+use crate::trust::{self, Refusal};
 
 /// The default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/tinyinetd.toml";
@@ -138,11 +140,12 @@ pub trait System {
     fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String>;
     /// The directory of the running daemon executable.
     fn exe_dir(&self) -> Option<PathBuf>;
-    /// `Ok(())` if `path` is a regular file with an execute bit, else why not.
-    fn executable(&self, path: &Path) -> Result<(), String>;
-    /// For a root daemon: `Ok(())` if only root can change `path` (the file
-    /// and the directory holding it), else why not.
-    fn root_only(&self, path: &Path) -> Result<(), String>;
+    /// Opens and checks the program at `path` (`trust::program`): a regular
+    /// file with an execute bit and, for a root daemon (`Mode::Root`), one
+    /// that only root can change, as is every directory and symbolic link
+    /// on the way to it and to a script's interpreter. Gives the descriptor
+    /// to exec, or `None` to exec by path (a script: see `RealSystem`).
+    fn program(&self, path: &Path, mode: trust::Mode) -> Result<Option<OwnedFd>, Refusal>;
 }
 
 /// The real system: users and groups through NSS (`accounts`: getent),
@@ -187,54 +190,25 @@ impl System for RealSystem {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
     }
-    fn root_only(&self, path: &Path) -> Result<(), String> {
-        root_only_path(path)?;
-        match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => root_only_path(dir),
-            _ => Ok(()),
-        }
+    /// Exec what was checked: a binary is exec'd through the `O_PATH`
+    /// descriptor the check opened (`execveat(fd, "", AT_EMPTY_PATH)`),
+    /// so a file put at its path later never runs in its place.
+    ///
+    /// A script (`#!`) is exec'd by its path instead. Through a descriptor
+    /// the kernel hands the interpreter `/dev/fd/N` as the script's name:
+    /// with `O_CLOEXEC` that descriptor is closed by the exec and the
+    /// interpreter fails (ENOENT); without it the descriptor would leak
+    /// into the handler and its `$0` would become `/dev/fd/N`. Exec'ing
+    /// the checked path is safe for a root daemon because the check walked
+    /// all of it: every directory and link on it, and the file, can be
+    /// changed by root alone, and the interpreter named on the `#!` line
+    /// went through the same walk. What a script runs as is therefore what
+    /// root has put at that path (a root's edit takes effect on the next
+    /// connection; a binary changes only at the next reload).
+    fn program(&self, path: &Path, mode: trust::Mode) -> Result<Option<OwnedFd>, Refusal> {
+        let p = trust::program(path, mode)?;
+        Ok((!p.script).then_some(p.fd))
     }
-    fn executable(&self, path: &Path) -> Result<(), String> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| io_reason(&e))?;
-        if !meta.is_file() {
-            return Err("not a regular file".into());
-        }
-        if meta.permissions().mode() & 0o111 == 0 {
-            return Err("not executable (no execute permission)".into());
-        }
-        Ok(())
-    }
-}
-
-/// Whether only root can change `path`: owned by root, not writable by
-/// group or others (a sticky directory such as /tmp is fine: nobody else can
-/// replace a root-owned file in it).
-fn root_only_path(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))?;
-    if meta.uid() != 0 {
-        return Err(format!(
-            "{} is owned by uid {}, not root",
-            path.display(),
-            meta.uid()
-        ));
-    }
-    let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
-    if meta.mode() & 0o022 != 0 && !sticky_dir {
-        let who = match (meta.mode() & 0o020 != 0, meta.mode() & 0o002 != 0) {
-            (true, true) => "its group and others",
-            (true, false) => "its group",
-            _ => "others",
-        };
-        return Err(format!(
-            "{} is writable by {who} (mode {:04o})",
-            path.display(),
-            meta.mode() & 0o7777
-        ));
-    }
-    Ok(())
 }
 
 /// The OS error text without Rust's " (os error N)" suffix.
@@ -247,6 +221,13 @@ pub fn io_reason(e: &std::io::Error) -> String {
 
 /// Reads and validates the file at `path`. `default_path` says whether the
 /// user named it, so that a missing default file can suggest `--config`.
+///
+/// The file is opened once and read through that descriptor, after the
+/// checks of `trust::config`: a regular file of at most 1 MiB and, for a
+/// root daemon, one that only root can change, down every directory and
+/// symbolic link on its path. Nothing is looked up by path after the
+/// check, so the file cannot be swapped between the check and the read.
+///
 /// Each account is looked up once (`resolver::Accounts`); the lookups may
 /// wait, so the running daemon loads through a resolver child instead.
 pub fn load(path: &Path, default_path: bool) -> Result<Plan, ConfigError> {
@@ -259,19 +240,28 @@ pub fn load(path: &Path, default_path: bool) -> Result<Plan, ConfigError> {
 
 /// [`load`], asking `sys`.
 pub fn load_with(path: &Path, default_path: bool, sys: &dyn System) -> Result<Plan, ConfigError> {
-    let text = std::fs::read(path).map_err(|e| {
-        let mut message = format!("cannot read the configuration: {}", io_reason(&e));
-        if default_path && e.kind() == std::io::ErrorKind::NotFound {
-            message.push_str(" (name another file with --config PATH)");
-        }
-        ConfigError {
-            path: path.to_path_buf(),
-            problems: vec![Problem {
-                line: 0,
-                col: 0,
-                context: String::new(),
-                message,
-            }],
+    let whole = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        problems: vec![Problem {
+            line: 0,
+            col: 0,
+            context: String::new(),
+            message,
+        }],
+    };
+    let mode = trust::Mode::for_euid(sys.identity().0);
+    let text = trust::config(path, mode).map_err(|r| match r {
+        // A root daemon runs what this file says: if anyone but root can
+        // change it, anyone can become root.
+        Refusal::Untrusted(why) => whole(format!(
+            "refusing a configuration that a user other than root can change: {why}"
+        )),
+        Refusal::Unusable(why, errno) => {
+            let mut message = format!("cannot read the configuration: {why}");
+            if default_path && errno == Some(nix::errno::Errno::ENOENT) {
+                message.push_str(" (name another file with --config PATH)");
+            }
+            whole(message)
         }
     })?;
     let text = String::from_utf8(text).map_err(|e| {
@@ -286,23 +276,6 @@ pub fn load_with(path: &Path, default_path: bool, sys: &dyn System) -> Result<Pl
             }],
         }
     })?;
-    if sys.identity().0 == 0 {
-        // A root daemon runs what this file says: if anyone but root can
-        // change it, anyone can become root.
-        if let Err(why) = sys.root_only(path) {
-            return Err(ConfigError {
-                path: path.to_path_buf(),
-                problems: vec![Problem {
-                    line: 0,
-                    col: 0,
-                    context: String::new(),
-                    message: format!(
-                        "refusing a configuration that a user other than root can change: {why}"
-                    ),
-                }],
-            });
-        }
-    }
     parse(path, &text, sys)
 }
 
@@ -759,20 +732,9 @@ impl<'t> Checker<'t> {
         }
 
         let resolved = program.as_ref().and_then(|(p, pspan)| {
-            let checked = resolve_program(p, &daemon.handler_dir, sys).and_then(|path| {
-                if identity_uid != 0 {
-                    return Ok(path);
-                }
-                match sys.root_only(&path) {
-                    Ok(()) => Ok(path),
-                    Err(why) => Err(format!(
-                        "program \"{}\": refusing to run a program that a user other than root can change: {why}",
-                        esc(p)
-                    )),
-                }
-            });
-            match checked {
-                Ok(path) => Some(path),
+            let mode = trust::Mode::for_euid(identity_uid);
+            match resolve_program(p, &daemon.handler_dir, sys, mode) {
+                Ok(found) => Some(found),
                 Err(m) => {
                     self.problem(pspan.clone(), &ctx, m);
                     None
@@ -791,12 +753,12 @@ impl<'t> Checker<'t> {
 
         let (name, name_span) = name?;
         let (program, _) = program?;
-        let path = resolved?;
+        let (path, fd) = resolved?;
         let cred = cred.ok()?;
         if !ok {
             return None;
         }
-        let image = exec_image(&name, &program, &path, &args, &env, umask)?;
+        let image = exec_image(&name, &program, &path, fd, &args, &env, umask)?;
         let listen_spans = listen.iter().map(|(_, s)| s.clone()).collect();
         Some(Checked {
             service: Service {
@@ -903,8 +865,34 @@ impl<'t> Checker<'t> {
             self.problem(uspan, ctx, m);
             return Err(());
         };
+        // Root by another name (`toor`, a uid-0 alias) is root: only the
+        // word "root" may ask for it, so that a reader of the file sees it.
+        if uid == 0 && uname != "root" {
+            self.problem(
+                uspan,
+                ctx,
+                format!(
+                    "user \"{}\" has uid 0: handlers run as root only when the config says user = \"root\"",
+                    esc(uname)
+                ),
+            );
+            return Err(());
+        }
         let (gid, gname) = match group {
             Some((g, gspan)) => match sys.group(g) {
+                // The same for a group alias of gid 0 (group root opens
+                // root-group files); a user's primary group is not checked.
+                Ok(Some(0)) if g != "root" => {
+                    self.problem(
+                        gspan.clone(),
+                        ctx,
+                        format!(
+                            "group \"{}\" has gid 0: handlers run with group root only when the config says group = \"root\"",
+                            esc(g)
+                        ),
+                    );
+                    return Err(());
+                }
                 Ok(Some(gid)) => (gid, g.clone()),
                 Err(why) => {
                     self.problem(gspan.clone(), ctx, format!("group \"{}\": {why}", esc(g)));
@@ -967,30 +955,34 @@ impl<'t> Checker<'t> {
                 self.problem(c.name_span.clone(), &ctx, m);
             }
         }
-        let mut seen: Vec<(SocketAddr, usize, &str)> = Vec::new();
+        // Every socket seen so far: (socket, service index, service name,
+        // the address as that service wrote it). Each entry is compared with
+        // those before it, within its own service too: `"127.0.0.1:P"` and
+        // `"P"` in one service would fail at bind just the same.
+        let mut seen: Vec<(SocketAddr, usize, &str, ListenAddr)> = Vec::new();
         for (index, c) in services.iter().enumerate() {
             let s = &c.service;
             for (addr, span) in s.listen.iter().zip(&c.listen_spans) {
-                for sock in addr.sockets() {
-                    if let Some((_, other_index, other)) =
-                        seen.iter().find(|(a, _, _)| conflicts(*a, sock))
-                    {
-                        let ctx = format!("service \"{}\"", s.name);
-                        let m = if *other_index == index {
-                            format!("listen address \"{addr}\" overlaps another address of this service")
-                        } else {
-                            format!(
-                                "listen address \"{addr}\" is already used by service \"{other}\""
-                            )
-                        };
-                        self.problem(span.clone(), &ctx, m);
-                        break;
-                    }
+                let clash = addr.sockets().into_iter().find_map(|sock| {
+                    seen.iter()
+                        .find(|(a, _, _, _)| conflicts(*a, sock))
+                        .map(|(_, i, name, wrote)| (*i, *name, *wrote))
+                });
+                if let Some((other_index, other, wrote)) = clash {
+                    let ctx = format!("service \"{}\"", s.name);
+                    let m = if other_index == index {
+                        format!("listen address \"{addr}\" overlaps \"{wrote}\" of this service")
+                    } else if wrote == *addr {
+                        format!("listen address \"{addr}\" is already used by service \"{other}\"")
+                    } else {
+                        format!(
+                            "listen address \"{addr}\" conflicts with \"{wrote}\" of service \"{other}\""
+                        )
+                    };
+                    self.problem(span.clone(), &ctx, m);
                 }
-            }
-            for addr in &s.listen {
                 for sock in addr.sockets() {
-                    seen.push((sock, index, &s.name));
+                    seen.push((sock, index, &s.name, *addr));
                 }
             }
         }
@@ -1122,50 +1114,57 @@ fn parse_level(s: &str) -> Option<Level> {
 }
 
 /// Parses a `listen` entry: `"IPv4:PORT"`, `"[IPv6]:PORT"` or `"PORT"`.
+/// An entry of another shape gets a message that says what to write.
 pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
-    let bad_port = || {
-        format!(
-            "invalid listen address \"{}\": the port must be 1 to 65535",
-            esc(s)
-        )
+    let invalid = |why: &str| format!("invalid listen address \"{}\": {why}", esc(s));
+    let bad_port = || invalid("the port must be 1 to 65535");
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(bad_port()),
     };
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return match s.parse::<u16>() {
-            Ok(p) if p > 0 => Ok(ListenAddr::Any(p)),
-            _ => Err(bad_port()),
+        return port(s).map(ListenAddr::Any);
+    }
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((ip, p)) = rest.split_once("]:") else {
+            return Err(invalid("expected \"[IPv6]:PORT\" such as \"[::1]:9877\""));
+        };
+        return match ip.parse::<Ipv6Addr>() {
+            Ok(_) if ip.contains('%') => Err(invalid("scoped IPv6 addresses are not supported")),
+            Ok(ip) if digits(p) => Ok(ListenAddr::Addr(SocketAddr::from((ip, port(p)?)))),
+            Ok(_) => Err(bad_port()),
+            Err(_) if ip.contains('%') => Err(invalid("scoped IPv6 addresses are not supported")),
+            Err(_) => Err(invalid("expected \"[IPv6]:PORT\" such as \"[::1]:9877\"")),
         };
     }
-    let addr: SocketAddr = if s.starts_with('[') {
-        match s.parse::<SocketAddrV6>() {
-            Ok(a) if a.scope_id() == 0 => SocketAddr::V6(a),
-            Ok(_) => {
-                return Err(format!(
-                    "invalid listen address \"{}\": scoped IPv6 addresses are not supported",
-                    esc(s)
-                ))
-            }
-            Err(_) => {
-                return Err(format!(
-                "invalid listen address \"{}\": expected \"[IPv6]:PORT\" such as \"[::1]:9877\"",
-                esc(s)
-            ))
-            }
-        }
-    } else {
-        match s.parse::<SocketAddrV4>() {
-            Ok(a) => SocketAddr::V4(a),
-            Err(_) => {
-                return Err(format!(
-                    "invalid listen address \"{}\": expected \"IPv4:PORT\", \"[IPv6]:PORT\" or \"PORT\"",
-                    esc(s)
-                ))
-            }
-        }
+    let generic = || invalid("expected \"IPv4:PORT\", \"[IPv6]:PORT\" or \"PORT\"");
+    let Some((host, p)) = s.rsplit_once(':') else {
+        return Err(generic());
     };
-    if addr.port() == 0 {
-        return Err(bad_port());
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return if digits(p) {
+            Ok(ListenAddr::Addr(SocketAddr::from((ip, port(p)?))))
+        } else {
+            Err(bad_port())
+        };
     }
-    Ok(ListenAddr::Addr(addr))
+    if digits(p) && host.parse::<Ipv6Addr>().is_ok() {
+        return Err(invalid(&format!(
+            "an IPv6 address needs brackets, as in \"[{host}]:{p}\""
+        )));
+    }
+    let hostname = !host.is_empty()
+        && host.bytes().any(|b| b.is_ascii_alphabetic())
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if hostname && digits(p) {
+        return Err(invalid(&format!(
+            "host names are not accepted; write an address, such as \"127.0.0.1:{p}\" or \"[::1]:{p}\""
+        )));
+    }
+    Err(generic())
 }
 
 /// Parses an `allow`/`deny` entry: an address or a CIDR without host bits.
@@ -1212,9 +1211,22 @@ fn check_env_name(var: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Finds the program: an absolute path as is, or a bare name in
-/// `handler_dir`, then beside the daemon's own executable.
-fn resolve_program(p: &str, handler_dir: &Path, sys: &dyn System) -> Result<PathBuf, String> {
+/// Finds and opens the program: an absolute path as is, or a bare name in
+/// `handler_dir`, then beside the daemon's own executable. A file found but
+/// refused as one others can change ends the search (it is an error to
+/// fix, not a reason to run another file of the same name).
+fn resolve_program(
+    p: &str,
+    handler_dir: &Path,
+    sys: &dyn System,
+    mode: trust::Mode,
+) -> Result<(PathBuf, Option<OwnedFd>), String> {
+    let untrusted = |why: String| {
+        format!(
+            "program \"{}\": refusing to run a program that a user other than root can change: {why}",
+            esc(p)
+        )
+    };
     if p.is_empty() {
         return Err("\"program\" cannot be empty".into());
     }
@@ -1223,9 +1235,10 @@ fn resolve_program(p: &str, handler_dir: &Path, sys: &dyn System) -> Result<Path
     }
     if p.starts_with('/') {
         let path = PathBuf::from(p);
-        return match sys.executable(&path) {
-            Ok(()) => Ok(path),
-            Err(why) => Err(format!("program \"{}\": {why}", esc(p))),
+        return match sys.program(&path, mode) {
+            Ok(fd) => Ok((path, fd)),
+            Err(Refusal::Untrusted(why)) => Err(untrusted(why)),
+            Err(Refusal::Unusable(why, _)) => Err(format!("program \"{}\": {why}", esc(p))),
         };
     }
     if p.contains('/') {
@@ -1243,9 +1256,10 @@ fn resolve_program(p: &str, handler_dir: &Path, sys: &dyn System) -> Result<Path
     }
     for dir in dirs {
         let path = dir.join(p);
-        match sys.executable(&path) {
-            Ok(()) => return Ok(path),
-            Err(why) => tried.push(format!("{}: {why}", path.display())),
+        match sys.program(&path, mode) {
+            Ok(fd) => return Ok((path, fd)),
+            Err(Refusal::Untrusted(why)) => return Err(untrusted(why)),
+            Err(Refusal::Unusable(why, _)) => tried.push(format!("{}: {why}", path.display())),
         }
     }
     Err(format!(
@@ -1255,11 +1269,13 @@ fn resolve_program(p: &str, handler_dir: &Path, sys: &dyn System) -> Result<Path
     ))
 }
 
-/// Builds the argv and the fixed environment as C strings.
+/// Builds the argv and the fixed environment as C strings, around the
+/// checked program (`fd`, or `None` to exec `path`: see `RealSystem::program`).
 fn exec_image(
     name: &str,
     program: &str,
     path: &Path,
+    fd: Option<OwnedFd>,
     args: &[String],
     env: &[(String, String)],
     umask: u32,
@@ -1287,6 +1303,7 @@ fn exec_image(
         .collect::<Option<Vec<_>>>()?;
     Some(ExecImage {
         path: CString::new(path.as_os_str().as_bytes()).ok()?,
+        fd,
         argv,
         env,
         umask,
@@ -1294,29 +1311,16 @@ fn exec_image(
 }
 
 /// "Did you mean" for a misspelt key: the known key nearest by edit
-/// distance, if it is close enough to be a plausible typo.
+/// distance (a swap of two neighbours counts as one edit), when at most a
+/// third of its characters differ: a plausible typo, not any short word.
 fn suggest(key: &str, known: &[&str]) -> String {
     known
         .iter()
-        .map(|k| (edit_distance(key, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .map(|k| (strsim::osa_distance(key, k), *k))
+        .filter(|(d, k)| *d * 3 <= k.chars().count())
         .min()
         .map(|(_, k)| format!(" (did you mean \"{k}\"?)"))
         .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// A name for a message that is already an error: the name, the number
@@ -1372,6 +1376,7 @@ mod tests {
             Ok(match name {
                 "ldapuser" => return Err("getent passwd ldapuser: no answer within 10s".into()),
                 "root" => Some((0, 0)),
+                "toor" => Some((0, 0)),
                 "nobody" => Some((65534, 65534)),
                 "alice" => Some((1000, 1000)),
                 "slowgroup" => Some((1001, 4242)),
@@ -1389,6 +1394,7 @@ mod tests {
         fn group(&self, name: &str) -> Result<Option<u32>, String> {
             Ok(match name {
                 "root" => Some(0),
+                "wheel0" => Some(0),
                 "nogroup" => Some(65534),
                 "alice" => Some(1000),
                 "staff" => Some(50),
@@ -1414,21 +1420,22 @@ mod tests {
         fn exe_dir(&self) -> Option<PathBuf> {
             Some(PathBuf::from("/opt/build"))
         }
-        fn root_only(&self, path: &Path) -> Result<(), String> {
+        fn program(&self, path: &Path, mode: trust::Mode) -> Result<Option<OwnedFd>, Refusal> {
             match path.to_str() {
-                Some("/opt/h/loose") => {
-                    Err("/opt/h/loose is writable by others (mode 0777)".into())
-                }
-                _ => Ok(()),
-            }
-        }
-        fn executable(&self, path: &Path) -> Result<(), String> {
-            match path.to_str() {
+                Some("/opt/h/loose") if mode == trust::Mode::Root => Err(Refusal::Untrusted(
+                    "/opt/h/loose is writable by others (mode 0777)".into(),
+                )),
                 Some(
                     "/bin/handler" | "/opt/h/echo" | "/opt/h/loose" | "/opt/build/tinyinetd-sum",
-                ) => Ok(()),
-                Some("/bin/plain") => Err("not executable (no execute permission)".into()),
-                _ => Err("No such file or directory".into()),
+                ) => Ok(None),
+                Some("/bin/plain") => Err(Refusal::Unusable(
+                    "not executable (no execute permission)".into(),
+                    None,
+                )),
+                _ => Err(Refusal::Unusable(
+                    "No such file or directory".into(),
+                    Some(nix::errno::Errno::ENOENT),
+                )),
             }
         }
     }
@@ -1626,7 +1633,7 @@ allow = ["10.0.0.1/8"]
         );
         let e = errors(&text);
         assert!(e.contains("t.toml:11:8: service \"echo\": duplicate service name \"echo\" (first defined on line 6)"), "{e}");
-        assert!(e.contains("t.toml:12:11: service \"echo\": listen address \"9877\" is already used by service \"echo\""), "{e}");
+        assert!(e.contains("t.toml:12:11: service \"echo\": listen address \"9877\" conflicts with \"127.0.0.1:9877\" of service \"echo\""), "{e}");
     }
 
     #[test]
@@ -1727,6 +1734,17 @@ allow = ["10.0.0.1/8"]
     }
 
     #[test]
+    fn root_by_another_name_is_refused() {
+        let e = errors(&format!("{MINIMAL}user = \"toor\"\n"));
+        assert!(e.contains("9:8: service \"echo\": user \"toor\" has uid 0: handlers run as root only when the config says user = \"root\""), "{e}");
+        let e = errors(&format!("{MINIMAL}group = \"wheel0\"\n"));
+        assert!(e.contains("9:9: service \"echo\": group \"wheel0\" has gid 0: handlers run with group root only when the config says group = \"root\""), "{e}");
+        let plan = check(&format!("{MINIMAL}user = \"root\"\ngroup = \"root\"\n"), 0).unwrap();
+        let cred = plan.services[0].cred.as_ref().unwrap();
+        assert_eq!((cred.uid, cred.gid), (0, 0));
+    }
+
+    #[test]
     fn env_may_not_redefine_connection_variables() {
         let e = errors(&format!("{MINIMAL}env = {{ TCPREMOTEIP = \"x\" }}\n"));
         assert!(
@@ -1758,6 +1776,69 @@ allow = ["10.0.0.1/8"]
         assert!(parse_listen("70000").is_err());
         assert!(parse_listen("0").is_err());
         assert!(parse_listen("").is_err());
+    }
+
+    #[test]
+    fn listen_address_errors_say_what_is_wrong() {
+        let err = |s: &str| parse_listen(s).unwrap_err();
+        assert_eq!(
+            err("127.0.0.1:99999"),
+            "invalid listen address \"127.0.0.1:99999\": the port must be 1 to 65535"
+        );
+        assert_eq!(
+            err("[::1]:0"),
+            "invalid listen address \"[::1]:0\": the port must be 1 to 65535"
+        );
+        assert_eq!(
+            err("::1:19001"),
+            "invalid listen address \"::1:19001\": an IPv6 address needs brackets, as in \"[::1]:19001\""
+        );
+        assert_eq!(
+            err("localhost:19001"),
+            "invalid listen address \"localhost:19001\": host names are not accepted; write an address, such as \"127.0.0.1:19001\" or \"[::1]:19001\""
+        );
+        assert_eq!(
+            err("127.0.0.1"),
+            "invalid listen address \"127.0.0.1\": expected \"IPv4:PORT\", \"[IPv6]:PORT\" or \"PORT\""
+        );
+    }
+
+    #[test]
+    fn a_conflict_names_what_each_service_wrote() {
+        let text = format!(
+            "{MINIMAL}\n[[service]]\nname = \"other\"\nlisten = [\"9877\"]\nprogram = \"echo\"\n"
+        );
+        assert_eq!(
+            errors(&text),
+            "t.toml:12:11: service \"other\": listen address \"9877\" conflicts with \"127.0.0.1:9877\" of service \"echo\""
+        );
+    }
+
+    #[test]
+    fn overlapping_addresses_within_one_service_are_errors() {
+        let text = MINIMAL.replace(
+            "listen = [\"127.0.0.1:9877\"]",
+            "listen = [\"127.0.0.1:9877\", \"9877\"]",
+        );
+        assert_eq!(
+            errors(&text),
+            "t.toml:7:29: service \"echo\": listen address \"9877\" overlaps \"127.0.0.1:9877\" of this service"
+        );
+    }
+
+    #[test]
+    fn suggestions_are_only_close_matches() {
+        assert_eq!(
+            suggest("max_instance", SERVICE_KEYS),
+            " (did you mean \"max_instances\"?)"
+        );
+        assert_eq!(
+            suggest("listne", SERVICE_KEYS),
+            " (did you mean \"listen\"?)"
+        );
+        assert_eq!(suggest("dney", SERVICE_KEYS), " (did you mean \"deny\"?)");
+        assert_eq!(suggest("ident", SERVICE_KEYS), "");
+        assert_eq!(suggest("xyz", SERVICE_KEYS), "");
     }
 
     #[test]

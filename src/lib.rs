@@ -22,6 +22,7 @@ pub mod resolver;
 pub mod signals;
 pub mod spawn;
 pub mod supervisor;
+pub mod trust;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -68,12 +69,12 @@ pub fn describe(plan: &Plan) -> String {
         out.push('\n');
     }
     let enabled = plan.enabled().count();
+    let n = plan.services.len();
     let _ = writeln!(
         out,
-        "{}: OK, {} services ({} enabled)",
+        "{}: OK, {n} service{} ({enabled} enabled)",
         plan.path.display(),
-        plan.services.len(),
-        enabled
+        if n == 1 { "" } else { "s" },
     );
     out
 }
@@ -138,8 +139,15 @@ fn describe_service(out: &mut String, s: &Service) {
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
 pub fn run(opts: &Options) -> Result<(), Error> {
     // Nothing this process inherited may reach a handler. Systemd's passed
-    // sockets are marked too (we want them close-on-exec as well).
-    let _ = spawn::mark_inherited_cloexec();
+    // sockets are marked too (we want them close-on-exec as well). The same
+    // call is what every handler's child makes before its exec, so a kernel
+    // without it (before Linux 5.11) could serve nobody: refuse to start.
+    spawn::mark_inherited_cloexec().map_err(|e| {
+        Error::Start(supervisor::StartError::Io(
+            "tinyinetd needs Linux 5.11 or later: close_range(CLOSE_RANGE_CLOEXEC)",
+            e,
+        ))
+    })?;
     let inherited = supervisor::inherited_sockets();
 
     let plan = config::load(&opts.config, opts.default_config).map_err(Error::Config)?;
@@ -160,4 +168,40 @@ pub fn run(opts: &Options) -> Result<(), Error> {
 /// The default configuration path as a `Path`.
 pub fn default_config() -> &'static Path {
     Path::new(config::DEFAULT_PATH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(services: usize) -> Plan {
+        let mut text = String::new();
+        for i in 0..services {
+            text.push_str(&format!(
+                "[[service]]\nname = \"s{i}\"\nlisten = [\"127.0.0.1:{}\"]\nprogram = \"/bin/sh\"\n",
+                9000 + i
+            ));
+        }
+        config::parse(Path::new("t.toml"), &text, &config::RealSystem).expect("valid")
+    }
+
+    #[test]
+    fn the_check_summary_counts_in_words() {
+        let last = |n| describe(&plan_of(n)).lines().last().map(String::from);
+        assert_eq!(
+            last(1).as_deref(),
+            Some("t.toml: OK, 1 service (1 enabled)")
+        );
+        assert_eq!(
+            last(2).as_deref(),
+            Some("t.toml: OK, 2 services (2 enabled)")
+        );
+        assert_eq!(
+            describe(&Plan {
+                path: "t.toml".into(),
+                ..Plan::default()
+            }),
+            "t.toml: OK, 0 services (0 enabled)\n"
+        );
+    }
 }

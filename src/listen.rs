@@ -41,7 +41,13 @@ impl fmt::Display for ListenError {
             self.doing,
             self.addr,
             crate::log::os_error(self.errno)
-        )
+        )?;
+        // The kernel's own word for it (ip_unprivileged_port_start, 1024 by
+        // default) gives no hint of the cause.
+        if self.errno == Errno::EACCES && self.addr.port() < 1024 {
+            f.write_str(" (ports below 1024 need root or CAP_NET_BIND_SERVICE)")?;
+        }
+        Ok(())
     }
 }
 
@@ -239,6 +245,23 @@ mod tests {
         assert!(flags & libc::O_NONBLOCK != 0);
         let fdflags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert!(fdflags & libc::FD_CLOEXEC != 0, "fd {fd} not cloexec");
+    }
+
+    #[test]
+    fn a_privileged_port_refused_says_what_it_needs() {
+        let e = |port: u16| ListenError {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            doing: "binding",
+            errno: Errno::EACCES,
+        };
+        assert_eq!(
+            e(80).to_string(),
+            "binding 127.0.0.1:80: Permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        );
+        assert_eq!(
+            e(8080).to_string(),
+            "binding 127.0.0.1:8080: Permission denied"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::ffi::CString;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,10 +152,16 @@ pub struct Access {
 
 /// Everything `execve` needs that does not depend on the connection, built
 /// once at load as C strings.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct ExecImage {
-    /// The resolved, absolute program path.
+    /// The resolved, absolute program path (shown by `--check` and in log
+    /// lines; exec'd only when `fd` is `None`).
     pub path: CString,
+    /// The checked program, `O_PATH | O_CLOEXEC`, exec'd with
+    /// `execveat(fd, "", AT_EMPTY_PATH)` so that what runs is what was
+    /// checked at load; `None` for a script, which is exec'd by `path`
+    /// (why: `config::RealSystem::program`).
+    pub fd: Option<OwnedFd>,
     /// `argv[0]` (the program's file name as written) and the service's args.
     pub argv: Vec<CString>,
     /// The fixed part of the environment, in order, with the per-connection
@@ -167,7 +174,7 @@ pub struct ExecImage {
 
 /// One `[[service]]`, validated and resolved. Running handlers hold an
 /// `Arc<Service>`, so a reload never changes what they were started with.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Service {
     pub name: String,
     pub listen: Vec<ListenAddr>,
@@ -182,7 +189,7 @@ pub struct Service {
 }
 
 /// A whole validated configuration.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Plan {
     /// The file it came from, as given on the command line.
     pub path: PathBuf,

@@ -182,11 +182,12 @@ impl System for Accounts<'_> {
     fn exe_dir(&self) -> Option<PathBuf> {
         self.sys.exe_dir()
     }
-    fn executable(&self, path: &Path) -> Result<(), String> {
-        self.sys.executable(path)
-    }
-    fn root_only(&self, path: &Path) -> Result<(), String> {
-        self.sys.root_only(path)
+    fn program(
+        &self,
+        path: &Path,
+        mode: crate::trust::Mode,
+    ) -> Result<Option<OwnedFd>, crate::trust::Refusal> {
+        self.sys.program(path, mode)
     }
 }
 
@@ -614,11 +615,12 @@ mod tests {
         fn exe_dir(&self) -> Option<PathBuf> {
             None
         }
-        fn executable(&self, _: &Path) -> Result<(), String> {
-            Ok(())
-        }
-        fn root_only(&self, _: &Path) -> Result<(), String> {
-            Ok(())
+        fn program(
+            &self,
+            _: &Path,
+            _: crate::trust::Mode,
+        ) -> Result<Option<OwnedFd>, crate::trust::Refusal> {
+            Ok(None)
         }
     }
 

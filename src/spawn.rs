@@ -59,6 +59,10 @@
 //!   (no CLONE_FILES); it puts the connection on 0–2 and marks every
 //!   descriptor from 3 up close-on-exec; nothing else survives the exec.
 //!   The daemon closes its copy of the connection as soon as clone returns.
+//!   A program that is not a script is exec'd through the `O_PATH`
+//!   descriptor its check opened at load (`execveat` with `AT_EMPTY_PATH`),
+//!   so the file that runs is the file that was checked; that descriptor
+//!   is close-on-exec too (see `plan::ExecImage::fd`).
 //! * **Elsewhere.** The raw system calls are written for x86-64. On other
 //!   architectures (and when built with `--cfg tinyinetd_vfork`, which the
 //!   test suite also runs) the child is started with CLONE_VFORK as well:
@@ -315,6 +319,9 @@ struct SlotData {
 /// and the `Arc<Service>` it holds.
 struct ChildArgs {
     path: *const c_char,
+    /// The checked program's `O_PATH` descriptor, exec'd with execveat;
+    /// -1 to exec `path` (a script: see `ExecImage::fd`).
+    exec_fd: RawFd,
     argv: *const *const c_char,
     envp: *const *const c_char,
     conn: RawFd,
@@ -331,8 +338,22 @@ impl Scratch {
     /// now. Nothing in the daemon changes a disposition afterwards;
     /// `refresh_signals` is called on every reload all the same. (Not
     /// `Default`: it reads the process's signal state.)
+    ///
+    /// A root daemon also makes itself non-dumpable here, once and for
+    /// all. A handler's `setuid` runs on the memory it shares with the
+    /// daemon (CLONE_VM), and the kernel then clears the dumpable flag of
+    /// that memory (commit_creds, `suid_dumpable`): left alone, the
+    /// daemon's flag would depend on whether a handler with another user
+    /// has started yet. Off is the right value for a root daemon: its core
+    /// would hold client data and its configuration, and non-dumpable also
+    /// means its /proc files and ptrace are root's alone. A non-root
+    /// daemon's handlers keep its credentials, so its flag is left as is.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Scratch {
+        if nix::unistd::geteuid().is_root() {
+            // Only fails for a value other than 0 or 1.
+            let _ = nix::sys::prctl::set_dumpable(false);
+        }
         Scratch {
             reset: non_default_signals().into(),
             slots: Vec::new(),
@@ -391,6 +412,7 @@ impl Slot {
             failed_errno: AtomicI32::new(0),
             args: ChildArgs {
                 path: std::ptr::null(),
+                exec_fd: -1,
                 argv: std::ptr::null(),
                 envp: std::ptr::null(),
                 conn: -1,
@@ -547,6 +569,7 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, scratch: &mut Scratch) -> Result<P
     d.envp.push(std::ptr::null());
     d.args = ChildArgs {
         path: img.path.as_ptr(),
+        exec_fd: img.fd.as_ref().map_or(-1, |f| f.as_raw_fd()),
         argv: d.argv.as_ptr(),
         envp: d.envp.as_ptr(),
         conn: conn.stream.as_raw_fd(),
@@ -812,34 +835,60 @@ unsafe fn child_main(d: &SlotData) -> ! {
         if rc < 0 {
             fail(d, Step::Setuid, rc);
         }
-        let ids = |n: c_long| {
-            let (r, e, s) = (0u32, 0u32, 0u32);
-            let rc = call(
-                n,
-                [
-                    &r as *const u32 as usize,
-                    &e as *const u32 as usize,
-                    &s as *const u32 as usize,
-                    0,
-                    0,
-                    0,
-                ],
-            );
-            (rc, [r, e, s])
-        };
-        let (rcu, u) = ids(sys::GETRESUID);
-        let (rcg, g) = ids(sys::GETRESGID);
-        if rcu < 0 || rcg < 0 || u != [uid; 3] || g != [gid; 3] {
-            fail(d, Step::VerifyCred, -(libc::EPERM as isize));
+        match (res_ids(sys::GETRESUID), res_ids(sys::GETRESGID)) {
+            (Ok(u), Ok(g)) if u == [uid; 3] && g == [gid; 3] => {}
+            (Err(rc), _) | (_, Err(rc)) => fail(d, Step::VerifyCred, rc),
+            _ => fail(d, Step::VerifyCred, -(libc::EPERM as isize)),
         }
     }
 
-    // 8. Exec. It only returns on failure.
-    let rc = call(
-        SYS_execve,
-        [a.path as usize, a.argv as usize, a.envp as usize, 0, 0, 0],
-    );
+    // 8. Exec what was checked at load: the program's own descriptor,
+    //    whatever its path names now (execveat with an empty path and
+    //    AT_EMPTY_PATH, Linux 3.19). The descriptor is O_CLOEXEC, which a
+    //    binary does not mind; a script is exec'd by its checked path
+    //    instead (exec_fd -1), see `ExecImage::fd`. The descriptor number
+    //    is valid here: this is a copy of the daemon's table, and the
+    //    slot's `Arc<Service>` keeps the daemon's copy open until the
+    //    exec. It only returns on failure.
+    let rc = if a.exec_fd >= 0 {
+        call(
+            libc::SYS_execveat,
+            [
+                a.exec_fd as usize,
+                c"".as_ptr() as usize,
+                a.argv as usize,
+                a.envp as usize,
+                libc::AT_EMPTY_PATH as usize,
+                0,
+            ],
+        )
+    } else {
+        call(
+            SYS_execve,
+            [a.path as usize, a.argv as usize, a.envp as usize, 0, 0, 0],
+        )
+    };
     fail(d, Step::Exec, rc)
+}
+
+/// The real, effective and saved ids from `getresuid` or `getresgid`
+/// (`n`), or the call's `-errno`. The kernel writes into a mutable buffer
+/// the compiler knows may change.
+///
+/// # Safety
+/// `n` must be one of the two calls; safe in the child (a raw call).
+unsafe fn res_ids(n: libc::c_long) -> Result<[u32; 3], isize> {
+    let mut ids = [0u32; 3];
+    let p = ids.as_mut_ptr();
+    let rc = sys::call(
+        n,
+        [p as usize, p.add(1) as usize, p.add(2) as usize, 0, 0, 0],
+    );
+    if rc < 0 {
+        Err(rc)
+    } else {
+        Ok(ids)
+    }
 }
 
 /// Records `(step, errno)` for the daemon (`rc` is the failed call's
@@ -916,7 +965,8 @@ fn only_descriptor(mut keep: RawFd) -> RawFd {
         }
         ok &= libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32) == 0;
         if !ok {
-            // close_range(2) is Linux 5.9: close one by one, up to the limit.
+            // Not reached on a kernel the daemon starts on (it needs 5.11 for
+            // close_range); kept so that a listener can never stay open here.
             let mut lim: libc::rlimit = std::mem::zeroed();
             let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
                 lim.rlim_cur.min(1 << 20) as RawFd
@@ -993,6 +1043,7 @@ mod tests {
         .expect("parse");
         let mut svc = Arc::try_unwrap(plan.services.remove(0)).expect("sole owner");
         svc.image.path = CString::new(program).expect("path");
+        svc.image.fd = None;
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let conn = Conn {
             stream: theirs.into(),
@@ -1034,6 +1085,24 @@ mod tests {
         assert_eq!(scratch.take_failure(pid), None);
     }
 
+    /// With a descriptor, the child execs it, not the path (which here
+    /// names nothing at all).
+    #[test]
+    fn the_held_descriptor_is_exec_d_not_the_path() {
+        let mut scratch = Scratch::new();
+        let (mut svc, conn, _peer) = fixture("/nonexistent/handler");
+        let p = crate::trust::program(std::path::Path::new("/bin/true"), crate::trust::Mode::User)
+            .expect("open /bin/true");
+        assert!(!p.script);
+        Arc::get_mut(&mut svc).expect("sole owner").image.fd = Some(p.fd);
+        let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
+        assert_eq!(
+            waitpid(pid, None).expect("waitpid"),
+            WaitStatus::Exited(pid, 0)
+        );
+        assert_eq!(scratch.take_failure(pid), None);
+    }
+
     #[test]
     fn a_successful_exec_reports_no_failure() {
         let (mut scratch, pid) = spawn_and_reap("/bin/true", 0);
@@ -1060,6 +1129,49 @@ mod tests {
         );
         assert_eq!(scratch.take_failure(a).map(|f| f.step), Some(Step::Exec));
         assert!(scratch.failures.is_empty());
+    }
+
+    /// The credential check reads the real, effective and saved ids the
+    /// kernel reports (here: the test process's own).
+    #[test]
+    fn the_credential_check_reads_the_kernels_ids() {
+        let u = nix::unistd::getresuid().expect("getresuid");
+        let g = nix::unistd::getresgid().expect("getresgid");
+        // SAFETY: getresuid/getresgid write three ids into the buffer.
+        let (ru, rg) = unsafe { (res_ids(sys::GETRESUID), res_ids(sys::GETRESGID)) };
+        assert_eq!(
+            ru,
+            Ok([u.real.as_raw(), u.effective.as_raw(), u.saved.as_raw()])
+        );
+        assert_eq!(
+            rg,
+            Ok([g.real.as_raw(), g.effective.as_raw(), g.saved.as_raw()])
+        );
+    }
+
+    /// A handler's setuid runs on the memory it shares with the daemon, and
+    /// the kernel then clears the dumpable flag of that memory, the
+    /// daemon's: so a root daemon decides the flag when its spawner is made,
+    /// and no handler changes it afterwards.
+    #[test]
+    fn a_handler_dropping_privileges_does_not_change_the_daemons_dumpable_flag() {
+        use nix::sys::prctl::{get_dumpable, set_dumpable};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: dropping privileges needs the tests to run as root");
+            return;
+        }
+        set_dumpable(true).expect("set_dumpable");
+        let mut scratch = Scratch::new();
+        let before = get_dumpable().expect("get_dumpable");
+        assert!(!before, "a root daemon is not dumpable from the start");
+        let (svc, conn, _peer) = fixture("/bin/true");
+        assert!(svc.cred.is_some(), "as root, handlers drop to nobody");
+        let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
+        assert_eq!(
+            waitpid(pid, None).expect("waitpid"),
+            WaitStatus::Exited(pid, 0)
+        );
+        assert_eq!(get_dumpable().expect("get_dumpable"), before);
     }
 
     /// The child gets the connection on 0–2 and the per-connection

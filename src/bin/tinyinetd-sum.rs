@@ -1,5 +1,6 @@
 //! `tinyinetd-sum`: adds two signed 64-bit integers per request, in text
-//! (default) or binary (`--binary`) mode; see tinyinetd-sum(8). A tinyinetd
+//! (default), binary (`--binary`) or the book's host-order (`--host-order`)
+//! mode; see tinyinetd-sum(8). A tinyinetd
 //! handler: the connection is on fds 0-2, so once serving it never writes to
 //! stderr (only a usage error, before serving, goes there).
 
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use tinyinetd::handler::{self, sum};
 
-const USAGE: &str = "usage: tinyinetd-sum [--binary] [--help | --version]";
+const USAGE: &str = "usage: tinyinetd-sum [--binary | --host-order] [--help | --version]";
 
 const HELP: &str = "\
 Adds two signed 64-bit integers per request, reading standard input and
@@ -17,12 +18,17 @@ writing standard output until end of file.
                   tabs; replies: the sum, \"input error\" or \"overflow\"
   --binary        16-byte requests (two big-endian i64); 9-byte replies:
                   status (0 ok, 1 overflow) and the big-endian sum
+  --host-order    UNIX Network Programming's Fig. 5.18-5.20 exactly: a
+                  struct of two C longs in this machine's byte order, the
+                  reply one long, the sum wrapping; not portable between
+                  machines (use --binary for that)
 
 Run by tinyinetd with a TCP connection on fds 0-2; see tinyinetd-sum(8).";
 
 enum Mode {
     Text,
     Binary,
+    HostOrder,
 }
 
 fn main() -> ExitCode {
@@ -30,6 +36,7 @@ fn main() -> ExitCode {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--binary" => mode = Mode::Binary,
+            "--host-order" => mode = Mode::HostOrder,
             "-h" | "--help" => {
                 println!("{USAGE}\n\n{HELP}");
                 return ExitCode::SUCCESS;
@@ -48,6 +55,7 @@ fn main() -> ExitCode {
     let (mode_name, result) = match mode {
         Mode::Text => ("text", serve(&mut sum::TextDecoder::new())),
         Mode::Binary => ("binary", serve(&mut sum::BinaryDecoder::new())),
+        Mode::HostOrder => ("host-order", serve(&mut sum::HostOrderDecoder::new())),
     };
     let (code, outcome) = match result {
         Ok(s) => (

@@ -5,6 +5,7 @@
 //! Once a handler is serving, fd 2 is the client's socket: nothing may be
 //! written to stderr. Diagnostics go to syslog, or nowhere.
 
+pub mod daytime;
 pub mod echo;
 pub mod sum;
 

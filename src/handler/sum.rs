@@ -11,6 +11,12 @@
 //!   0 ok / 1 overflow, then the big-endian sum, 0 on overflow). Network byte
 //!   order makes it portable across architectures, unlike the book's raw C
 //!   struct.
+//! * Host order: the book's own protocol (Fig. 5.18–5.20), so its client
+//!   works unchanged: a request is `struct args { long arg1; long arg2; }`
+//!   as it lies in this machine's memory, the reply `struct result { long
+//!   sum; }`, the sum wrapping as two's complement as the book's server's
+//!   does. Not portable between machines of different byte order or `long`
+//!   size.
 //!
 //! Both decoders are streaming: feed them whatever `read` returned, in any
 //! split, and they append whole replies to an output buffer.
@@ -108,18 +114,6 @@ impl Decoder for TextDecoder {
     }
 }
 
-impl Decoder for BinaryDecoder {
-    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        BinaryDecoder::feed(self, input, out)
-    }
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        BinaryDecoder::finish(self, out)
-    }
-    fn stats(&self) -> Stats {
-        self.stats
-    }
-}
-
 /// The streaming text-mode decoder.
 #[derive(Debug, Default)]
 pub struct TextDecoder {
@@ -194,10 +188,63 @@ impl TextDecoder {
     }
 }
 
+/// A protocol of fixed-size binary requests, each with a fixed-size reply.
+pub trait Record {
+    /// Bytes in a request (at most [`MAX_RECORD`]).
+    const REQUEST: usize;
+    /// Answers one request (exactly `REQUEST` bytes), appending the reply.
+    fn answer(req: &[u8], out: &mut Vec<u8>) -> Reply;
+}
+
+/// The largest request any [`Record`] protocol has.
+pub const MAX_RECORD: usize = 16;
+
 /// Bytes in a binary request.
 pub const REQUEST: usize = 16;
 /// Bytes in a binary reply.
 pub const REPLY: usize = 9;
+
+/// `--binary`: two big-endian i64 → status byte and big-endian sum.
+#[derive(Debug, Default)]
+pub struct NetworkOrder;
+
+impl Record for NetworkOrder {
+    const REQUEST: usize = REQUEST;
+    fn answer(req: &[u8], out: &mut Vec<u8>) -> Reply {
+        let mut q = [0u8; REQUEST];
+        q.copy_from_slice(req);
+        let r = answer_binary(&q);
+        write_binary(r, out);
+        r
+    }
+}
+
+/// `--host-order`: the book's `struct args` → `struct result`, in this
+/// machine's byte order and `long` size; the sum wraps.
+#[derive(Debug, Default)]
+pub struct HostOrder;
+
+/// The C `long` of this machine (64 bits on 64-bit Linux).
+type CLong = std::ffi::c_long;
+
+/// Bytes in a C `long`.
+const LONG: usize = std::mem::size_of::<CLong>();
+
+impl Record for HostOrder {
+    const REQUEST: usize = 2 * LONG;
+    fn answer(req: &[u8], out: &mut Vec<u8>) -> Reply {
+        let long = |b: &[u8]| {
+            let mut a = [0u8; LONG];
+            a.copy_from_slice(b);
+            CLong::from_ne_bytes(a)
+        };
+        let sum = long(&req[..LONG]).wrapping_add(long(&req[LONG..]));
+        out.extend_from_slice(&sum.to_ne_bytes());
+        // The same type on 64-bit targets; an i32 on 32-bit ones.
+        #[allow(clippy::useless_conversion)]
+        Reply::Sum(i64::from(sum))
+    }
+}
 
 /// Answers one binary request.
 pub fn answer_binary(req: &[u8; REQUEST]) -> Reply {
@@ -222,21 +269,28 @@ pub fn write_binary(r: Reply, out: &mut Vec<u8>) {
     out.extend_from_slice(&sum.to_be_bytes());
 }
 
-/// The streaming binary-mode decoder.
+/// The streaming decoder of a [`Record`] protocol.
 #[derive(Debug, Default)]
-pub struct BinaryDecoder {
+pub struct RecordDecoder<R: Record> {
     /// A request split across reads.
-    partial: [u8; REQUEST],
+    partial: [u8; MAX_RECORD],
     len: usize,
     pub stats: Stats,
+    protocol: std::marker::PhantomData<R>,
 }
 
-impl BinaryDecoder {
-    pub fn new() -> BinaryDecoder {
-        BinaryDecoder::default()
+/// `--binary`'s decoder.
+pub type BinaryDecoder = RecordDecoder<NetworkOrder>;
+
+/// `--host-order`'s decoder.
+pub type HostOrderDecoder = RecordDecoder<HostOrder>;
+
+impl<R: Record + Default> RecordDecoder<R> {
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Bytes held for an incomplete request (< 16).
+    /// Bytes held for an incomplete request (< `R::REQUEST`).
     pub fn buffered(&self) -> usize {
         self.len
     }
@@ -244,15 +298,14 @@ impl BinaryDecoder {
     /// Consumes `input`, appending a reply for every complete request.
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while !input.is_empty() {
-            let take = (REQUEST - self.len).min(input.len());
+            let take = (R::REQUEST - self.len).min(input.len());
             self.partial[self.len..self.len + take].copy_from_slice(&input[..take]);
             self.len += take;
             input = &input[take..];
-            if self.len == REQUEST {
-                let r = answer_binary(&self.partial);
+            if self.len == R::REQUEST {
                 self.len = 0;
+                let r = R::answer(&self.partial[..R::REQUEST], out);
                 self.stats.count(r);
-                write_binary(r, out);
             }
         }
     }
@@ -260,6 +313,18 @@ impl BinaryDecoder {
     /// At end of input: a trailing partial request is ignored.
     pub fn finish(&mut self, _out: &mut Vec<u8>) {
         self.len = 0;
+    }
+}
+
+impl<R: Record + Default> Decoder for RecordDecoder<R> {
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        RecordDecoder::feed(self, input, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        RecordDecoder::finish(self, out)
+    }
+    fn stats(&self) -> Stats {
+        self.stats
     }
 }
 
@@ -367,6 +432,27 @@ mod tests {
         let mut v = vec![status];
         v.extend_from_slice(&sum.to_be_bytes());
         v
+    }
+
+    #[test]
+    fn host_order_is_the_books_struct_and_wraps() {
+        let req = |a: i64, b: i64| [a.to_ne_bytes(), b.to_ne_bytes()].concat();
+        let mut d = HostOrderDecoder::new();
+        let mut out = Vec::new();
+        let mut input = req(3, 4);
+        input.extend(req(i64::MAX, 1));
+        input.extend(&req(-5, 10)[..7]);
+        d.feed(&input, &mut out);
+        assert_eq!(d.buffered(), 7);
+        d.feed(&req(-5, 10)[7..], &mut out);
+        d.finish(&mut out);
+        let sums: Vec<i64> = out
+            .chunks_exact(8)
+            .map(|c| i64::from_ne_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        assert_eq!(sums, [7, i64::MIN, 5]);
+        assert_eq!(out.len(), 24, "an 8-byte struct result per request");
+        assert_eq!(d.stats.requests, 3);
     }
 
     #[test]

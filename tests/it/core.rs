@@ -222,7 +222,11 @@ program = \"{{tmp}}/victim\"
     );
     let mut d = Daemon::prepare(&conf);
     let victim = d.dir.path().join("victim");
-    std::fs::copy(bin_dir().join("tinyinetd-echo"), &victim).expect("copy");
+    // A script, exec'd by its path: a binary would keep running from the
+    // descriptor held since load (security::the_checked_program_runs_...).
+    std::fs::write(&victim, "#!/bin/sh\nexec cat\n").expect("write");
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     d.spawn(&|_| {});
     d.ready(Duration::from_secs(10)).expect("ready");
     std::fs::remove_file(&victim).expect("remove program");

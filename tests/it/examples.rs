@@ -88,3 +88,23 @@ fn sum_client_py_talks_to_the_binary_sum_service() {
         "3 + 4 = 7\n9223372036854775807 + 1: overflow\n-5 + 10 = 5\n"
     );
 }
+
+#[test]
+fn sum_client_py_says_when_the_server_speaks_text() {
+    let conf = format!(
+        "{DAEMON}\n[[service]]\nname = \"tsum\"\nlisten = [\"127.0.0.1:{{port:tsum}}\"]\nprogram = \"tinyinetd-sum\"\n"
+    );
+    let d = Daemon::start(&conf);
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(examples_src().join("sum_client.py"))
+        .args(["127.0.0.1", &d.port("tsum").to_string(), "3", "4"])
+        .output()
+        .expect("run sum_client.py");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sum_client.py: the server answered in text (\"input error\"): it looks like \
+         tinyinetd-sum in text mode, and this client speaks the binary protocol; \
+         give the service args = [\"--binary\"]\n"
+    );
+}

@@ -106,7 +106,7 @@ impl Daemon {
         let handlers = dir.path().join("handlers");
         fs::create_dir(&handlers).expect("mkdir handlers");
         fs::set_permissions(&handlers, fs::Permissions::from_mode(0o755)).expect("chmod");
-        for name in ["tinyinetd-echo", "tinyinetd-sum"] {
+        for name in ["tinyinetd-echo", "tinyinetd-sum", "tinyinetd-daytime"] {
             let src = bin_dir().join(name);
             if src.exists() {
                 link_or_copy(&src, &handlers.join(name));

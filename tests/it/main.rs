@@ -5,10 +5,12 @@ mod harness;
 
 mod admission;
 mod core;
+mod daytime;
 mod examples;
 mod faults;
 mod logsink;
 mod lookups;
+mod platform;
 mod reload;
 mod security;
 mod stress;

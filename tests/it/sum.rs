@@ -89,3 +89,45 @@ fn binary_requests_split_with_a_pause_and_two_in_one_write() {
     assert!(d.wait_log("exit service=bsum conn=1 ", Duration::from_secs(5)));
     assert!(d.log_lines("exit service=bsum conn=1 ")[0].contains("status=0"));
 }
+
+/// The book's binary client (Fig. 5.19's shape: a struct of two longs out,
+/// a struct of one long back, in this machine's byte order), compiled here
+/// with `cc`, against `tinyinetd-sum --host-order`.
+#[test]
+fn the_books_host_order_client_gets_correct_sums() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = crate::daytime::compile_client("sum_host_order", dir.path());
+    let conf = format!(
+        "{DAEMON}\n[[service]]\nname = \"hsum\"\nlisten = [\"127.0.0.1:{{port:hsum}}\"]\nprogram = \"tinyinetd-sum\"\nargs = [\"--host-order\"]\n"
+    );
+    let d = Daemon::start(&conf);
+    let mut run = std::process::Command::new(&client)
+        .args(["127.0.0.1", &d.port("hsum").to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the client");
+    run.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"3 4\n-5 10\nnot numbers\n9223372036854775807 1\n-9223372036854775808 -9223372036854775808\n")
+        .expect("write");
+    let out = run.wait_with_output().expect("client output");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The sum wraps as two's complement, as the book's server's does.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "7\n5\ninvalid input\n-9223372036854775808\n0\n"
+    );
+    assert!(d.wait_log("exit service=hsum", Duration::from_secs(5)));
+    assert!(
+        d.log_lines("exit service=hsum")[0].contains("status=0"),
+        "{}",
+        d.log()
+    );
+}
