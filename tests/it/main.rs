@@ -11,3 +11,4 @@ mod reload;
 mod security;
 mod stress;
 mod sum;
+mod supervision;
