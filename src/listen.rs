@@ -14,6 +14,15 @@
 //! the service goes on serving where it did rather than nowhere. The next
 //! reload tries the new addresses again.
 //!
+//! Closing the old socket frees its address only if no other process holds
+//! a copy of its descriptor: a handler stopped between clone and exec does
+//! (its descriptor table is a copy of the daemon's until the exec closes
+//! it). Then both the new bind and binding the old address again fail, and
+//! the old address is reported lost (`listen-lost`), loudly. Binding the
+//! new socket first with SO_REUSEPORT on both would avoid the gap, but the
+//! kernel keeps the port open to any same-user SO_REUSEPORT socket after
+//! the option is cleared, so a second instance could share it unnoticed.
+//!
 //! Every socket is non-blocking (a connection reset between `poll` and
 //! `accept` must not block the loop) and close-on-exec (no handler ever
 //! inherits a listener).
@@ -336,6 +345,12 @@ mod tests {
         let fdflags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert!(fdflags & libc::FD_CLOEXEC != 0, "fd {fd} not cloexec");
     }
+
+    // `reconcile` itself is tested against the real daemon (tests/it/reload.rs):
+    // closing a socket to make room only frees its address if no other
+    // process holds a copy of the descriptor, and in this multithreaded
+    // test process any concurrent fork (a spawn test, a `getent` run by a
+    // config parse) briefly does.
 
     #[test]
     fn overlapping_addresses_are_same_family_same_port_one_wildcard() {
