@@ -84,7 +84,7 @@ fn timeout_reaches_a_group_member_that_outlives_its_handler() {
     assert!(r.is_ok(), "no EOF after {took:?}: {r:?}\n{}", d.log());
     assert_eq!(got, b"started\n");
     assert!(
-        took < Duration::from_millis(4500),
+        took < Duration::from_secs(5),
         "EOF only after {took:?}: {}",
         d.log()
     );
