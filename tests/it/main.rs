@@ -13,3 +13,4 @@ mod reload;
 mod security;
 mod stress;
 mod sum;
+mod supervision;
