@@ -57,6 +57,9 @@ impl std::error::Error for Error {}
 
 /// `--check`: validates the file and describes every service, one line each.
 pub fn check(opts: &Options) -> Result<String, Error> {
+    // The load waits for `getent`: see `run`.
+    spawn::reset_sigchld()
+        .map_err(|e| Error::Start(supervisor::StartError::Io("resetting SIGCHLD", e)))?;
     let plan = config::load(&opts.config, opts.default_config).map_err(Error::Config)?;
     Ok(describe(&plan))
 }
@@ -138,6 +141,10 @@ fn describe_service(out: &mut String, s: &Service) {
 
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
 pub fn run(opts: &Options) -> Result<(), Error> {
+    // Before anything forks (the config load runs `getent`): an inherited
+    // SIGCHLD ignore would have the kernel reap every child unseen.
+    spawn::reset_sigchld()
+        .map_err(|e| Error::Start(supervisor::StartError::Io("resetting SIGCHLD", e)))?;
     // Nothing this process inherited may reach a handler. Systemd's passed
     // sockets are marked too (we want them close-on-exec as well). The same
     // call is what every handler's child makes before its exec, so a kernel

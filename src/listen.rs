@@ -1,6 +1,28 @@
 //! Listening sockets for a [`Plan`]: bind them, or adopt the ones systemd
 //! passed; on reload, keep every socket whose address is unchanged.
 //!
+//! # A reload never loses a service's sockets silently
+//!
+//! New addresses are bound while the removed ones are still open, so no
+//! client is refused during a reload, except where the two overlap: the
+//! same port, one of them a wildcard (`127.0.0.1:P` → `0.0.0.0:P`). The
+//! kernel refuses the second of those while the first listens, so the old
+//! socket is closed first (clients queued on it are reset). If a service
+//! cannot open one of its new addresses, it keeps the sockets it had that
+//! the new file removed (they are still open, or one closed for an overlap
+//! is bound again), and the caller logs `listen-failed` and `listen-kept`:
+//! the service goes on serving where it did rather than nowhere. The next
+//! reload tries the new addresses again.
+//!
+//! Closing the old socket frees its address only if no other process holds
+//! a copy of its descriptor: a handler stopped between clone and exec does
+//! (its descriptor table is a copy of the daemon's until the exec closes
+//! it). Then both the new bind and binding the old address again fail, and
+//! the old address is reported lost (`listen-lost`), loudly. Binding the
+//! new socket first with SO_REUSEPORT on both would avoid the gap, but the
+//! kernel keeps the port open to any same-user SO_REUSEPORT socket after
+//! the option is cleared, so a second instance could share it unnoticed.
+//!
 //! Every socket is non-blocking (a connection reset between `poll` and
 //! `accept` must not block the loop) and close-on-exec (no handler ever
 //! inherits a listener).
@@ -164,6 +186,11 @@ pub fn adopt(inh: Inherited) -> Adoption {
 #[derive(Debug, Default)]
 pub struct Sockets {
     pub by_addr: HashMap<SocketAddr, TcpListener>,
+    /// Before [`reconcile`]: the service each held socket serves (by name).
+    /// After: the old sockets kept for a service whose new address failed
+    /// (they are not in the plan's `listen`, so the caller attaches them by
+    /// this name).
+    pub owner: HashMap<SocketAddr, String>,
 }
 
 /// One event of [`reconcile`], for the caller to log.
@@ -176,13 +203,38 @@ pub enum Change {
     Failed(ListenError),
     /// A bare `"PORT"`'s IPv6 half on a host without IPv6.
     NoIpv6(SocketAddr),
+    /// An old socket of `service`, which the new plan removed, kept because
+    /// one of the service's new addresses failed.
+    Retained {
+        addr: SocketAddr,
+        service: String,
+    },
+    /// Like `Retained`, but the old socket had been closed to make room for
+    /// an overlapping new address, and binding it again failed too.
+    Lost {
+        service: String,
+        error: ListenError,
+    },
+}
+
+/// Whether two addresses cannot both be bound: the same family and port,
+/// and one of them a wildcard of that family (IPv6 sockets are
+/// IPV6_V6ONLY, so the families never collide).
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a != b
+        && a.is_ipv4() == b.is_ipv4()
+        && a.port() == b.port()
+        && (a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Makes `held` match `plan`: sockets whose address is unchanged stay open
 /// (the very same socket: no client is refused during a reload), new ones
-/// are bound *before* removed ones are closed, and a failed bind is
-/// reported without stopping the rest. `spare` holds inherited sockets not
-/// yet used; a planned address found there is adopted instead of bound.
+/// are bound *before* removed ones are closed, except that a removed socket
+/// overlapping a new address is closed just before that bind, and a failed
+/// bind is reported without stopping the rest; the service it belongs to
+/// keeps its removed sockets (see the module documentation). `spare` holds
+/// inherited sockets not yet used; a planned address found there is
+/// adopted instead of bound.
 pub fn reconcile(
     held: &mut Sockets,
     spare: &mut HashMap<SocketAddr, TcpListener>,
@@ -198,38 +250,91 @@ pub fn reconcile(
                 if any && a.is_ipv6() {
                     optional_v6.push(a);
                 }
-                wanted.push(a);
+                wanted.push((a, s.name.as_str()));
             }
         }
     }
     let mut next = HashMap::new();
-    for a in &wanted {
-        if let Some(sock) = held.by_addr.remove(a) {
-            changes.push(Change::Kept(*a));
-            next.insert(*a, sock);
-        } else if let Some(sock) = spare.remove(a) {
-            changes.push(Change::Opened(*a));
-            next.insert(*a, sock);
+    let mut to_bind = Vec::new();
+    for &(a, name) in &wanted {
+        if let Some(sock) = held.by_addr.remove(&a) {
+            changes.push(Change::Kept(a));
+            next.insert(a, sock);
+        } else if let Some(sock) = spare.remove(&a) {
+            changes.push(Change::Opened(a));
+            next.insert(a, sock);
         } else {
-            match bind(*a) {
-                Ok(sock) => {
-                    changes.push(Change::Opened(*a));
-                    next.insert(*a, sock);
-                }
-                Err(e) if optional_v6.contains(a) && no_ipv6(&e) => {
-                    changes.push(Change::NoIpv6(*a));
-                }
-                Err(e) => changes.push(Change::Failed(e)),
+            to_bind.push((a, name));
+        }
+    }
+    // Removed sockets closed to make room, with the service they served.
+    let mut made_room: Vec<(SocketAddr, Option<String>)> = Vec::new();
+    // Services with a new address that could not be opened.
+    let mut failed: Vec<&str> = Vec::new();
+    for (a, name) in to_bind {
+        let clashing: Vec<SocketAddr> = held
+            .by_addr
+            .keys()
+            .filter(|h| overlaps(h, &a))
+            .copied()
+            .collect();
+        for h in clashing {
+            drop(held.by_addr.remove(&h));
+            made_room.push((h, held.owner.remove(&h)));
+        }
+        match bind(a) {
+            Ok(sock) => {
+                changes.push(Change::Opened(a));
+                next.insert(a, sock);
+            }
+            Err(e) if optional_v6.contains(&a) && no_ipv6(&e) => {
+                changes.push(Change::NoIpv6(a));
+            }
+            Err(e) => {
+                changes.push(Change::Failed(e));
+                failed.push(name);
             }
         }
     }
     // Whatever is left was removed from the plan: close it now, after every
-    // new socket is open.
+    // new socket is open, unless its service failed to open a new one.
+    let mut kept = HashMap::new();
     for (a, sock) in held.by_addr.drain() {
-        drop(sock);
-        changes.push(Change::Closed(a));
+        match held.owner.remove(&a) {
+            Some(service) if failed.contains(&service.as_str()) => {
+                changes.push(Change::Retained {
+                    addr: a,
+                    service: service.clone(),
+                });
+                next.insert(a, sock);
+                kept.insert(a, service);
+            }
+            _ => {
+                drop(sock);
+                changes.push(Change::Closed(a));
+            }
+        }
+    }
+    for (a, owner) in made_room {
+        match owner {
+            Some(service) if failed.contains(&service.as_str()) && !next.contains_key(&a) => {
+                match bind(a) {
+                    Ok(sock) => {
+                        changes.push(Change::Retained {
+                            addr: a,
+                            service: service.clone(),
+                        });
+                        next.insert(a, sock);
+                        kept.insert(a, service);
+                    }
+                    Err(error) => changes.push(Change::Lost { service, error }),
+                }
+            }
+            _ => changes.push(Change::Closed(a)),
+        }
     }
     held.by_addr = next;
+    held.owner = kept;
     changes
 }
 
@@ -245,6 +350,24 @@ mod tests {
         assert!(flags & libc::O_NONBLOCK != 0);
         let fdflags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert!(fdflags & libc::FD_CLOEXEC != 0, "fd {fd} not cloexec");
+    }
+
+    // `reconcile` itself is tested against the real daemon (tests/it/reload.rs):
+    // closing a socket to make room only frees its address if no other
+    // process holds a copy of the descriptor, and in this multithreaded
+    // test process any concurrent fork (a spawn test, a `getent` run by a
+    // config parse) briefly does.
+
+    #[test]
+    fn overlapping_addresses_are_same_family_same_port_one_wildcard() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        assert!(overlaps(&a("127.0.0.1:80"), &a("0.0.0.0:80")));
+        assert!(overlaps(&a("0.0.0.0:80"), &a("127.0.0.2:80")));
+        assert!(overlaps(&a("[::]:80"), &a("[::1]:80")));
+        assert!(!overlaps(&a("127.0.0.1:80"), &a("127.0.0.2:80")));
+        assert!(!overlaps(&a("0.0.0.0:80"), &a("0.0.0.0:81")));
+        assert!(!overlaps(&a("0.0.0.0:80"), &a("[::]:80")), "V6ONLY");
+        assert!(!overlaps(&a("0.0.0.0:80"), &a("0.0.0.0:80")), "the same");
     }
 
     #[test]

@@ -18,10 +18,18 @@
 //! `busy` word (CLONE_CHILD_CLEARTID) as soon as the child's `execve` has
 //! replaced its memory, or the child has exited. A slot is written, reused
 //! or freed only once that word is zero. A child gets there in tens of
-//! microseconds, so a few slots serve any load; at most `MAX_SLOTS`
-//! exist, and only if that many children were stopped before their exec
-//! would the daemon wait for one (as it waits for every child with
-//! CLONE_VFORK).
+//! microseconds, so a few slots serve any load. The daemon never waits for
+//! a slot: when none is free it makes one. A busy slot belongs to a child
+//! that is not reaped yet, and every such child counts against
+//! `max_connections`, which the supervisor checks before it accepts; so
+//! `max_connections + 1` slots can never all be busy when a connection is
+//! spawned, and that is the pool's hard bound
+//! ([`Scratch::set_slot_limit`]). Children stopped before their exec (a
+//! debugger, an administrator's SIGSTOP, an exec from a hung NFS mount)
+//! only make the pool grow; they cost a stack mapping each (32 KiB of
+//! address space, the few pages touched resident), kept for reuse. Were
+//! the bound reached all the same, `spawn` fails at once (EAGAIN) and the
+//! supervisor backs the service off as for a fork failure.
 //!
 //! # Why it is safe
 //!
@@ -202,19 +210,18 @@ pub struct Scratch {
     /// saves the child 60-odd system calls per connection.
     reset: Arc<[libc::c_int]>,
     /// One per child that may still be between clone and exec; reused once
-    /// it is free. Never more than `MAX_SLOTS`.
+    /// it is free. Never more than `slot_limit`.
     slots: Vec<Slot>,
+    /// The most slots (see the module documentation: `max_connections + 1`).
+    slot_limit: usize,
     /// Failure reports taken out of a slot that was reused before its
     /// child was reaped: (pid, failure), read by [`Scratch::take_failure`].
     failures: Vec<(Pid, Failure)>,
 }
 
-/// The most children between clone and exec at once. A child gets there
-/// in tens of microseconds, so a handful of slots is in use even under
-/// load; only children stopped before their exec could fill them all, and
-/// then the daemon waits for one to move on (as it would for every child
-/// with CLONE_VFORK).
-const MAX_SLOTS: usize = 32;
+/// The slot bound until the supervisor sets one: the default
+/// `max_connections` (1024) plus one.
+const DEFAULT_SLOT_LIMIT: usize = 1025;
 
 /// The child's stack, below a guard page: the child path uses a few
 /// hundred bytes, and only the pages it touches take memory.
@@ -357,8 +364,16 @@ impl Scratch {
         Scratch {
             reset: non_default_signals().into(),
             slots: Vec::new(),
+            slot_limit: DEFAULT_SLOT_LIMIT,
             failures: Vec::new(),
         }
+    }
+
+    /// Bounds the pool at `limit` slots (the supervisor passes
+    /// `max_connections + 1`). Slots beyond a lowered bound stay until the
+    /// daemon exits; they are only ever reused.
+    pub fn set_slot_limit(&mut self, limit: usize) {
+        self.slot_limit = limit.max(1);
     }
 
     /// Re-reads the dispositions (see [`Scratch::new`]).
@@ -382,25 +397,21 @@ impl Scratch {
     }
 
     /// The index of a free slot: the first free one (so that few stacks
-    /// stay warm), a new one, or — all `MAX_SLOTS` in use — the first
-    /// to become free.
+    /// stay warm), or a new one. Never waits: with `slot_limit` slots all
+    /// busy (which `max_connections` rules out), EAGAIN at once.
     fn free_slot(&mut self) -> Result<usize, Errno> {
-        loop {
-            if let Some(i) = self
-                .slots
-                .iter()
-                .position(|s| s.data().busy.load(Ordering::Acquire) == 0)
-            {
-                return Ok(i);
-            }
-            if self.slots.len() < MAX_SLOTS {
-                self.slots.push(Slot::new()?);
-                return Ok(self.slots.len() - 1);
-            }
-            for s in &self.slots {
-                s.data().wait_free(std::time::Duration::from_millis(1));
-            }
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.data().busy.load(Ordering::Acquire) == 0)
+        {
+            return Ok(i);
         }
+        if self.slots.len() < self.slot_limit {
+            self.slots.push(Slot::new()?);
+            return Ok(self.slots.len() - 1);
+        }
+        Err(Errno::EAGAIN)
     }
 }
 
@@ -477,26 +488,6 @@ impl SlotData {
             errno: Errno::from_raw(self.failed_errno.load(Ordering::Relaxed)),
         })
     }
-
-    /// Sleeps until `busy` is zero, or at most `limit`.
-    fn wait_free(&self, limit: std::time::Duration) {
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: limit.subsec_nanos().into(),
-        };
-        // SAFETY: FUTEX_WAIT reads the word at a valid, aligned address and
-        // sleeps while it holds 1; the kernel's CLONE_CHILD_CLEARTID wake is
-        // a shared-futex wake, so no FUTEX_PRIVATE_FLAG here.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.busy.as_ptr(),
-                libc::FUTEX_WAIT,
-                1,
-                &ts as *const libc::timespec,
-            );
-        }
-    }
 }
 
 /// Signals 1..=64 whose disposition is not SIG_DFL, read with the raw
@@ -534,6 +525,7 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, scratch: &mut Scratch) -> Result<P
         reset,
         slots,
         failures,
+        ..
     } = scratch;
     let slot = &mut slots[i];
     let last = slot.pid.take();
@@ -994,6 +986,20 @@ fn only_descriptor(mut keep: RawFd) -> RawFd {
     keep
 }
 
+/// Sets SIGCHLD back to SIG_DFL in the daemon. An ignore inherited from
+/// whatever started it (ignores survive execve) makes the kernel reap every
+/// child at once: `waitpid` then fails with ECHILD, so no exit would ever
+/// be seen (and the `getent` lookups at load fail with "No child
+/// processes"). Call first thing, before anything is started.
+pub fn reset_sigchld() -> std::io::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installs SIG_DFL, no handler: no code of ours can run on the
+    // signal, and nothing else in the daemon has a disposition for it.
+    unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(std::io::Error::from)
+}
+
 /// Marks every descriptor the daemon inherited beyond 0–2 close-on-exec, so
 /// that nothing its parent leaked can reach a handler (or the children of a
 /// handler, if one of our own paths ever forgot `CLOEXEC`).
@@ -1198,5 +1204,25 @@ mod tests {
             WaitStatus::Exited(pid, 0)
         );
         assert_eq!(scratch.take_failure(pid), None);
+    }
+
+    /// With every slot busy and the pool at its bound, `free_slot` fails at
+    /// once (it used to wait in the loop); below the bound it grows.
+    #[test]
+    fn free_slot_never_waits() {
+        let mut scratch = Scratch::new();
+        scratch.set_slot_limit(2);
+        let a = scratch.free_slot().expect("first slot");
+        // As if a child stopped before its exec held it.
+        scratch.slots[a].data().busy.store(1, Ordering::Release);
+        let b = scratch.free_slot().expect("the pool grows");
+        assert_ne!(a, b);
+        scratch.slots[b].data().busy.store(1, Ordering::Release);
+        let t0 = std::time::Instant::now();
+        assert_eq!(scratch.free_slot(), Err(Errno::EAGAIN));
+        assert!(t0.elapsed() < std::time::Duration::from_millis(50));
+        scratch.slots[a].data().busy.store(0, Ordering::Release);
+        assert_eq!(scratch.free_slot(), Ok(a));
+        scratch.slots[b].data().busy.store(0, Ordering::Release);
     }
 }

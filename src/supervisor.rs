@@ -20,10 +20,9 @@ use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use crate::admit::{self, Backoff, Bucket, Decision, Load, Pause, Reason};
-use crate::children::{Child, Children, Exit, Status};
+use crate::children::{Child, Children, Exit, Fired, Status};
 use crate::config;
 use crate::listen::{self, Change, Sockets};
 use crate::log::Logger;
@@ -73,11 +72,35 @@ struct SvcState {
     /// Fork failures back the whole service off.
     backoff: Backoff,
     backoff_until: Option<Instant>,
+    /// Exec failures under way (learnt at reap): they back the service off
+    /// too, through `backoff_until`.
+    exec_failures: Option<ExecEpisode>,
     /// The pause last logged, so entering and leaving are logged once each.
     paused: Option<&'static str>,
     /// The pause computed this turn (drives the poll set).
     pause_now: Option<Pause>,
     refusals: Limiter,
+}
+
+/// A run of exec failures of one service, from the first until a handler
+/// started after it is reaped without one.
+///
+/// The daemon learns of an exec failure only when it reaps the child, so
+/// a burst accepted in one turn fails as a whole before the first failure
+/// is seen. The back-off therefore steps once per *retry*: a failure of a
+/// child started before the last step is counted but does not step again;
+/// and while the episode lasts, each spawn re-arms the current delay, so
+/// one connection at a time tries (the others wait in the backlog) instead
+/// of the whole queue failing at each retry.
+struct ExecEpisode {
+    /// When the first failure was seen.
+    began: Instant,
+    /// Failures in the episode, for the summary at its end.
+    failures: u64,
+    backoff: Backoff,
+    /// The current delay, and when it was last stepped.
+    delay: Duration,
+    stepped_at: Instant,
 }
 
 /// Rate limit for refusal log lines.
@@ -154,7 +177,7 @@ pub struct Supervisor {
     // Buffers reused every turn.
     scratch: Scratch,
     exits: Vec<Exit>,
-    fired: Vec<(Pid, Signal)>,
+    fired: Vec<Fired>,
     slots: Vec<Slot>,
     ready: Vec<(Slot, PollFlags)>,
     /// The poll set's memory, kept from one turn to the next (empty between
@@ -196,7 +219,12 @@ impl Supervisor {
                     .kv("addr", a)
                     .kv("error", "no IPv6 on this host; serving IPv4 only")
                     .send(),
-                Change::Kept(_) | Change::Opened(_) | Change::Closed(_) => {}
+                // Nothing is held before the start, so nothing is retained.
+                Change::Kept(_)
+                | Change::Opened(_)
+                | Change::Closed(_)
+                | Change::Retained { .. }
+                | Change::Lost { .. } => {}
             }
         }
         let mut sup = Supervisor {
@@ -256,6 +284,7 @@ impl Supervisor {
                     bucket: Bucket::new(),
                     backoff: Backoff::default(),
                     backoff_until: None,
+                    exec_failures: None,
                     paused: None,
                     pause_now: None,
                     refusals: Limiter::default(),
@@ -293,6 +322,25 @@ impl Supervisor {
                 }
             }
         }
+        // Old sockets kept for a service whose new address failed (see
+        // `listen`): not in its `listen`, attached by its name.
+        for (addr, name) in held.owner.drain() {
+            let svc = services.iter().position(|st| st.svc.name == name);
+            if let (Some(i), Some(listener)) = (svc, held.by_addr.remove(&addr)) {
+                let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
+                socks.push(Sock {
+                    addr,
+                    listener,
+                    svc: i,
+                    backoff,
+                    retry_at,
+                });
+            }
+        }
+        // Every child holding a slot counts against max_connections, which
+        // is checked before accept: one slot more can never all be busy.
+        self.scratch
+            .set_slot_limit(plan.daemon.max_connections.saturating_add(1));
         self.services = services;
         self.socks = socks;
         self.plan = plan;
@@ -334,6 +382,9 @@ impl Supervisor {
     /// One loop turn. Returns true when the daemon should exit.
     fn turn(&mut self) -> bool {
         let now = Instant::now();
+        for s in &mut self.socks {
+            expire(&mut s.retry_at, now);
+        }
         self.update_pauses(now);
         let timeout = self
             .next_deadline()
@@ -385,7 +436,9 @@ impl Supervisor {
             }
         }
         self.ping_watchdog(now);
-        self.drain.is_some() && self.children.is_empty()
+        // A group whose SIGKILL is still due keeps the daemon: once it has
+        // exited, nobody would send it.
+        self.drain.is_some() && self.children.is_empty() && !self.children.has_groups()
     }
 
     /// Builds the poll set, polls, and records which slots are ready.
@@ -674,6 +727,11 @@ impl Supervisor {
                     st.backoff.succeed();
                     st.backoff_until = None;
                 }
+                // Exec failing: this child is the one try until the delay
+                // has passed again (see `ExecEpisode`).
+                if let Some(ep) = &st.exec_failures {
+                    st.backoff_until = Some(now + ep.delay);
+                }
                 self.log
                     .event(Level::Debug, "start")
                     .kv("service", &svc.name)
@@ -743,19 +801,44 @@ impl Supervisor {
         }
     }
 
-    fn log_exec_failed(
-        &mut self,
-        svc: &Service,
-        conn: u64,
-        pid: Pid,
-        peer: SocketAddr,
-        f: Failure,
-    ) {
-        if let Some(st) = self.services.iter_mut().find(|s| s.svc.name == svc.name) {
+    /// A reaped child failed before or at its exec: count it, back the
+    /// service off, and log it: the first of an episode at `error` (with
+    /// the delay), the rest at `debug`, summed up when the episode ends.
+    /// `svc_i`: the child's service in the current plan, if it still has one.
+    fn exec_failed(&mut self, svc_i: Option<usize>, c: &Child, f: Failure, now: Instant) {
+        let svc = &c.service;
+        let mut level = Level::Error;
+        let mut retry = None;
+        if let Some(st) = svc_i.map(|i| &mut self.services[i]) {
             st.counters.failed += 1;
+            match &mut st.exec_failures {
+                None => {
+                    let mut backoff = Backoff::default();
+                    let delay = backoff.fail();
+                    st.exec_failures = Some(ExecEpisode {
+                        began: now,
+                        failures: 1,
+                        backoff,
+                        delay,
+                        stepped_at: now,
+                    });
+                    retry = Some(delay);
+                    st.backoff_until = st.backoff_until.max(Some(now + delay));
+                }
+                Some(ep) => {
+                    ep.failures += 1;
+                    level = Level::Debug;
+                    if c.started >= ep.stepped_at {
+                        ep.delay = ep.backoff.fail();
+                        ep.stepped_at = now;
+                        st.backoff_until = st.backoff_until.max(Some(now + ep.delay));
+                    }
+                }
+            }
         }
+        let (conn, pid, peer) = (c.conn_id, c.pid, c.peer);
         self.log
-            .event(Level::Error, "exec-failed")
+            .event(level, "exec-failed")
             .kv("service", &svc.name)
             .kv("conn", conn)
             .kv("pid", pid)
@@ -763,7 +846,34 @@ impl Supervisor {
             .kv("program", svc.image.path.to_string_lossy())
             .kv("step", f.step.as_str())
             .kv("error", crate::log::os_error(f.errno))
+            .opt("retry_ms", retry.map(|d| d.as_millis()))
             .send();
+    }
+
+    /// A reaped child reached its handler: if it started after its
+    /// service's exec failures began, they are over.
+    fn exec_succeeded(&mut self, svc_i: Option<usize>, c: &Child, now: Instant) {
+        let Some(st) = svc_i.map(|i| &mut self.services[i]) else {
+            return;
+        };
+        if st
+            .exec_failures
+            .as_ref()
+            .is_some_and(|ep| c.started >= ep.began)
+        {
+            if let Some(ep) = st.exec_failures.take() {
+                st.backoff_until = None;
+                self.log
+                    .event(Level::Info, "exec-recovered")
+                    .kv("service", &c.service.name)
+                    .kv("failures", ep.failures)
+                    .kv(
+                        "duration_ms",
+                        now.saturating_duration_since(ep.began).as_millis(),
+                    )
+                    .send();
+            }
+        }
     }
 
     fn reap(&mut self, now: Instant) {
@@ -771,14 +881,15 @@ impl Supervisor {
         self.children.reap(now, &mut exits);
         for exit in exits.drain(..) {
             let c = &exit.child;
-            if let Some(f) = self.scratch.take_failure(c.pid) {
-                self.log_exec_failed(&c.service, c.conn_id, c.pid, c.peer, f);
-            }
-            if let Some(st) = self
+            let svc_i = self
                 .services
-                .iter_mut()
-                .find(|s| s.svc.name == c.service.name)
-            {
+                .iter()
+                .position(|s| s.svc.name == c.service.name);
+            match self.scratch.take_failure(c.pid) {
+                Some(f) => self.exec_failed(svc_i, c, f, now),
+                None => self.exec_succeeded(svc_i, c, now),
+            }
+            if let Some(st) = svc_i.map(|i| &mut self.services[i]) {
                 st.running = st.running.saturating_sub(1);
                 if let Some(n) = st.per_source.get_mut(&c.source) {
                     *n -= 1;
@@ -812,32 +923,32 @@ impl Supervisor {
                 self.terminate_all(now, "shutdown");
             }
         }
+        // Every handler is gone: what is left of their groups is not waited
+        // for (it gets SIGTERM now, and SIGKILL after the grace).
+        if self.drain.is_some() && self.children.is_empty() {
+            self.children.terminate_groups(now, "shutdown");
+        }
         let mut fired = std::mem::take(&mut self.fired);
         self.children.fire_deadlines(now, &mut fired);
-        for (pid, sig) in fired.drain(..) {
-            if let Some(c) = self.children.get_mut(pid) {
-                if c.terminated_for.is_none() {
-                    c.terminated_for = Some("timeout");
-                }
-                let (name, conn, reason) = (Arc::clone(&c.service), c.conn_id, c.terminated_for);
-                let age = now.saturating_duration_since(c.started);
-                self.log
-                    .event(
-                        Level::Warn,
-                        if sig == Signal::SIGTERM {
-                            "terminate"
-                        } else {
-                            "kill"
-                        },
-                    )
-                    .kv("service", &name.name)
-                    .kv("conn", conn)
-                    .kv("pid", pid)
-                    .kv("signal", sig.as_str())
-                    .opt("reason", reason)
-                    .kv("age_ms", age.as_millis())
-                    .send();
-            }
+        for f in fired.drain(..) {
+            let age = now.saturating_duration_since(f.started);
+            self.log
+                .event(
+                    Level::Warn,
+                    if f.signal == Signal::SIGTERM {
+                        "terminate"
+                    } else {
+                        "kill"
+                    },
+                )
+                .kv("service", &f.service.name)
+                .kv("conn", f.conn_id)
+                .kv("pid", f.pid)
+                .kv("signal", f.signal.as_str())
+                .opt("reason", f.reason)
+                .kv("age_ms", age.as_millis())
+                .opt("handler", f.leader_gone.then_some("exited"))
+                .send();
         }
         self.fired = fired;
     }
@@ -880,12 +991,7 @@ impl Supervisor {
         if let Some(d) = &mut self.drain {
             d.terminated = true;
         }
-        for c in self.children.iter_mut() {
-            if c.kill_at.is_none() {
-                c.term_at = Some(now);
-                c.terminated_for = Some(why);
-            }
-        }
+        self.children.terminate_all(now, why);
         // Send the SIGTERMs now rather than next turn.
         self.fire_deadlines(now);
     }
@@ -987,11 +1093,14 @@ impl Supervisor {
         let mut held = Sockets::default();
         for s in self.socks.drain(..) {
             held.by_addr.insert(s.addr, s.listener);
+            held.owner
+                .insert(s.addr, self.services[s.svc].svc.name.clone());
         }
         let changes = listen::reconcile(&mut held, &mut self.spare, &plan);
         let mut opened = 0;
         let mut closed = 0;
         let mut failed = 0;
+        let mut kept = 0;
         for c in &changes {
             match c {
                 Change::Opened(a) => {
@@ -1016,6 +1125,27 @@ impl Supervisor {
                     .kv("addr", a)
                     .kv("error", "no IPv6 on this host; serving IPv4 only")
                     .send(),
+                Change::Retained { addr, service } => {
+                    kept += 1;
+                    self.log
+                        .event(Level::Warn, "listen-kept")
+                        .kv("service", service)
+                        .kv("addr", addr)
+                        .kv(
+                            "error",
+                            "a new address of the service could not be opened; its old socket keeps serving",
+                        )
+                        .send();
+                }
+                Change::Lost { service, error } => {
+                    failed += 1;
+                    self.log
+                        .event(Level::Error, "listen-lost")
+                        .kv("service", service)
+                        .kv("addr", error.addr)
+                        .kv("error", error.to_string())
+                        .send();
+                }
                 Change::Kept(_) => {}
             }
         }
@@ -1028,6 +1158,7 @@ impl Supervisor {
             .kv("opened", opened)
             .kv("closed", closed)
             .kv("failed", failed)
+            .kv("kept", kept)
             .send();
         let status = self.summary();
         if let Err(e) = notify::ready(&status) {
@@ -1133,6 +1264,16 @@ pub fn inherited_sockets() -> Vec<listen::Inherited> {
     found
 }
 
+/// Clears `deadline` once it has passed and says whether one is still
+/// ahead. A deadline left in the past would be the poll timeout forever:
+/// zero, a spin.
+fn expire(deadline: &mut Option<Instant>, now: Instant) -> bool {
+    if deadline.is_some_and(|t| t <= now) {
+        *deadline = None;
+    }
+    deadline.is_some()
+}
+
 /// Empties `v` and hands its memory on as a vector of the same type with
 /// another lifetime, so that the poll set is not allocated anew every turn.
 /// The iterator is empty, so the closure never runs; collecting from a
@@ -1147,6 +1288,22 @@ fn recycle<'a, 'b>(mut v: Vec<PollFd<'a>>) -> Vec<PollFd<'b>> {
 mod tests {
     use super::*;
     use std::net::TcpStream;
+
+    #[test]
+    fn a_passed_deadline_is_cleared_and_a_future_one_kept() {
+        let now = Instant::now();
+        let mut none = None;
+        assert!(!expire(&mut none, now));
+        let mut past = Some(now);
+        assert!(!expire(&mut past, now), "a deadline at `now` has passed");
+        assert_eq!(past, None);
+        let ahead = now + Duration::from_millis(100);
+        let mut future = Some(ahead);
+        assert!(expire(&mut future, now));
+        assert_eq!(future, Some(ahead));
+        assert!(!expire(&mut future, ahead + Duration::from_millis(1)));
+        assert_eq!(future, None);
+    }
 
     #[test]
     fn recycle_keeps_the_poll_sets_memory() {

@@ -277,7 +277,13 @@ fn every_exec_failure_in_a_burst_is_reported_once_before_its_exit() {
     const N: usize = 40;
     let (d, _) = start_with_vanished_program("");
 
-    let mut conns: Vec<TcpStream> = (0..N).map(|_| connect(d.addr("victim"))).collect();
+    // Queue them all while the daemon is stopped, so that it takes them in
+    // one burst: the failures back the service off once they are seen, and
+    // only those already started fail together.
+    d.signal(Signal::SIGSTOP);
+    let conns: Vec<TcpStream> = (0..N).map(|_| connect(d.addr("victim"))).collect();
+    d.signal(Signal::SIGCONT);
+    let mut conns = conns;
     for s in &mut conns {
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
@@ -296,7 +302,12 @@ fn every_exec_failure_in_a_burst_is_reported_once_before_its_exit() {
     for conn in 1..=N {
         let tag = format!(" service=victim conn={conn} ");
         let failed: Vec<usize> = (0..lines.len())
-            .filter(|&i| lines[i].starts_with("error: exec-failed") && lines[i].contains(&tag))
+            .filter(|&i| {
+                // The first of the episode at error, the rest at debug.
+                (lines[i].starts_with("error: exec-failed")
+                    || lines[i].starts_with("debug: exec-failed"))
+                    && lines[i].contains(&tag)
+            })
             .collect();
         let exits: Vec<usize> = (0..lines.len())
             .filter(|&i| lines[i].starts_with("info: exit") && lines[i].contains(&tag))
@@ -322,6 +333,7 @@ fn every_exec_failure_in_a_burst_is_reported_once_before_its_exit() {
         assert_eq!(pid(lines[failed[0]]), pid(lines[exits[0]]), "conn {conn}");
     }
     assert_eq!(d.log_lines("exec-failed").len(), N, "{log}");
+    assert_eq!(d.log_lines("error: exec-failed").len(), 1, "{log}");
     assert_eq!(d.zombies(), 0);
 }
 
@@ -665,6 +677,65 @@ fn emfile_backs_off_without_spinning_and_recovers() {
         1,
         "episode logged more than once"
     );
+    // Recovered and idle: the backoff's deadline is behind it and must not
+    // keep the poll timeout at zero (it did: a full core, forever).
+    let cpu0 = d.cpu_time();
+    let t0 = Instant::now();
+    thread::sleep(Duration::from_secs(3));
+    let cpu = d.cpu_time() - cpu0;
+    let wall = t0.elapsed();
+    assert!(
+        cpu * 20 < wall,
+        "daemon used {cpu:?} CPU in {wall:?} idle after recovering"
+    );
+    eprintln!("idle after EMFILE recovery: {cpu:?} CPU in {wall:?}");
+    assert_eq!(roundtrip(addr, b"after"), b"after");
+}
+
+/// A daemon started with SIGCHLD ignored (a careless launcher) would have
+/// its children reaped by the kernel: no exit would ever be seen, and
+/// `getent` would fail with ECHILD. It resets the disposition at start.
+#[test]
+fn an_inherited_sigchld_ignore_is_reset() {
+    let mut d = Daemon::prepare(&echo_conf());
+    d.spawn(&|cmd| {
+        launch_through(
+            cmd,
+            "python3",
+            &[
+                "-c",
+                "import signal,os,sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])",
+            ],
+        )
+    });
+    if let Err(e) = d.ready(Duration::from_secs(10)) {
+        panic!("not ready: {e}\n{}", d.log());
+    }
+    // SigIgn in /proc/PID/status: bit 16 is SIGCHLD (17).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).expect("status");
+    let ign = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+        .expect("SigIgn");
+    assert_eq!(ign & (1 << 16), 0, "SIGCHLD still ignored: {ign:x}");
+    for i in 0..3u8 {
+        assert_eq!(roundtrip(d.addr("echo"), &[b'a' + i]), [b'a' + i]);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .log_lines("exit service=echo")
+            .len()
+            == 3),
+        "exits not seen: {}",
+        d.log()
+    );
+    assert_eq!(d.zombies(), 0);
+    d.signal(Signal::SIGTERM);
+    let status = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("daemon did not exit on SIGTERM");
+    assert!(status.success(), "exit status {status}");
 }
 
 trait Alive {

@@ -503,3 +503,167 @@ fn syslog_missing_or_vanishing_never_stops_serving() {
         d.log()
     );
 }
+
+/// A system user the test creates and removes (also when it fails).
+struct TestUser {
+    name: &'static str,
+    uid: u32,
+    gid: u32,
+}
+
+impl TestUser {
+    fn create(name: &'static str) -> TestUser {
+        let _ = std::process::Command::new("userdel")
+            .arg(name)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ok = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .status()
+            .expect("run useradd");
+        assert!(ok.success(), "useradd {name}");
+        let id = |flag: &str| -> u32 {
+            let out = std::process::Command::new("id")
+                .args([flag, name])
+                .output()
+                .expect("run id");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("numeric id")
+        };
+        TestUser {
+            name,
+            uid: id("-u"),
+            gid: id("-g"),
+        }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(self.name)
+            .status();
+    }
+}
+
+/// Processes started by the test, killed by pid when it ends.
+struct Started(Vec<std::process::Child>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// With the handler's user at RLIMIT_NPROC, execve fails with EAGAIN in
+/// every child. The service backs off as it does for a fork failure, the
+/// episode is logged once (then summarised with its count), and the service
+/// serves again once the user has a process to spare.
+#[test]
+fn exec_failures_at_the_process_limit_back_off_and_log_once() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to create a user and start handlers as it");
+        return;
+    }
+    const N: usize = 40;
+    let user = TestUser::create("tsupnproc");
+    let conf = format!(
+        "{DAEMON}\n[[service]]\nname = \"nproc\"\nlisten = [\"127.0.0.1:{{port:nproc}}\"]\nprogram = \"tinyinetd-echo\"\nuser = \"{}\"\n",
+        user.name
+    );
+    let mut d = Daemon::prepare(&conf);
+    // The daemon is root, which RLIMIT_NPROC does not bind; its handlers,
+    // once they are tsupnproc, are held to 2 processes of that user.
+    d.spawn(&|cmd| launch_through(cmd, "prlimit", &["--nproc=2:2", "--"]));
+    d.ready(Duration::from_secs(10)).expect("ready");
+    // Two processes of the user: every handler is over the limit.
+    let (reuid, regid) = (
+        format!("--reuid={}", user.uid),
+        format!("--regid={}", user.gid),
+    );
+    let mut sleepers = Started(Vec::new());
+    for _ in 0..2 {
+        sleepers.0.push(
+            std::process::Command::new("setpriv")
+                .args([&reuid, &regid, "--clear-groups", "--", "sleep", "60"])
+                .spawn()
+                .expect("spawn sleeper"),
+        );
+    }
+    let addr = d.addr("nproc");
+    let conns: Vec<TcpStream> = (0..N).map(|_| connect(addr)).collect();
+    assert!(
+        d.wait_log("exec-failed service=nproc", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let first = &d.log_lines("error: exec-failed")[0];
+    assert!(
+        first.contains("Resource temporarily unavailable"),
+        "{first}"
+    );
+    assert!(
+        d.wait_log(
+            "paused service=nproc reason=backoff",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+    // Let the daemon work through what it can for a while.
+    thread::sleep(Duration::from_secs(2));
+    let errors = d.log_lines("error: exec-failed").len();
+    assert!(
+        errors <= 2,
+        "{errors} exec-failed lines for {N} connections: {}",
+        d.log()
+    );
+    // Give the user its processes back: the queued clients, closed now, and
+    // a new one are served.
+    drop(conns);
+    drop(sleepers);
+    let t0 = Instant::now();
+    let served = loop {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("timeout");
+        let _ = s.write_all(b"back");
+        let _ = s.shutdown(Shutdown::Write);
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        if got == b"back" {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(served, "not recovered: {}", d.log());
+    assert!(
+        d.wait_log("exec-recovered service=nproc", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let summary = &d.log_lines("exec-recovered service=nproc")[0];
+    assert!(summary.contains("failures="), "{summary}");
+    assert!(d.log_lines("error: exec-failed").len() <= 2, "{}", d.log());
+    eprintln!(
+        "{N} connections at the limit: {} exec-failed lines at error, {} in all; {summary}",
+        d.log_lines("error: exec-failed").len(),
+        d.log_lines("exec-failed").len()
+    );
+    drop(d);
+    drop(user);
+}

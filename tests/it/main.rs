@@ -15,3 +15,4 @@ mod reload;
 mod security;
 mod stress;
 mod sum;
+mod supervision;

@@ -432,3 +432,73 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
         .map(|d| d.join(tool))
         .find(|p| p.exists())
 }
+
+/// One echo service on `listen` (a full address).
+fn echo_on(listen: &str) -> String {
+    format!("{DAEMON}\n[[service]]\nname = \"echo\"\nlisten = [\"{listen}\"]\nprogram = \"tinyinetd-echo\"\n")
+}
+
+/// `127.0.0.1:P` and `0.0.0.0:P` cannot both be bound: a reload from one to
+/// the other must close the old socket before binding the new one, and the
+/// service must be served after every such reload.
+#[test]
+fn a_reload_to_an_overlapping_address_keeps_the_service() {
+    let port = free_port();
+    let mut d = Daemon::start(&echo_on(&format!("127.0.0.1:{port}")));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(roundtrip(addr, b"start"), b"start");
+    for ip in ["0.0.0.0", "127.0.0.1", "0.0.0.0", "127.0.0.1"] {
+        d.rewrite(&echo_on(&format!("{ip}:{port}")));
+        reload(&mut d);
+        assert_eq!(roundtrip(addr, ip.as_bytes()), ip.as_bytes(), "{ip}");
+    }
+    assert!(d.log_lines("listen-failed").is_empty(), "{}", d.log());
+    assert_eq!(d.log_lines("info: reload ").len(), 4, "{}", d.log());
+}
+
+/// A service whose new address cannot be bound keeps its old socket, and
+/// the reload says so loudly: for an overlapping replacement (the old one
+/// was closed to make room, and is bound again) and for a disjoint one.
+#[test]
+fn a_replacement_that_cannot_be_bound_keeps_the_old_socket() {
+    let port = free_port();
+    let mut d = Daemon::start(&echo_on(&format!("127.0.0.1:{port}")));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // A foreign listener on 127.0.0.2:P: 0.0.0.0:P cannot be bound while it
+    // listens, 127.0.0.1:P can.
+    let foreign = std::net::TcpListener::bind(("127.0.0.2", port)).expect("bind 127.0.0.2");
+    d.rewrite(&echo_on(&format!("0.0.0.0:{port}")));
+    reload(&mut d);
+    let failed = d.log_lines("listen-failed");
+    assert_eq!(failed.len(), 1, "{}", d.log());
+    assert!(
+        failed[0].contains(&format!("binding 0.0.0.0:{port}: Address already in use")),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        d.wait_log(
+            &format!("listen-kept service=echo addr=127.0.0.1:{port}"),
+            Duration::from_secs(2)
+        ),
+        "{}",
+        d.log()
+    );
+    assert_eq!(roundtrip(addr, b"kept"), b"kept");
+
+    // A disjoint new address that is taken: the old socket stays too.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr");
+    d.rewrite(&echo_on(&busy.to_string()));
+    reload(&mut d);
+    assert_eq!(d.log_lines("listen-failed").len(), 2, "{}", d.log());
+    assert_eq!(roundtrip(addr, b"still"), b"still");
+
+    // Once the address is free, a reload moves the service there.
+    drop(foreign);
+    d.rewrite(&echo_on(&format!("0.0.0.0:{port}")));
+    reload(&mut d);
+    assert_eq!(d.log_lines("listen-failed").len(), 2, "{}", d.log());
+    assert_eq!(roundtrip(addr, b"moved"), b"moved");
+    drop(taken);
+}
