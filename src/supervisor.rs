@@ -35,6 +35,11 @@ use crate::spawn::{self, Conn, Failure, Scratch, SpawnError};
 /// Connections accepted from one listener in one loop turn at most.
 const ACCEPT_BUDGET: usize = 64;
 
+/// Connections taken from one listener at SIGTERM at most: what the kernel
+/// had already queued (its default `somaxconn` is 4096), served before the
+/// listener closes and would reset them.
+const SHUTDOWN_ACCEPT_LIMIT: usize = 4096;
+
 /// Whether a connection is waiting on `listener`, without taking it. Any
 /// error reads as "no": the listener stays in the poll set, so the next
 /// turn looks again.
@@ -430,7 +435,7 @@ impl Supervisor {
                 if let (Slot::Sock(s), flags) = self.ready[i] {
                     if flags.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP)
                     {
-                        self.accept(s, now);
+                        self.accept(s, now, ACCEPT_BUDGET);
                     }
                 }
             }
@@ -590,8 +595,8 @@ impl Supervisor {
     /// listener asks whether another connection is waiting. An accept that
     /// finds the queue empty is not cheap: the kernel allocates a socket
     /// and its file before it looks, and frees them again (BENCHMARKS.md).
-    fn accept(&mut self, i: usize, now: Instant) {
-        for n in 0..ACCEPT_BUDGET {
+    fn accept(&mut self, i: usize, now: Instant, budget: usize) {
+        for n in 0..budget {
             if n > 0 && !waiting(&self.socks[i].listener) {
                 return;
             }
@@ -957,6 +962,13 @@ impl Supervisor {
     fn terminate(&mut self, now: Instant) {
         match &self.drain {
             None => {
+                // Closing a listener resets the clients the kernel has
+                // queued on it: serve those first, as far as capacity
+                // allows. One arriving between the last accept and the
+                // close is still reset; nothing can close that window.
+                for i in 0..self.socks.len() {
+                    self.accept(i, now, SHUTDOWN_ACCEPT_LIMIT);
+                }
                 // Closing the listeners refuses new clients at once.
                 self.socks.clear();
                 self.spare.clear();

@@ -667,3 +667,55 @@ fn exec_failures_at_the_process_limit_back_off_and_log_once() {
     drop(d);
     drop(user);
 }
+
+/// The state letter of `pid` from /proc (`T` when stopped).
+fn proc_state(pid: Pid) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .unwrap_or('?')
+}
+
+/// Clients the kernel has already queued in a listener's backlog when
+/// SIGTERM arrives are served: closing the listener with them still in the
+/// queue would reset them.
+#[test]
+fn clients_queued_at_sigterm_are_served_not_reset() {
+    let mut d = Daemon::start(&echo_conf(""));
+    d.signal(Signal::SIGSTOP);
+    assert!(
+        wait_until(Duration::from_secs(5), || proc_state(d.pid()) == 'T'),
+        "the daemon did not stop"
+    );
+    // The kernel completes these handshakes and queues them while the
+    // daemon is stopped; the SIGTERM then waits for it with them.
+    let mut clients: Vec<TcpStream> = (0..20).map(|_| connect(d.addr("echo"))).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("queued {i}\n").as_bytes())
+            .expect("write");
+        c.shutdown(Shutdown::Write).expect("shutdown");
+    }
+    d.signal(Signal::SIGTERM);
+    d.signal(Signal::SIGCONT);
+    let mut lost = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        match c.read_to_end(&mut got) {
+            Ok(_) if got == format!("queued {i}\n").as_bytes() => {}
+            other => lost.push((i, format!("{other:?} {:?}", String::from_utf8_lossy(&got)))),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "clients queued at SIGTERM were not served: {lost:?}"
+    );
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit: {status:?}\n{}",
+        d.log()
+    );
+}
