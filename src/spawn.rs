@@ -75,7 +75,10 @@
 //!   architectures (and when built with `--cfg tinyinetd_vfork`, which the
 //!   test suite also runs) the child is started with CLONE_VFORK as well:
 //!   the daemon is suspended until the exec, so the child may use libc's
-//!   `syscall`; everything else is the same code.
+//!   `syscall`; everything else is the same code. The price: a child
+//!   stopped before its exec (a debugger, SIGSTOP, an exec from a hung
+//!   mount) stops the daemon with it there, as it would posix_spawn's or
+//!   busybox inetd's parent.
 //!
 //! # The hot path, per connection
 //!

@@ -194,6 +194,15 @@ impl Drop for Stopped {
 #[test]
 fn children_stopped_before_exec_do_not_stall_the_loop() {
     const STOPPED: usize = 40;
+    if cfg!(tinyinetd_vfork) {
+        // With CLONE_VFORK (architectures other than x86-64, and this
+        // build) the kernel suspends the daemon until each child's exec, so
+        // a child stopped before it stops the daemon too: spawn.rs says so.
+        eprintln!(
+            "SKIPPED: built with --cfg tinyinetd_vfork, where the daemon waits for every exec"
+        );
+        return;
+    }
     let conf = format!(
         "{DAEMON}shutdown_timeout = \"1s\"\n
 [[service]]
