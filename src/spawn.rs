@@ -19,17 +19,23 @@
 //! replaced its memory, or the child has exited. A slot is written, reused
 //! or freed only once that word is zero. A child gets there in tens of
 //! microseconds, so a few slots serve any load. The daemon never waits for
-//! a slot: when none is free it makes one. A busy slot belongs to a child
-//! that is not reaped yet, and every such child counts against
+//! a slot. Up to [`WARM_SLOTS`] it makes one when none is free; beyond
+//! that, while every slot is busy, the supervisor stops accepting for a
+//! moment ([`Scratch::room`] says `Busy`; the clients wait in the kernel
+//! backlog, and the loop serves everything else), because under load
+//! that only means the children have not been scheduled yet, and more
+//! slots would only cost memory (about 8 KiB resident each). When every
+//! slot has stayed busy for [`GROW_AFTER`], children are stopped before
+//! their exec (a debugger, an administrator's SIGSTOP, an exec from a hung
+//! NFS mount), and the pool grows by one slot each such time, so that
+//! other connections and services go on being served. A busy slot belongs
+//! to a child that is not reaped yet, and every such child counts against
 //! `max_connections`, which the supervisor checks before it accepts; so
 //! `max_connections + 1` slots can never all be busy when a connection is
 //! spawned, and that is the pool's hard bound
-//! ([`Scratch::set_slot_limit`]). Children stopped before their exec (a
-//! debugger, an administrator's SIGSTOP, an exec from a hung NFS mount)
-//! only make the pool grow; they cost a stack mapping each (32 KiB of
-//! address space, the few pages touched resident), kept for reuse. Were
-//! the bound reached all the same, `spawn` fails at once (EAGAIN) and the
-//! supervisor backs the service off as for a fork failure.
+//! ([`Scratch::set_slot_limit`]). Were the bound reached all the same,
+//! `spawn` fails at once (EAGAIN) and the supervisor backs the service off
+//! as for a fork failure.
 //!
 //! # Why it is safe
 //!
@@ -220,6 +226,31 @@ pub struct Scratch {
     /// Failure reports taken out of a slot that was reused before its
     /// child was reaped: (pid, failure), read by [`Scratch::take_failure`].
     failures: Vec<(Pid, Failure)>,
+    /// Since when every slot has been busy (at least [`WARM_SLOTS`] of
+    /// them), as [`Scratch::room`] last saw; `None` while one is free.
+    all_busy_since: Option<std::time::Instant>,
+}
+
+/// Slots made without question when none is free: under load a handful
+/// are busy at once; even at C=256 on two cores, 32 keep the daemon at the
+/// spawn ceiling (BENCHMARKS.md).
+pub const WARM_SLOTS: usize = 32;
+
+/// How long every slot must have stayed busy before the pool grows past
+/// [`WARM_SLOTS`]: far longer than a child takes to reach its exec, even on
+/// a loaded machine, so it means children are stopped before it.
+pub const GROW_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether a connection can be spawned now (see [`Scratch::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// A slot is free, or one may be made.
+    Free,
+    /// Every slot has been busy for [`GROW_AFTER`]: the next spawn adds
+    /// one (`slots` is the pool's size before it).
+    Grow { slots: usize },
+    /// Every slot is busy: wait a moment before accepting.
+    Busy,
 }
 
 /// The slot bound until the supervisor sets one: the default
@@ -369,6 +400,7 @@ impl Scratch {
             slots: Vec::new(),
             slot_limit: DEFAULT_SLOT_LIMIT,
             failures: Vec::new(),
+            all_busy_since: None,
         }
     }
 
@@ -377,6 +409,30 @@ impl Scratch {
     /// daemon exits; they are only ever reused.
     pub fn set_slot_limit(&mut self, limit: usize) {
         self.slot_limit = limit.max(1);
+    }
+
+    /// Whether `spawn` would find a slot at `now` without the pool growing
+    /// past what this moment calls for (see the module documentation).
+    /// Never waits.
+    pub fn room(&mut self, now: std::time::Instant) -> Room {
+        if self
+            .slots
+            .iter()
+            .any(|s| s.data().busy.load(Ordering::Acquire) == 0)
+            || self.slots.len() < WARM_SLOTS
+        {
+            self.all_busy_since = None;
+            return Room::Free;
+        }
+        let since = *self.all_busy_since.get_or_insert(now);
+        if self.slots.len() < self.slot_limit && now.saturating_duration_since(since) >= GROW_AFTER
+        {
+            Room::Grow {
+                slots: self.slots.len(),
+            }
+        } else {
+            Room::Busy
+        }
     }
 
     /// Re-reads the dispositions (see [`Scratch::new`]).
@@ -1207,6 +1263,32 @@ mod tests {
             WaitStatus::Exited(pid, 0)
         );
         assert_eq!(scratch.take_failure(pid), None);
+    }
+
+    /// Past the warm slots, a busy pool makes the supervisor wait a moment,
+    /// and grows only when every slot has stayed busy for `GROW_AFTER`.
+    #[test]
+    fn past_the_warm_slots_the_pool_grows_only_when_they_stay_busy() {
+        let mut scratch = Scratch::new();
+        let t0 = std::time::Instant::now();
+        for _ in 0..WARM_SLOTS {
+            assert_eq!(scratch.room(t0), Room::Free);
+            let i = scratch.free_slot().expect("slot");
+            scratch.slots[i].data().busy.store(1, Ordering::Release);
+        }
+        assert_eq!(scratch.room(t0), Room::Busy, "busy for a moment: wait");
+        let later = t0 + GROW_AFTER;
+        assert_eq!(scratch.room(later), Room::Grow { slots: WARM_SLOTS });
+        let i = scratch.free_slot().expect("the pool grows");
+        assert_eq!(scratch.slots.len(), WARM_SLOTS + 1);
+        assert_eq!(scratch.room(later), Room::Free, "the new slot is free");
+        scratch.slots[i].data().busy.store(1, Ordering::Release);
+        assert_eq!(scratch.room(later), Room::Busy, "a new episode starts");
+        scratch.slots[0].data().busy.store(0, Ordering::Release);
+        assert_eq!(scratch.room(later), Room::Free);
+        for s in &scratch.slots {
+            s.data().busy.store(0, Ordering::Release);
+        }
     }
 
     /// With every slot busy and the pool at its bound, `free_slot` fails at

@@ -30,10 +30,14 @@ use crate::notify;
 use crate::plan::{Level, Plan, Service};
 use crate::resolver;
 use crate::signals::Signals;
-use crate::spawn::{self, Conn, Failure, Scratch, SpawnError};
+use crate::spawn::{self, Conn, Failure, Room, Scratch, SpawnError};
 
 /// Connections accepted from one listener in one loop turn at most.
 const ACCEPT_BUDGET: usize = 64;
+
+/// How long the listeners rest when every spawn slot is busy: children
+/// reach their exec in tens of microseconds.
+const SLOT_RETRY: Duration = Duration::from_millis(1);
 
 /// Connections taken from one listener at SIGTERM at most: what the kernel
 /// had already queued (its default `somaxconn` is 4096), served before the
@@ -175,6 +179,9 @@ pub struct Supervisor {
     drain: Option<Drain>,
     /// The reload whose account lookups are being made, if one is.
     reloading: Option<resolver::Pending>,
+    /// Every spawn slot is busy: no listener is polled until then (see
+    /// `spawn::Room`; no event says when a child reaches its exec).
+    slot_retry: Option<Instant>,
     /// `(interval, next ping)` when systemd's watchdog is on.
     watchdog: Option<(Duration, Instant)>,
     /// The last `STATUS=` sent, to send only changes.
@@ -246,6 +253,7 @@ impl Supervisor {
             watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
             status_sent: String::new(),
             scratch: Scratch::new(),
+            slot_retry: None,
             exits: Vec::new(),
             fired: Vec::new(),
             slots: Vec::new(),
@@ -390,6 +398,7 @@ impl Supervisor {
         for s in &mut self.socks {
             expire(&mut s.retry_at, now);
         }
+        expire(&mut self.slot_retry, now);
         self.update_pauses(now);
         let timeout = self
             .next_deadline()
@@ -460,7 +469,7 @@ impl Supervisor {
         let now = Instant::now();
         if self.drain.is_none() {
             for (i, s) in self.socks.iter().enumerate() {
-                let waiting = s.retry_at.is_some_and(|t| t > now);
+                let waiting = s.retry_at.is_some_and(|t| t > now) || self.slot_retry.is_some();
                 if !waiting && self.services[s.svc].pause_now.is_none() {
                     fds.push(PollFd::new(s.listener.as_fd(), PollFlags::POLLIN));
                     self.slots.push(Slot::Sock(i));
@@ -516,6 +525,7 @@ impl Supervisor {
             for s in &self.socks {
                 consider(s.retry_at);
             }
+            consider(self.slot_retry);
             for st in &self.services {
                 consider(st.pause_now.and_then(Pause::until));
             }
@@ -610,6 +620,24 @@ impl Supervisor {
                     backoff_until: st.backoff_until,
                 };
                 if admit::capacity(&st.svc.limits, load, &st.bucket, now).is_some() {
+                    return;
+                }
+            }
+            match self.scratch.room(now) {
+                Room::Free => {}
+                Room::Grow { slots } => self
+                    .log
+                    .event(Level::Warn, "spawn-slots-added")
+                    .kv("slots", slots + 1)
+                    .kv(
+                        "error",
+                        "every child start has been busy for 100 ms: children stopped before their exec?",
+                    )
+                    .send(),
+                // The clients wait in the backlog a moment; the loop serves
+                // everything else meanwhile.
+                Room::Busy => {
+                    self.slot_retry = Some(now + SLOT_RETRY);
                     return;
                 }
             }
