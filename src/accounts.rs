@@ -108,7 +108,7 @@ fn query(db: &str, key: &str) -> Result<Option<String>, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("{what}: {}", crate::config::io_reason(&e)))?;
+        .map_err(|e| format!("{what}: {}", crate::text::io_reason(&e)))?;
     let deadline = Instant::now() + LIMIT;
     // Read both pipes while getent runs: an answer may be larger than a
     // pipe holds (a group of 12,000 members is a 130 KB line), and getent
@@ -137,7 +137,7 @@ fn query(db: &str, key: &str) -> Result<Option<String>, String> {
                 let _ = child.wait();
                 return Err(format!("{what}: no answer within {}s", LIMIT.as_secs()));
             }
-            Err(e) => return Err(format!("{what}: {}", crate::config::io_reason(&e))),
+            Err(e) => return Err(format!("{what}: {}", crate::text::io_reason(&e))),
         }
     };
     let out = String::from_utf8_lossy(&out).into_owned();
@@ -183,7 +183,7 @@ fn read_both(child: &mut Child, deadline: Instant) -> Result<(Vec<u8>, Vec<u8>),
             PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
         ) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("poll: {}", crate::log::os_error(e))),
+            Err(e) => return Err(format!("poll: {}", crate::text::os_error(e))),
         }
         let ready: Vec<bool> = fds
             .iter()
@@ -207,7 +207,7 @@ fn read_both(child: &mut Child, deadline: Instant) -> Result<(Vec<u8>, Vec<u8>),
                     got[i].extend_from_slice(&buf[..n]);
                 }
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
-                Err(e) => return Err(format!("reading its answer: {}", crate::log::os_error(e))),
+                Err(e) => return Err(format!("reading its answer: {}", crate::text::os_error(e))),
             }
         }
     }

@@ -211,14 +211,6 @@ impl System for RealSystem {
     }
 }
 
-/// The OS error text without Rust's " (os error N)" suffix.
-pub fn io_reason(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => crate::log::os_error(nix::errno::Errno::from_raw(code)),
-        None => e.to_string(),
-    }
-}
-
 /// Reads and validates the file at `path`. `default_path` says whether the
 /// user named it, so that a missing default file can suggest `--config`.
 ///
@@ -1335,7 +1327,7 @@ fn name_or_number(found: Result<Option<String>, String>, id: u32) -> String {
 
 /// Escapes text taken from the file for a message: no control bytes, bounded.
 fn esc(s: &str) -> String {
-    crate::log::escape(s)
+    crate::text::escape(s)
 }
 
 /// 1-based line and column (in characters) of byte offset `at`.

@@ -22,6 +22,7 @@ pub mod resolver;
 pub mod signals;
 pub mod spawn;
 pub mod supervisor;
+pub mod text;
 pub mod trust;
 
 use std::fmt::Write as _;
@@ -94,7 +95,7 @@ fn describe_service(out: &mut String, s: &Service) {
     if s.image.argv.len() > 1 {
         let args: Vec<String> = s.image.argv[1..]
             .iter()
-            .map(|a| log::escape(&a.to_string_lossy()))
+            .map(|a| crate::text::escape(&a.to_string_lossy()))
             .collect();
         let _ = write!(out, " args=[{}]", args.join(" "));
     }

@@ -62,7 +62,7 @@ impl fmt::Display for ListenError {
             "{} {}: {}",
             self.doing,
             self.addr,
-            crate::log::os_error(self.errno)
+            crate::text::os_error(self.errno)
         )?;
         // The kernel's own word for it (ip_unprivileged_port_start, 1024 by
         // default) gives no hint of the cause.
@@ -156,7 +156,7 @@ pub fn adopt(inh: Inherited) -> Adoption {
     match socket::getsockopt(&fd, sockopt::SockType) {
         Ok(SockType::Stream) => {}
         Ok(t) => return reject(format!("not a stream socket ({t:?})")),
-        Err(e) => return reject(format!("not a socket ({})", crate::log::os_error(e))),
+        Err(e) => return reject(format!("not a socket ({})", crate::text::os_error(e))),
     }
     match socket::getsockopt(&fd, sockopt::AcceptConn) {
         Ok(true) => {}
@@ -165,7 +165,7 @@ pub fn adopt(inh: Inherited) -> Adoption {
                 "a connected socket, not a listening one (Accept=yes or --accept is not supported: tinyinetd accepts itself)".into(),
             )
         }
-        Err(e) => return reject(format!("SO_ACCEPTCONN: {}", crate::log::os_error(e))),
+        Err(e) => return reject(format!("SO_ACCEPTCONN: {}", crate::text::os_error(e))),
     }
     let addr = match socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()) {
         Ok(a) => match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
@@ -173,7 +173,7 @@ pub fn adopt(inh: Inherited) -> Adoption {
             (_, Some(v6)) => SocketAddr::V6((*v6).into()),
             _ => return reject(format!("not an IP socket (family {:?})", a.family())),
         },
-        Err(e) => return reject(format!("getsockname: {}", crate::log::os_error(e))),
+        Err(e) => return reject(format!("getsockname: {}", crate::text::os_error(e))),
     };
     let listener = TcpListener::from(fd);
     if let Err(e) = listener.set_nonblocking(true) {

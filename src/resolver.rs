@@ -387,15 +387,15 @@ impl Pending {
     /// Forks the resolver for a load of `path`.
     pub fn start(path: &Path, now: Instant) -> Result<Pending, String> {
         let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("pipe: {}", crate::log::os_error(e)))?;
+            .map_err(|e| format!("pipe: {}", crate::text::os_error(e)))?;
         nix::fcntl::fcntl(
             &r,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
-        .map_err(|e| format!("pipe: {}", crate::log::os_error(e)))?;
+        .map_err(|e| format!("pipe: {}", crate::text::os_error(e)))?;
         let path = path.to_path_buf();
         let pid = crate::spawn::fork_resolver(w, move |out| resolve(&path, out))
-            .map_err(|e| format!("fork: {}", crate::log::os_error(e)))?;
+            .map_err(|e| format!("fork: {}", crate::text::os_error(e)))?;
         Ok(Pending {
             pid,
             pipe: std::fs::File::from(r),
@@ -444,7 +444,7 @@ impl Pending {
                     self.kill();
                     return Progress::Failed(format!(
                         "reading the account resolver: {}",
-                        crate::config::io_reason(&e)
+                        crate::text::io_reason(&e)
                     ));
                 }
             }

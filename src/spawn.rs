@@ -151,7 +151,7 @@ pub enum SpawnError {
 impl std::fmt::Display for SpawnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SpawnError::Fork(e) => write!(f, "fork: {}", crate::log::os_error(*e)),
+            SpawnError::Fork(e) => write!(f, "fork: {}", crate::text::os_error(*e)),
         }
     }
 }

@@ -157,7 +157,7 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Io(doing, e) => write!(f, "{doing}: {}", config::io_reason(e)),
+            StartError::Io(doing, e) => write!(f, "{doing}: {}", crate::text::io_reason(e)),
             StartError::Listen(e) => write!(f, "{e}"),
         }
     }
@@ -500,7 +500,7 @@ impl Supervisor {
             Err(e) => {
                 self.log
                     .event(Level::Error, "poll-failed")
-                    .kv("error", crate::log::os_error(e))
+                    .kv("error", crate::text::os_error(e))
                     .send();
             }
         }
@@ -724,7 +724,7 @@ impl Supervisor {
             self.log
                 .event(level, event)
                 .kv("addr", addr)
-                .kv("error", crate::log::os_error(errno))
+                .kv("error", crate::text::os_error(errno))
                 .kv("retry_ms", delay.as_millis())
                 .send();
         }
@@ -878,7 +878,7 @@ impl Supervisor {
             .kv("peer", peer)
             .kv("program", svc.image.path.to_string_lossy())
             .kv("step", f.step.as_str())
-            .kv("error", crate::log::os_error(f.errno))
+            .kv("error", crate::text::os_error(f.errno))
             .opt("retry_ms", retry.map(|d| d.as_millis()))
             .send();
     }
@@ -1284,7 +1284,7 @@ impl Supervisor {
     fn log_notify_error(&mut self, e: io::Error) {
         self.log
             .event(Level::Warn, "notify-failed")
-            .kv("error", config::io_reason(&e))
+            .kv("error", crate::text::io_reason(&e))
             .send();
     }
 }

@@ -102,7 +102,7 @@ impl std::fmt::Display for Refusal {
 }
 
 fn os(e: Errno) -> Refusal {
-    Refusal::Unusable(crate::log::os_error(e), Some(e))
+    Refusal::Unusable(crate::text::os_error(e), Some(e))
 }
 
 /// A checked program, opened for exec.

@@ -3,10 +3,12 @@
 //! the fuzzer explores the parser and the validation, not the machine.
 #![no_main]
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
 use tinyinetd::config::{self, System};
+use tinyinetd::trust::{Mode, Refusal};
 
 struct Fake;
 
@@ -14,37 +16,36 @@ impl System for Fake {
     fn identity(&self) -> (u32, u32) {
         (0, 0)
     }
-    fn user(&self, name: &str) -> Option<(u32, u32)> {
-        match name {
+    fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
+        Ok(match name {
             "root" => Some((0, 0)),
             "nobody" => Some((65534, 65534)),
             _ => None,
-        }
+        })
     }
-    fn user_name(&self, _uid: u32) -> Option<String> {
-        None
+    fn user_name(&self, _uid: u32) -> Result<Option<String>, String> {
+        Ok(None)
     }
-    fn group(&self, name: &str) -> Option<u32> {
-        (name == "nogroup").then_some(65534)
+    fn group(&self, name: &str) -> Result<Option<u32>, String> {
+        Ok((name == "nogroup").then_some(65534))
     }
-    fn group_name(&self, gid: u32) -> Option<String> {
-        (gid == 65534).then(|| "nogroup".to_string())
+    fn group_name(&self, gid: u32) -> Result<Option<String>, String> {
+        Ok((gid == 65534).then(|| "nogroup".to_string()))
     }
-    fn group_list(&self, _user: &str, gid: u32) -> Vec<u32> {
-        vec![gid]
+    fn group_list(&self, _user: &str, gid: u32) -> Result<Vec<u32>, String> {
+        Ok(vec![gid])
     }
     fn exe_dir(&self) -> Option<PathBuf> {
         Some(PathBuf::from("/opt/bin"))
     }
-    fn executable(&self, path: &Path) -> Result<(), String> {
+    fn program(&self, path: &Path, _mode: Mode) -> Result<Option<OwnedFd>, Refusal> {
+        // Exec by path: the fuzzer checks the parser and the validation,
+        // not the machine's files.
         if path.starts_with("/usr/libexec/tinyinetd") || path == Path::new("/bin/cat") {
-            Ok(())
+            Ok(None)
         } else {
-            Err("No such file or directory".into())
+            Err(Refusal::Unusable("No such file or directory".into(), None))
         }
-    }
-    fn root_only(&self, _path: &Path) -> Result<(), String> {
-        Ok(())
     }
 }
 
