@@ -66,15 +66,27 @@ gcc -O2 -Wall -o "$OUT/bin/spawn_ceiling" spawn_ceiling.c
 ECHO1=$OUT/bin/echo1
 
 # --- Peers from Debian packages, unpacked, not installed -------------------
-if [ ! -x "$OUT/peers/root/usr/sbin/xinetd" ] || [ ! -x "$OUT/peers/root/usr/sbin/inetd" ] || [ ! -x "$OUT/peers/root/usr/bin/tcpserver" ]; then
-  note "downloading and unpacking xinetd, openbsd-inetd, ucspi-tcp"
+# libwrap0: xinetd's and openbsd-inetd's TCP wrappers library, which a
+# fresh Debian does not have; unpacked beside them and found through
+# LD_LIBRARY_PATH (set for the peers alone).
+MULTIARCH=$(gcc -print-multiarch)
+PEER_LIBS=$OUT/peers/root/lib/$MULTIARCH:$OUT/peers/root/usr/lib/$MULTIARCH
+if [ ! -x "$OUT/peers/root/usr/sbin/xinetd" ] || [ ! -x "$OUT/peers/root/usr/sbin/inetd" ] \
+   || [ ! -x "$OUT/peers/root/usr/bin/tcpserver" ] || ! compgen -G "$OUT/peers/root/*lib*/$MULTIARCH/libwrap.so.0" >/dev/null; then
+  note "downloading and unpacking xinetd, openbsd-inetd, ucspi-tcp, libwrap0"
   mkdir -p "$OUT/peers/debs"
-  (cd "$OUT/peers/debs" && apt-get -o APT::Sandbox::User=root download xinetd openbsd-inetd ucspi-tcp >/dev/null)
+  (cd "$OUT/peers/debs" && apt-get -o APT::Sandbox::User=root download xinetd openbsd-inetd ucspi-tcp libwrap0 >/dev/null)
   for d in "$OUT"/peers/debs/*.deb; do dpkg-deb -x "$d" "$OUT/peers/root"; done
 fi
 XINETD=$OUT/peers/root/usr/sbin/xinetd
 INETD=$OUT/peers/root/usr/sbin/inetd
 TCPSERVER=$OUT/peers/root/usr/bin/tcpserver
+for peer in "$XINETD" "$INETD" "$TCPSERVER"; do
+  if LD_LIBRARY_PATH=$PEER_LIBS ldd "$peer" | grep -q 'not found'; then
+    echo "compare.sh: $peer lacks a library: $(LD_LIBRARY_PATH=$PEER_LIBS ldd "$peer" | grep 'not found')" >&2
+    exit 1
+  fi
+done
 
 # busybox inetd from Debian's source package, with a private apt state.
 BUSYBOX=$OUT/peers/busybox/busybox
@@ -122,7 +134,7 @@ while ! port_free $base || ! port_free $((base + 6)); do base=$((base + 10)); do
 declare -A PORT PID
 start() { # start NAME PORT CMD...
   local name=$1 port=$2; shift 2
-  "$@" >"$OUT/run/$name.out" 2>&1 &
+  LD_LIBRARY_PATH=$PEER_LIBS "$@" >"$OUT/run/$name.out" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   if wait_port "$port"; then

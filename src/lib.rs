@@ -8,6 +8,7 @@
 //! shared documents for the picture.
 
 #![deny(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 pub mod accounts;
 pub mod admit;

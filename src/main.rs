@@ -1,5 +1,7 @@
 //! `tinyinetd`: the command line and exit codes; everything else is in the library.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

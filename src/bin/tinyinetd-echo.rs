@@ -1,6 +1,8 @@
 //! `tinyinetd-echo`: echoes every byte until EOF. A tinyinetd handler: the
 //! connection is on fds 0-2, so once serving it never writes to stderr.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use std::process::ExitCode;
 
 use tinyinetd::handler;

@@ -4,6 +4,8 @@
 //! handler: the connection is on fds 0-2, so once serving it never writes to
 //! stderr (only a usage error, before serving, goes there).
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use std::process::ExitCode;
 
 use tinyinetd::handler::{self, sum};
