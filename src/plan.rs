@@ -178,8 +178,6 @@ pub struct ExecImage {
 pub struct Service {
     pub name: String,
     pub listen: Vec<ListenAddr>,
-    /// The program as written in the config, for messages.
-    pub program: String,
     pub image: ExecImage,
     /// `None`: handlers keep the daemon's own credentials (daemon not root).
     pub cred: Option<Cred>,
