@@ -18,6 +18,7 @@ mod check;
 mod daemon;
 mod describe;
 mod fields;
+mod lookups;
 mod resolve;
 mod service;
 #[cfg(test)]
@@ -32,6 +33,7 @@ use crate::trust::{self, Refusal};
 
 pub use describe::describe;
 pub use fields::{parse_listen, parse_net};
+pub use lookups::{Accounts, Answer, Question, Record};
 
 /// The default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/tinyinetd.toml";
@@ -176,14 +178,10 @@ impl System for RealSystem {
 /// symbolic link on its path. Nothing is looked up by path after the
 /// check, so the file cannot be swapped between the check and the read.
 ///
-/// Each account is looked up once (`resolver::Accounts`); the lookups may
+/// Each account is looked up once ([`Accounts`]); the lookups may
 /// wait, so the running daemon loads through a resolver child instead.
 pub fn load(path: &Path, default_path: bool) -> Result<Plan, ConfigError> {
-    load_with(
-        path,
-        default_path,
-        &crate::resolver::Accounts::live(&RealSystem),
-    )
+    load_with(path, default_path, &Accounts::live(&RealSystem))
 }
 
 /// [`load`], asking `sys`.

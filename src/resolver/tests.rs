@@ -1,6 +1,10 @@
 //! Unit tests of `resolver`.
 
+use std::cell::RefCell;
+use std::path::PathBuf;
+
 use super::*;
+use crate::config::System;
 
 fn sample() -> Record {
     let mut r = Record::new();
