@@ -217,6 +217,7 @@ pub enum Progress {
     More,
     /// Every answer: the daemon may now load with [`Accounts::replay`].
     Done(Record),
+    /// It failed, was killed or wrote garbage: why, for the reload error.
     Failed(String),
 }
 
@@ -226,7 +227,9 @@ pub struct Pending {
     pid: Pid,
     /// The read end of its pipe, non-blocking.
     pipe: std::fs::File,
+    /// What it has written so far (the record ends with [`END`]).
     buf: Vec<u8>,
+    /// When it is killed and the reload fails ([`DEADLINE`] after the start).
     pub deadline: Instant,
     /// A SIGHUP came while this reload was pending: reload again when it
     /// ends, so that the file as it is by then is the one loaded.

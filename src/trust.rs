@@ -244,9 +244,11 @@ fn shebang(opened: &Opened) -> Result<Option<OsString>, Refusal> {
 struct Opened {
     /// Opened with the caller's flags (and `O_CLOEXEC`).
     fd: OwnedFd,
+    /// Its `fstat`, for the owner, mode and size checks.
     stat: FileStat,
-    /// The directory it was found in (`O_PATH`) and its name there.
+    /// The directory it was found in (`O_PATH`), to reopen it by `name`.
     dir: OwnedFd,
+    /// Its name in `dir`.
     name: PathBuf,
     /// `O_NOFOLLOW` when `name` is the file itself (the walk resolved
     /// every link); empty when the kernel resolves it (`Mode::User`).

@@ -17,6 +17,7 @@ pub(super) fn valid_name(n: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// A `log_level` value.
 pub(super) fn parse_level(s: &str) -> Option<Level> {
     match s {
         "error" => Some(Level::Error),
@@ -100,6 +101,7 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     }
 }
 
+/// An `env` key: a shell-style name that the daemon does not set itself.
 pub(super) fn check_env_name(var: &str) -> Result<(), String> {
     let valid = !var.is_empty()
         && var

@@ -37,8 +37,11 @@ pub type Record = HashMap<Question, Answer>;
 /// (live) or answered from a record only (replay); file questions go to
 /// `sys` either way.
 pub struct Accounts<'s> {
+    /// Where live questions and all file questions go.
     sys: &'s dyn System,
+    /// Every answer so far (live) or the only answers there are (replay).
     record: RefCell<Record>,
+    /// Whether a question missing from `record` is an error, not a lookup.
     replay: bool,
 }
 

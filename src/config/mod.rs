@@ -46,16 +46,20 @@ pub const DEFAULT_HANDLER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct Problem {
     /// 1-based; 0 when the problem has no place in the file (it could not be read).
     pub line: usize,
+    /// 1-based, in characters; 0 with `line`.
     pub col: usize,
     /// `daemon`, `service "echo"`, `service #2`, or empty for the document.
     pub context: String,
+    /// What is wrong and, where it can, what to write instead.
     pub message: String,
 }
 
 /// Why a configuration could not be loaded: every problem found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file, as given: every message line starts with it.
     pub path: PathBuf,
+    /// Never empty; sorted by position, placeless ones last.
     pub problems: Vec<Problem>,
 }
 
@@ -91,6 +95,7 @@ pub trait System {
     fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String>;
     /// The name of `uid`; `Ok(None)` when it has none (a bare uid is valid).
     fn user_name(&self, uid: u32) -> Result<Option<String>, String>;
+    /// The gid of a group name; `Err` when the lookup itself failed.
     fn group(&self, name: &str) -> Result<Option<u32>, String>;
     /// The name of `gid`; `Ok(None)` when it has none (a bare gid is valid).
     fn group_name(&self, gid: u32) -> Result<Option<String>, String>;

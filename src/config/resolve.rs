@@ -18,7 +18,6 @@ type Spanned = (String, Range<usize>);
 impl Checker<'_> {
     /// Resolves `user`/`group` into credentials, or `Ok(None)` when the
     /// daemon is not root and handlers simply keep its identity.
-    #[allow(clippy::result_unit_err)]
     pub(super) fn cred(
         &mut self,
         user: Option<&Spanned>,
@@ -98,7 +97,6 @@ impl Checker<'_> {
 
     /// For a root daemon: the user (default `nobody`), its group (or the
     /// one named) and its supplementary groups.
-    #[allow(clippy::result_unit_err)]
     fn root_cred(
         &mut self,
         user: Option<&Spanned>,
@@ -153,7 +151,6 @@ impl Checker<'_> {
     }
 
     /// `(uid, primary gid)` of the user a root daemon runs handlers as.
-    #[allow(clippy::result_unit_err)]
     fn root_user(
         &mut self,
         uname: &str,
@@ -196,7 +193,6 @@ impl Checker<'_> {
     }
 
     /// The gid and name of the `group` a root daemon was given.
-    #[allow(clippy::result_unit_err)]
     fn root_group(
         &mut self,
         (g, gspan): &Spanned,

@@ -57,6 +57,7 @@ const RESERVED_SERVICE_KEYS: &[&str] = &[
 
 /// A validated service with the spans that cross-service checks point at.
 pub(super) struct Checked {
+    /// The service itself, ready for the plan.
     pub(super) service: Service,
     /// Where the name was written, for the duplicate-name message.
     name_span: Range<usize>,
@@ -69,18 +70,29 @@ pub(super) struct Checked {
 struct Draft {
     /// `service "NAME"` once the name is known, `service #N` before.
     ctx: String,
+    /// The valid name; `None` when missing or unusable.
     name: Option<(String, Range<usize>)>,
+    /// The distinct addresses, each with the span of its entry.
     listen: Vec<(ListenAddr, Range<usize>)>,
     /// Whether the key was present at all (an unusable one is not "missing").
     listen_seen: bool,
+    /// The program as written (resolved later, in `build`).
     program: Option<(String, Range<usize>)>,
+    /// `argv[1..]`.
     args: Vec<String>,
+    /// `user` as written (resolved later, in `build`).
     user: Option<(String, Range<usize>)>,
+    /// `group` as written, likewise.
     group: Option<(String, Range<usize>)>,
+    /// The service's own variables, in file order.
     env: Vec<(String, String)>,
+    /// The numeric limits and the timeout, defaults where not given.
     limits: Limits,
+    /// `allow` and `deny`.
     access: Access,
+    /// `enabled`, true unless the file says otherwise.
     enabled: bool,
+    /// `umask`, 022 unless given.
     umask: u32,
     /// False once a required part is unusable: the service is not built.
     ok: bool,
