@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::fields::parse_net;
+use super::fields::{parse_duration, parse_net};
 use super::{line_col, Problem, System};
 use crate::plan::{Daemon, Plan};
 pub(super) use crate::text::escape as esc;
@@ -231,18 +231,10 @@ impl<'t> Checker<'t> {
         zero_ok: bool,
     ) -> Option<Duration> {
         let s = self.string(v, ctx, key)?;
-        match humantime::parse_duration(s) {
-            Ok(d) if d.is_zero() && !zero_ok => {
-                self.problem(v.span(), ctx, format!("\"{key}\" must be longer than zero"));
-                None
-            }
+        match parse_duration(s, key, zero_ok) {
             Ok(d) => Some(d),
-            Err(e) => {
-                self.problem(
-                    v.span(),
-                    ctx,
-                    format!("\"{key}\": invalid duration \"{}\" ({e}); write e.g. \"250ms\", \"10s\", \"5m\"", esc(s)),
-                );
+            Err(m) => {
+                self.problem(v.span(), ctx, m);
                 None
             }
         }

@@ -3,6 +3,7 @@
 //! gives a message to show, never touches the system.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -10,7 +11,7 @@ use crate::plan::{Level, ListenAddr};
 use crate::text::escape as esc;
 
 /// Whether `n` is a valid service name: 1 to 64 of a-z, 0-9, `_` and `-`.
-pub(super) fn valid_name(n: &str) -> bool {
+pub fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.bytes()
@@ -102,7 +103,7 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 }
 
 /// An `env` key: a shell-style name that the daemon does not set itself.
-pub(super) fn check_env_name(var: &str) -> Result<(), String> {
+pub fn check_env_name(var: &str) -> Result<(), String> {
     let valid = !var.is_empty()
         && var
             .bytes()
@@ -125,4 +126,17 @@ pub(super) fn check_env_name(var: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A duration such as `"250ms"` or `"10s"` for `key`; zero only when
+/// `zero_ok`.
+pub fn parse_duration(s: &str, key: &str, zero_ok: bool) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() && !zero_ok => Err(format!("\"{key}\" must be longer than zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "\"{key}\": invalid duration \"{}\" ({e}); write e.g. \"250ms\", \"10s\", \"5m\"",
+            esc(s)
+        )),
+    }
 }

@@ -32,7 +32,7 @@ use crate::plan::Plan;
 use crate::trust::{self, Refusal};
 
 pub use describe::describe;
-pub use fields::{parse_listen, parse_net};
+pub use fields::{check_env_name, parse_duration, parse_listen, parse_net, valid_name};
 pub use lookups::{Accounts, Answer, Question, Record};
 
 /// The default configuration file.
