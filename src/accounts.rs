@@ -35,15 +35,20 @@ const MAX_ANSWER: usize = 4 * 1024 * 1024;
 /// A passwd entry: name, uid, primary gid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Passwd {
+    /// The name as the entry spells it (a lookup by number finds it too).
     pub name: String,
+    /// The user's uid.
     pub uid: u32,
+    /// The user's primary gid.
     pub gid: u32,
 }
 
 /// A group entry: name, gid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
+    /// The name as the entry spells it.
     pub name: String,
+    /// The group's gid.
     pub gid: u32,
 }
 

@@ -34,6 +34,7 @@ pub enum Level {
 }
 
 impl Level {
+    /// The level as the config and log lines write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Error => "error",
@@ -47,7 +48,9 @@ impl Level {
 /// The `[daemon]` table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Daemon {
+    /// Where log lines go (`log`).
     pub log: LogTarget,
+    /// The least severe level written (`log_level`).
     pub log_level: Level,
     /// Handlers running at once, all services together.
     pub max_connections: usize,
@@ -105,9 +108,13 @@ impl fmt::Display for ListenAddr {
 /// allocate and lock, so they must never run in the forked child).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cred {
+    /// The user name, for `--check` and log lines.
     pub user: String,
+    /// The group name (or its number when it has none), likewise.
     pub group: String,
+    /// What the child passes to `setuid`.
     pub uid: u32,
+    /// What the child passes to `setgid`.
     pub gid: u32,
     /// Supplementary groups, `setgroups` order.
     pub groups: Vec<u32>,
@@ -124,6 +131,7 @@ pub struct Limits {
     pub max_rate: Option<u32>,
     /// Prefix lengths that define "one source" for `max_per_source`.
     pub source_prefix_v4: u8,
+    /// The same for IPv6 sources.
     pub source_prefix_v6: u8,
     /// Handler wall-clock limit; SIGTERM at the limit, SIGKILL 2 s later.
     pub timeout: Option<Duration>,
@@ -146,7 +154,9 @@ impl Default for Limits {
 /// admits everyone not denied.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Access {
+    /// Sources admitted (all when empty).
     pub allow: Vec<IpNet>,
+    /// Sources refused, whatever `allow` says.
     pub deny: Vec<IpNet>,
 }
 
@@ -176,15 +186,19 @@ pub struct ExecImage {
 /// `Arc<Service>`, so a reload never changes what they were started with.
 #[derive(Debug)]
 pub struct Service {
+    /// Unique in the plan: how log lines, reloads and `--check` name it.
     pub name: String,
+    /// Where it is served, in file order.
     pub listen: Vec<ListenAddr>,
-    /// The program as written in the config, for messages.
-    pub program: String,
+    /// What each connection's child execs.
     pub image: ExecImage,
     /// `None`: handlers keep the daemon's own credentials (daemon not root).
     pub cred: Option<Cred>,
+    /// Applied by the supervisor and `admit`.
     pub limits: Limits,
+    /// Who may connect.
     pub access: Access,
+    /// `false`: validated, never bound (`enabled = false`).
     pub enabled: bool,
 }
 
@@ -193,12 +207,14 @@ pub struct Service {
 pub struct Plan {
     /// The file it came from, as given on the command line.
     pub path: PathBuf,
+    /// The `[daemon]` table, or its defaults.
     pub daemon: Daemon,
     /// In file order; disabled services included (validated, never bound).
     pub services: Vec<Arc<Service>>,
 }
 
 impl Plan {
+    /// The services to bind and serve.
     pub fn enabled(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.iter().filter(|s| s.enabled)
     }

@@ -24,17 +24,15 @@
 //! answers to account questions are plain values, and replaying them is
 //! exact.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::config::System;
+pub use crate::config::{Accounts, Answer, Question, Record};
 
 /// How long a reload's lookups may take in all before the resolver is
 /// killed and the reload fails (one lookup may take 10 s: `accounts`).
@@ -45,151 +43,6 @@ const MAX_RECORD: usize = 16 * 1024 * 1024;
 
 /// The last line a resolver writes: what came before is complete.
 const END: &str = "end";
-
-/// One account question.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Question {
-    User(String),
-    UserName(u32),
-    Group(String),
-    GroupName(u32),
-    GroupList(String, u32),
-}
-
-/// Its answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    User(Result<Option<(u32, u32)>, String>),
-    Name(Result<Option<String>, String>),
-    Group(Result<Option<u32>, String>),
-    GroupList(Result<Vec<u32>, String>),
-}
-
-/// Every question asked in one load, with its answer.
-pub type Record = HashMap<Question, Answer>;
-
-/// A [`System`] whose account questions are asked of `sys` once each
-/// (live) or answered from a record only (replay); file questions go to
-/// `sys` either way.
-pub struct Accounts<'s> {
-    sys: &'s dyn System,
-    record: RefCell<Record>,
-    replay: bool,
-}
-
-impl<'s> Accounts<'s> {
-    /// Asks `sys`, once per question.
-    pub fn live(sys: &'s dyn System) -> Accounts<'s> {
-        Accounts {
-            sys,
-            record: RefCell::new(Record::new()),
-            replay: false,
-        }
-    }
-
-    /// Answers from `record` only.
-    pub fn replay(sys: &'s dyn System, record: Record) -> Accounts<'s> {
-        Accounts {
-            sys,
-            record: RefCell::new(record),
-            replay: true,
-        }
-    }
-
-    pub fn into_record(self) -> Record {
-        self.record.into_inner()
-    }
-
-    fn ask(&self, q: Question, live: impl FnOnce(&dyn System) -> Answer) -> Answer {
-        if let Some(a) = self.record.borrow().get(&q) {
-            return a.clone();
-        }
-        let a = if self.replay {
-            let why = format!(
-                "{} was not looked up by the reload's resolver: the configuration changed during the reload; send SIGHUP again",
-                describe(&q)
-            );
-            match q {
-                Question::User(_) => Answer::User(Err(why)),
-                Question::UserName(_) | Question::GroupName(_) => Answer::Name(Err(why)),
-                Question::Group(_) => Answer::Group(Err(why)),
-                Question::GroupList(..) => Answer::GroupList(Err(why)),
-            }
-        } else {
-            live(self.sys)
-        };
-        if !self.replay {
-            self.record.borrow_mut().insert(q, a.clone());
-        }
-        a
-    }
-}
-
-fn describe(q: &Question) -> String {
-    match q {
-        Question::User(n) => format!("user {n:?}"),
-        Question::UserName(u) => format!("the name of uid {u}"),
-        Question::Group(n) => format!("group {n:?}"),
-        Question::GroupName(g) => format!("the name of gid {g}"),
-        Question::GroupList(n, g) => format!("the groups of user {n:?} (gid {g})"),
-    }
-}
-
-// A mismatched answer kind can only come from a record that was tampered
-// with; it reads as a failed lookup, never as a panic.
-const MISMATCH: &str = "the resolver's record does not match its question";
-
-impl System for Accounts<'_> {
-    fn identity(&self) -> (u32, u32) {
-        self.sys.identity()
-    }
-    fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
-        match self.ask(Question::User(name.into()), |s| Answer::User(s.user(name))) {
-            Answer::User(a) => a,
-            _ => Err(MISMATCH.into()),
-        }
-    }
-    fn user_name(&self, uid: u32) -> Result<Option<String>, String> {
-        match self.ask(Question::UserName(uid), |s| Answer::Name(s.user_name(uid))) {
-            Answer::Name(a) => a,
-            _ => Err(MISMATCH.into()),
-        }
-    }
-    fn group(&self, name: &str) -> Result<Option<u32>, String> {
-        match self.ask(Question::Group(name.into()), |s| {
-            Answer::Group(s.group(name))
-        }) {
-            Answer::Group(a) => a,
-            _ => Err(MISMATCH.into()),
-        }
-    }
-    fn group_name(&self, gid: u32) -> Result<Option<String>, String> {
-        match self.ask(Question::GroupName(gid), |s| {
-            Answer::Name(s.group_name(gid))
-        }) {
-            Answer::Name(a) => a,
-            _ => Err(MISMATCH.into()),
-        }
-    }
-    fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
-        match self.ask(Question::GroupList(user.into(), gid), |s| {
-            Answer::GroupList(s.group_list(user, gid))
-        }) {
-            Answer::GroupList(a) => a,
-            _ => Err(MISMATCH.into()),
-        }
-    }
-    fn exe_dir(&self) -> Option<PathBuf> {
-        self.sys.exe_dir()
-    }
-    fn program(
-        &self,
-        path: &Path,
-        mode: crate::trust::Mode,
-    ) -> Result<Option<OwnedFd>, crate::trust::Refusal> {
-        self.sys.program(path, mode)
-    }
-}
 
 /// A field, escaped so that it holds no tab and no newline.
 fn field(out: &mut String, s: &str) {
@@ -364,6 +217,7 @@ pub enum Progress {
     More,
     /// Every answer: the daemon may now load with [`Accounts::replay`].
     Done(Record),
+    /// It failed, was killed or wrote garbage: why, for the reload error.
     Failed(String),
 }
 
@@ -373,7 +227,9 @@ pub struct Pending {
     pid: Pid,
     /// The read end of its pipe, non-blocking.
     pipe: std::fs::File,
+    /// What it has written so far (the record ends with [`END`]).
     buf: Vec<u8>,
+    /// When it is killed and the reload fails ([`DEADLINE`] after the start).
     pub deadline: Instant,
     /// A SIGHUP came while this reload was pending: reload again when it
     /// ends, so that the file as it is by then is the one loaded.
@@ -497,156 +353,4 @@ fn resolve(path: &Path, out: OwnedFd) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> Record {
-        let mut r = Record::new();
-        r.insert(
-            Question::User("alice".into()),
-            Answer::User(Ok(Some((1000, 100)))),
-        );
-        r.insert(Question::User("x\ty\\z\n".into()), Answer::User(Ok(None)));
-        r.insert(
-            Question::User("ldap".into()),
-            Answer::User(Err("getent passwd ldap: no answer within 10s".into())),
-        );
-        r.insert(Question::UserName(0), Answer::Name(Ok(Some("root".into()))));
-        r.insert(Question::GroupName(7), Answer::Name(Ok(None)));
-        r.insert(Question::Group("staff".into()), Answer::Group(Ok(Some(50))));
-        r.insert(
-            Question::Group("none".into()),
-            Answer::Group(Err("e\tf".into())),
-        );
-        r.insert(
-            Question::GroupList("alice".into(), 100),
-            Answer::GroupList(Ok(vec![100, 27, 50])),
-        );
-        r.insert(
-            Question::GroupList("bob".into(), 5),
-            Answer::GroupList(Ok(vec![])),
-        );
-        r
-    }
-
-    #[test]
-    fn records_survive_the_pipe() {
-        let r = sample();
-        assert_eq!(decode(&encode(&r)), Ok(r));
-        assert_eq!(decode(&encode(&Record::new())), Ok(Record::new()));
-    }
-
-    #[test]
-    fn a_cut_or_garbled_record_is_an_error() {
-        let text = encode(&sample());
-        let cut = &text[..text.len() - 4];
-        assert!(decode(cut).unwrap_err().contains("ended before"));
-        assert!(decode("").is_err());
-        assert!(decode("q\tx\tok\t1\nend\n")
-            .unwrap_err()
-            .contains("unreadable"));
-        assert!(decode("u\tx\tok\tnot-a-number\nend\n").is_err());
-        assert!(decode("end\nu\tx\tnone\n").is_err());
-    }
-
-    #[test]
-    fn past_its_deadline_a_resolver_is_killed_with_its_group() {
-        use std::os::unix::process::CommandExt as _;
-        // A stand-in resolver: a process group of its own that never answers.
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .expect("spawn sleep");
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-        nix::fcntl::fcntl(
-            &r,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .expect("nonblocking");
-        let now = Instant::now();
-        let mut p = Pending {
-            pid: Pid::from_raw(child.id() as i32),
-            pipe: std::fs::File::from(r),
-            buf: Vec::new(),
-            deadline: now + Duration::from_secs(30),
-            again: false,
-            ended: false,
-        };
-        assert!(matches!(p.read(now), Progress::More));
-        match p.read(now + DEADLINE) {
-            Progress::Failed(why) => assert!(why.contains("did not finish within 30s"), "{why}"),
-            _ => panic!("no failure past the deadline"),
-        }
-        use std::os::unix::process::ExitStatusExt as _;
-        assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
-        drop(w);
-    }
-
-    /// Counts what it is asked; knows alice (1000, gid 100) only.
-    struct Counting {
-        asked: RefCell<usize>,
-    }
-
-    impl System for Counting {
-        fn identity(&self) -> (u32, u32) {
-            (0, 0)
-        }
-        fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
-            *self.asked.borrow_mut() += 1;
-            Ok((name == "alice").then_some((1000, 100)))
-        }
-        fn user_name(&self, _: u32) -> Result<Option<String>, String> {
-            *self.asked.borrow_mut() += 1;
-            Err("down".into())
-        }
-        fn group(&self, _: &str) -> Result<Option<u32>, String> {
-            *self.asked.borrow_mut() += 1;
-            Ok(None)
-        }
-        fn group_name(&self, _: u32) -> Result<Option<String>, String> {
-            *self.asked.borrow_mut() += 1;
-            Ok(Some("users".into()))
-        }
-        fn group_list(&self, _: &str, gid: u32) -> Result<Vec<u32>, String> {
-            *self.asked.borrow_mut() += 1;
-            Ok(vec![gid])
-        }
-        fn exe_dir(&self) -> Option<PathBuf> {
-            None
-        }
-        fn program(
-            &self,
-            _: &Path,
-            _: crate::trust::Mode,
-        ) -> Result<Option<OwnedFd>, crate::trust::Refusal> {
-            Ok(None)
-        }
-    }
-
-    #[test]
-    fn each_question_is_asked_once_and_replayed_exactly() {
-        let sys = Counting {
-            asked: RefCell::new(0),
-        };
-        let live = Accounts::live(&sys);
-        for _ in 0..11 {
-            assert_eq!(live.user("alice"), Ok(Some((1000, 100))));
-            assert_eq!(live.group_name(100), Ok(Some("users".into())));
-            assert_eq!(live.group_list("alice", 100), Ok(vec![100]));
-            assert_eq!(live.user_name(5), Err("down".into()));
-        }
-        assert_eq!(*sys.asked.borrow(), 4);
-        let record = decode(&encode(&live.into_record())).expect("decode");
-        let replay = Accounts::replay(&sys, record);
-        assert_eq!(replay.user("alice"), Ok(Some((1000, 100))));
-        assert_eq!(replay.user_name(5), Err("down".into()));
-        assert_eq!(*sys.asked.borrow(), 4, "a replay asks nothing");
-        let e = replay.user("bob").unwrap_err();
-        assert!(
-            e.contains("user \"bob\" was not looked up") && e.contains("changed during the reload"),
-            "{e}"
-        );
-        assert_eq!(*sys.asked.borrow(), 4);
-    }
-}
+mod tests;

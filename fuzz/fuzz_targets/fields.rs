@@ -1,5 +1,6 @@
 //! The small parsers and the log escaper: listen addresses, allow/deny
-//! entries, and escaping any text into one bounded log value.
+//! entries, env names, service names, durations, and escaping any text
+//! into one bounded log value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,6 +10,18 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = config::parse_listen(&text);
     let _ = config::parse_net(&text);
+    for m in [
+        config::check_env_name(&text).err(),
+        config::parse_duration(&text, "timeout", false).err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert!(!m.contains('\n'), "{m:?}");
+    }
+    if config::valid_name(&text) {
+        assert!(!text.is_empty() && text.len() <= 64);
+    }
     let mut out = String::new();
     text::escape_into(&mut out, &text);
     assert!(!out.chars().any(char::is_control));

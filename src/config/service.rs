@@ -1,0 +1,520 @@
+//! The `[[service]]` tables: one short check per key group, each filling a
+//! [`Draft`]; then the required keys, the resolution of the program and the
+//! credentials, and the checks across services (unique names, no address
+//! served twice).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use toml::de::{DeTable, DeValue};
+
+use super::check::{esc, Checker, Value};
+use super::fields::{check_env_name, parse_listen, valid_name};
+use super::resolve::{exec_image, resolve_program};
+use super::{line_col, System};
+use crate::plan::{Access, Daemon, Limits, ListenAddr, Service};
+use crate::trust;
+
+pub(super) const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "program",
+    "args",
+    "user",
+    "group",
+    "env",
+    "max_instances",
+    "max_per_source",
+    "max_rate",
+    "allow",
+    "deny",
+    "timeout",
+    "enabled",
+    "source_prefix_v4",
+    "source_prefix_v6",
+    "umask",
+];
+
+/// Keys reserved for later versions (tinyinetd.toml(5), README.md). They are refused
+/// with a message that says so, rather than accepted and ignored: a
+/// setting that silently does nothing is worse than an error.
+const RESERVED_SERVICE_KEYS: &[&str] = &[
+    "nice",
+    "rlimit_nofile",
+    "rlimit_as",
+    "rlimit_cpu",
+    "no_new_privs",
+    "stderr",
+    "proxy_protocol",
+    "trusted_proxies",
+    "protocol",
+    "wait",
+    "socket_mode",
+    "socket_user",
+    "socket_group",
+];
+
+/// A validated service with the spans that cross-service checks point at.
+pub(super) struct Checked {
+    /// The service itself, ready for the plan.
+    pub(super) service: Service,
+    /// Where the name was written, for the duplicate-name message.
+    name_span: Range<usize>,
+    /// Where each listen entry was written, in `service.listen` order.
+    listen_spans: Vec<Range<usize>>,
+}
+
+/// What one `[[service]]` table says, key by key, before anything is
+/// resolved; each value keeps the span its messages point at.
+struct Draft {
+    /// `service "NAME"` once the name is known, `service #N` before.
+    ctx: String,
+    /// The valid name; `None` when missing or unusable.
+    name: Option<(String, Range<usize>)>,
+    /// The distinct addresses, each with the span of its entry.
+    listen: Vec<(ListenAddr, Range<usize>)>,
+    /// Whether the key was present at all (an unusable one is not "missing").
+    listen_seen: bool,
+    /// The program as written (resolved later, in `build`).
+    program: Option<(String, Range<usize>)>,
+    /// `argv[1..]`.
+    args: Vec<String>,
+    /// `user` as written (resolved later, in `build`).
+    user: Option<(String, Range<usize>)>,
+    /// `group` as written, likewise.
+    group: Option<(String, Range<usize>)>,
+    /// The service's own variables, in file order.
+    env: Vec<(String, String)>,
+    /// The numeric limits and the timeout, defaults where not given.
+    limits: Limits,
+    /// `allow` and `deny`.
+    access: Access,
+    /// `enabled`, true unless the file says otherwise.
+    enabled: bool,
+    /// `umask`, 022 unless given.
+    umask: u32,
+    /// False once a required part is unusable: the service is not built.
+    ok: bool,
+}
+
+impl Draft {
+    fn new(ctx: String) -> Draft {
+        Draft {
+            ctx,
+            name: None,
+            listen: Vec::new(),
+            listen_seen: false,
+            program: None,
+            args: Vec::new(),
+            user: None,
+            group: None,
+            env: Vec::new(),
+            limits: Limits::default(),
+            access: Access::default(),
+            enabled: true,
+            umask: 0o022,
+            ok: true,
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// Checks every entry of the `[[service]]` array, in file order.
+    pub(super) fn services(
+        &mut self,
+        array: &[Value<'_>],
+        daemon: &Daemon,
+        sys: &dyn System,
+    ) -> Vec<Checked> {
+        let (identity_uid, _) = sys.identity();
+        let mut services = Vec::new();
+        for (index, item) in array.iter().enumerate() {
+            let context = format!("service #{}", index + 1);
+            match item.get_ref() {
+                DeValue::Table(t) => {
+                    if let Some(s) =
+                        self.service(t, item.span(), &context, daemon, sys, identity_uid)
+                    {
+                        services.push(s);
+                    }
+                }
+                other => self.problem(
+                    item.span(),
+                    &context,
+                    format!("must be a table, not {}", other.type_str()),
+                ),
+            }
+        }
+        services
+    }
+
+    /// Validates one `[[service]]`. Returns the service and the spans of its
+    /// listen entries (for cross-service checks), or `None` if a required
+    /// part is unusable.
+    fn service(
+        &mut self,
+        t: &DeTable<'_>,
+        span: Range<usize>,
+        fallback_ctx: &str,
+        daemon: &Daemon,
+        sys: &dyn System,
+        identity_uid: u32,
+    ) -> Option<Checked> {
+        // The name first, so every other message can say which service.
+        let mut d = self.name(t, fallback_ctx);
+        for (key, value) in t.iter() {
+            let k = key.get_ref().as_ref();
+            let ctx = d.ctx.clone();
+            match k {
+                "name" => {}
+                "listen" => self.listen(value, &mut d),
+                "program" => match self.string(value, &ctx, k) {
+                    Some(s) => d.program = Some((s.to_string(), value.span())),
+                    None => d.ok = false,
+                },
+                "args" => self.args(value, &mut d),
+                "user" => {
+                    if let Some(u) = self.spanned_string(value, &ctx, k) {
+                        d.user = Some(u);
+                    }
+                }
+                "group" => {
+                    if let Some(g) = self.spanned_string(value, &ctx, k) {
+                        d.group = Some(g);
+                    }
+                }
+                "env" => self.env(value, &mut d),
+                "max_instances" | "max_per_source" | "max_rate" | "source_prefix_v4"
+                | "source_prefix_v6" | "timeout" => self.limit(k, value, &ctx, &mut d.limits),
+                "allow" => d.access.allow = self.nets(value, &ctx, k),
+                "deny" => d.access.deny = self.nets(value, &ctx, k),
+                "enabled" => self.enabled(value, &mut d),
+                "umask" => self.umask(value, &mut d),
+                _ => self.unknown_key(key, &ctx, SERVICE_KEYS, RESERVED_SERVICE_KEYS),
+            }
+        }
+        self.required(t, &d, &span);
+        self.build(d, span, daemon, sys, identity_uid)
+    }
+
+    /// A draft with the service's name and context, when the name is valid.
+    fn name(&mut self, t: &DeTable<'_>, fallback_ctx: &str) -> Draft {
+        let mut d = Draft::new(fallback_ctx.to_string());
+        if let Some((_, value)) = t.iter().find(|(k, _)| k.get_ref() == "name") {
+            if let Some(n) = self.string(value, &d.ctx, "name") {
+                if valid_name(n) {
+                    d.ctx = format!("service \"{n}\"");
+                    d.name = Some((n.to_string(), value.span()));
+                } else {
+                    let ctx = d.ctx.clone();
+                    self.problem(
+                        value.span(),
+                        &ctx,
+                        format!(
+                            "\"name\" must be 1 to 64 characters of a-z, 0-9, _ and -, not \"{}\"",
+                            esc(n)
+                        ),
+                    );
+                }
+            }
+        }
+        d
+    }
+
+    /// A string value with its span, or `None` (and a problem) for another type.
+    fn spanned_string(
+        &mut self,
+        value: &Value<'_>,
+        ctx: &str,
+        key: &str,
+    ) -> Option<(String, Range<usize>)> {
+        self.string(value, ctx, key)
+            .map(|s| (s.to_string(), value.span()))
+    }
+
+    fn listen(&mut self, value: &Value<'_>, d: &mut Draft) {
+        let ctx = d.ctx.clone();
+        d.listen_seen = true;
+        match self.array(value, &ctx, "listen") {
+            Some([]) => {
+                self.problem(value.span(), &ctx, "\"listen\" needs at least one address");
+                d.ok = false;
+            }
+            Some(items) => {
+                for item in items {
+                    self.listen_entry(item, &ctx, d);
+                }
+            }
+            None => d.ok = false,
+        }
+    }
+
+    fn listen_entry(&mut self, item: &Value<'_>, ctx: &str, d: &mut Draft) {
+        let Some(s) = self.string(item, ctx, "listen") else {
+            d.ok = false;
+            return;
+        };
+        match parse_listen(s) {
+            Ok(a) => {
+                if d.listen.iter().any(|(b, _)| *b == a) {
+                    self.problem(
+                        item.span(),
+                        ctx,
+                        format!("listen address \"{}\" is given twice", esc(s)),
+                    );
+                } else {
+                    d.listen.push((a, item.span()));
+                }
+            }
+            Err(m) => {
+                self.problem(item.span(), ctx, m);
+                d.ok = false;
+            }
+        }
+    }
+
+    fn args(&mut self, value: &Value<'_>, d: &mut Draft) {
+        let ctx = d.ctx.clone();
+        let Some(items) = self.array(value, &ctx, "args") else {
+            return;
+        };
+        for item in items {
+            if let Some(s) = self.string(item, &ctx, "args") {
+                if s.contains('\0') {
+                    self.problem(
+                        item.span(),
+                        &ctx,
+                        "\"args\" entries cannot contain NUL bytes",
+                    );
+                }
+                d.args.push(s.to_string());
+            }
+        }
+    }
+
+    fn env(&mut self, value: &Value<'_>, d: &mut Draft) {
+        let ctx = d.ctx.clone();
+        let vars = match value.get_ref() {
+            DeValue::Table(vars) => vars,
+            other => {
+                self.problem(
+                    value.span(),
+                    &ctx,
+                    format!(
+                        "\"env\" must be a table like {{ NAME = \"value\" }}, not {}",
+                        other.type_str()
+                    ),
+                );
+                return;
+            }
+        };
+        for (vk, vv) in vars.iter() {
+            let var = vk.get_ref().as_ref();
+            if let Err(m) = check_env_name(var) {
+                self.problem(vk.span(), &ctx, m);
+                continue;
+            }
+            if let Some(s) = self.string(vv, &ctx, &format!("env.{var}")) {
+                if s.contains('\0') {
+                    self.problem(
+                        vv.span(),
+                        &ctx,
+                        format!("env.{var} cannot contain NUL bytes"),
+                    );
+                    continue;
+                }
+                d.env.push((var.to_string(), s.to_string()));
+            }
+        }
+    }
+
+    /// The numeric limits and the timeout: each key its range.
+    fn limit(&mut self, k: &str, value: &Value<'_>, ctx: &str, limits: &mut Limits) {
+        let count = |ck: &mut Self, min, max| ck.count(value, ctx, k, min, max);
+        match k {
+            "max_instances" => {
+                if let Some(n) = count(self, 1, 1_000_000) {
+                    limits.max_instances = n;
+                }
+            }
+            "max_per_source" => {
+                if let Some(n) = count(self, 1, 1_000_000) {
+                    limits.max_per_source = Some(n);
+                }
+            }
+            "max_rate" => {
+                if let Some(n) = count(self, 1, 1_000_000) {
+                    limits.max_rate = Some(n as u32);
+                }
+            }
+            "source_prefix_v4" => {
+                if let Some(n) = count(self, 0, 32) {
+                    limits.source_prefix_v4 = n as u8;
+                }
+            }
+            "source_prefix_v6" => {
+                if let Some(n) = count(self, 0, 128) {
+                    limits.source_prefix_v6 = n as u8;
+                }
+            }
+            _ => {
+                if let Some(t) = self.duration(value, ctx, k, false) {
+                    limits.timeout = Some(t);
+                }
+            }
+        }
+    }
+
+    fn enabled(&mut self, value: &Value<'_>, d: &mut Draft) {
+        match value.get_ref() {
+            DeValue::Boolean(b) => d.enabled = *b,
+            other => self.problem(
+                value.span(),
+                &d.ctx,
+                format!(
+                    "\"enabled\" must be true or false, not {}",
+                    other.type_str()
+                ),
+            ),
+        }
+    }
+
+    fn umask(&mut self, value: &Value<'_>, d: &mut Draft) {
+        let ctx = d.ctx.clone();
+        if let Some(s) = self.string(value, &ctx, "umask") {
+            match u32::from_str_radix(s, 8) {
+                Ok(m) if m <= 0o777 && !s.is_empty() => d.umask = m,
+                _ => self.problem(
+                    value.span(),
+                    &ctx,
+                    format!(
+                        "\"umask\" must be an octal mode like \"022\", not \"{}\"",
+                        esc(s)
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// A missing `name`, `listen` or `program` is reported at the table.
+    fn required(&mut self, t: &DeTable<'_>, d: &Draft, span: &Range<usize>) {
+        let has = |key: &str| t.iter().any(|(k, _)| k.get_ref() == key);
+        if d.name.is_none() && !has("name") {
+            self.problem(span.clone(), &d.ctx, "missing required key \"name\"");
+        }
+        if !d.listen_seen {
+            self.problem(span.clone(), &d.ctx, "missing required key \"listen\"");
+        }
+        if d.program.is_none() && !has("program") {
+            self.problem(span.clone(), &d.ctx, "missing required key \"program\"");
+        }
+    }
+
+    /// Resolves the program and the credentials (both reported even when
+    /// another part failed), then builds the service if every part is usable.
+    fn build(
+        &mut self,
+        d: Draft,
+        span: Range<usize>,
+        daemon: &Daemon,
+        sys: &dyn System,
+        identity_uid: u32,
+    ) -> Option<Checked> {
+        let resolved = d.program.as_ref().and_then(|(p, pspan)| {
+            let mode = trust::Mode::for_euid(identity_uid);
+            match resolve_program(p, &daemon.handler_dir, sys, mode) {
+                Ok(found) => Some(found),
+                Err(m) => {
+                    self.problem(pspan.clone(), &d.ctx, m);
+                    None
+                }
+            }
+        });
+        let cred = self.cred(
+            d.user.as_ref(),
+            d.group.as_ref(),
+            &d.ctx,
+            sys,
+            identity_uid,
+            span,
+        );
+        let (name, name_span) = d.name?;
+        let (program, _) = d.program?;
+        let (path, fd) = resolved?;
+        let cred = cred.ok()?;
+        if !d.ok {
+            return None;
+        }
+        let image = exec_image(&name, &program, &path, fd, &d.args, &d.env, d.umask)?;
+        let listen_spans = d.listen.iter().map(|(_, s)| s.clone()).collect();
+        Some(Checked {
+            service: Service {
+                name,
+                listen: d.listen.into_iter().map(|(a, _)| a).collect(),
+                image,
+                cred,
+                limits: d.limits,
+                access: d.access,
+                enabled: d.enabled,
+            },
+            name_span,
+            listen_spans,
+        })
+    }
+
+    /// Checks across services: unique names, and no address served twice.
+    pub(super) fn cross_check(&mut self, services: &[Checked]) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for c in services {
+            let s = &c.service;
+            if let Some(first) = names.insert(&s.name, line_col(self.text, c.name_span.start).0) {
+                let ctx = format!("service \"{}\"", s.name);
+                let m = format!(
+                    "duplicate service name \"{}\" (first defined on line {first})",
+                    s.name
+                );
+                self.problem(c.name_span.clone(), &ctx, m);
+            }
+        }
+        // Every socket seen so far: (socket, service index, service name,
+        // the address as that service wrote it). Each entry is compared with
+        // those before it, within its own service too: `"127.0.0.1:P"` and
+        // `"P"` in one service would fail at bind just the same.
+        let mut seen: Vec<(SocketAddr, usize, &str, ListenAddr)> = Vec::new();
+        for (index, c) in services.iter().enumerate() {
+            let s = &c.service;
+            for (addr, span) in s.listen.iter().zip(&c.listen_spans) {
+                let clash = addr.sockets().into_iter().find_map(|sock| {
+                    seen.iter()
+                        .find(|(a, _, _, _)| conflicts(*a, sock))
+                        .map(|(_, i, name, wrote)| (*i, *name, *wrote))
+                });
+                if let Some((other_index, other, wrote)) = clash {
+                    let ctx = format!("service \"{}\"", s.name);
+                    let m = if other_index == index {
+                        format!("listen address \"{addr}\" overlaps \"{wrote}\" of this service")
+                    } else if wrote == *addr {
+                        format!("listen address \"{addr}\" is already used by service \"{other}\"")
+                    } else {
+                        format!(
+                            "listen address \"{addr}\" conflicts with \"{wrote}\" of service \"{other}\""
+                        )
+                    };
+                    self.problem(span.clone(), &ctx, m);
+                }
+                for sock in addr.sockets() {
+                    seen.push((sock, index, &s.name, *addr));
+                }
+            }
+        }
+    }
+}
+
+/// Whether two sockets would collide on bind: the same address, or a
+/// wildcard and a specific address of the same family on the same port.
+pub(super) fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
