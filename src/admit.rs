@@ -30,8 +30,6 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 3] = [Reason::Deny, Reason::Allow, Reason::MaxPerSource];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Deny => "deny",

@@ -157,7 +157,7 @@ pub fn run(opts: &Options) -> Result<(), Error> {
             e,
         ))
     })?;
-    let inherited = supervisor::inherited_sockets();
+    let inherited = listen::inherited_sockets();
 
     let plan = config::load(&opts.config, opts.default_config).map_err(Error::Config)?;
     let (mut logger, warning) = log::Logger::open(plan.daemon.log, plan.daemon.log_level);

@@ -39,13 +39,6 @@ use nix::sys::socket::{
 
 use crate::plan::Plan;
 
-/// A bound, listening socket and the address it was configured for.
-#[derive(Debug)]
-pub struct Listener {
-    pub addr: SocketAddr,
-    pub socket: TcpListener,
-}
-
 /// Why a socket could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenError {
@@ -119,6 +112,19 @@ pub fn no_ipv6(e: &ListenError) -> bool {
 pub struct Inherited {
     pub fd: RawFd,
     pub name: String,
+}
+
+/// Reads the sockets systemd passed (`LISTEN_FDS`, only when `LISTEN_PID`
+/// is ours) and removes the `LISTEN_*` variables from the environment.
+pub fn inherited_sockets() -> Vec<Inherited> {
+    let found: Vec<Inherited> = match sd_notify::listen_fds_with_names() {
+        Ok(fds) => fds.map(|(fd, name)| Inherited { fd, name }).collect(),
+        Err(_) => Vec::new(),
+    };
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    found
 }
 
 /// What became of one inherited socket.
@@ -196,7 +202,6 @@ pub struct Sockets {
 /// One event of [`reconcile`], for the caller to log.
 #[derive(Debug)]
 pub enum Change {
-    Kept(SocketAddr),
     Opened(SocketAddr),
     Closed(SocketAddr),
     /// A new address that could not be bound; the rest still applies.
@@ -258,7 +263,6 @@ pub fn reconcile(
     let mut to_bind = Vec::new();
     for &(a, name) in &wanted {
         if let Some(sock) = held.by_addr.remove(&a) {
-            changes.push(Change::Kept(a));
             next.insert(a, sock);
         } else if let Some(sock) = spare.remove(&a) {
             changes.push(Change::Opened(a));

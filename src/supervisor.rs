@@ -22,7 +22,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 
 use crate::admit::{self, Backoff, Bucket, Decision, Load, Pause, Reason};
-use crate::children::{Child, Children, Exit, Fired, Status};
+use crate::children::{Child, Children, Exit, Fired, Status, Termination};
 use crate::config;
 use crate::listen::{self, Change, Sockets};
 use crate::log::Logger;
@@ -30,7 +30,7 @@ use crate::notify;
 use crate::plan::{Level, Plan, Service};
 use crate::resolver;
 use crate::signals::Signals;
-use crate::spawn::{self, Conn, Failure, Room, Scratch, SpawnError};
+use crate::spawn::{self, Conn, Failure, Room, SpawnError, Spawner};
 
 /// Connections accepted from one listener in one loop turn at most.
 const ACCEPT_BUDGET: usize = 64;
@@ -187,7 +187,7 @@ pub struct Supervisor {
     /// The last `STATUS=` sent, to send only changes.
     status_sent: String,
     // Buffers reused every turn.
-    scratch: Scratch,
+    scratch: Spawner,
     exits: Vec<Exit>,
     fired: Vec<Fired>,
     slots: Vec<Slot>,
@@ -232,8 +232,7 @@ impl Supervisor {
                     .kv("error", "no IPv6 on this host; serving IPv4 only")
                     .send(),
                 // Nothing is held before the start, so nothing is retained.
-                Change::Kept(_)
-                | Change::Opened(_)
+                Change::Opened(_)
                 | Change::Closed(_)
                 | Change::Retained { .. }
                 | Change::Lost { .. } => {}
@@ -252,7 +251,7 @@ impl Supervisor {
             reloading: None,
             watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
             status_sent: String::new(),
-            scratch: Scratch::new(),
+            scratch: Spawner::new(),
             slot_retry: None,
             exits: Vec::new(),
             fired: Vec::new(),
@@ -953,13 +952,13 @@ impl Supervisor {
     fn fire_deadlines(&mut self, now: Instant) {
         if let Some(d) = &mut self.drain {
             if !d.terminated && d.deadline <= now {
-                self.terminate_all(now, "shutdown");
+                self.terminate_all(now, Termination::Shutdown);
             }
         }
         // Every handler is gone: what is left of their groups is not waited
         // for (it gets SIGTERM now, and SIGKILL after the grace).
         if self.drain.is_some() && self.children.is_empty() {
-            self.children.terminate_groups(now, "shutdown");
+            self.children.terminate_groups(now, Termination::Shutdown);
         }
         let mut fired = std::mem::take(&mut self.fired);
         self.children.fire_deadlines(now, &mut fired);
@@ -978,7 +977,7 @@ impl Supervisor {
                 .kv("conn", f.conn_id)
                 .kv("pid", f.pid)
                 .kv("signal", f.signal.as_str())
-                .opt("reason", f.reason)
+                .kv("reason", f.reason)
                 .kv("age_ms", age.as_millis())
                 .opt("handler", f.leader_gone.then_some("exited"))
                 .send();
@@ -1021,13 +1020,13 @@ impl Supervisor {
                     .kv("running", self.children.len())
                     .kv("wait", "skipped")
                     .send();
-                self.terminate_all(now, "shutdown");
+                self.terminate_all(now, Termination::Shutdown);
             }
             Some(_) => {}
         }
     }
 
-    fn terminate_all(&mut self, now: Instant, why: &'static str) {
+    fn terminate_all(&mut self, now: Instant, why: Termination) {
         if let Some(d) = &mut self.drain {
             d.terminated = true;
         }
@@ -1186,7 +1185,6 @@ impl Supervisor {
                         .kv("error", error.to_string())
                         .send();
                 }
-                Change::Kept(_) => {}
             }
         }
         self.install(plan, held);
@@ -1287,21 +1285,6 @@ impl Supervisor {
             .kv("error", crate::text::io_reason(&e))
             .send();
     }
-}
-
-/// Reads the sockets systemd passed (`LISTEN_FDS`, only when `LISTEN_PID`
-/// is ours) and removes the `LISTEN_*` variables from the environment.
-pub fn inherited_sockets() -> Vec<listen::Inherited> {
-    let found: Vec<listen::Inherited> = match sd_notify::listen_fds_with_names() {
-        Ok(fds) => fds
-            .map(|(fd, name)| listen::Inherited { fd, name })
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
-        std::env::remove_var(var);
-    }
-    found
 }
 
 /// Clears `deadline` once it has passed and says whether one is still
