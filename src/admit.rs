@@ -39,6 +39,12 @@ impl Reason {
     }
 }
 
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The verdict on one accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -99,13 +105,40 @@ pub enum Pause {
     Backoff(Instant),
 }
 
-impl Pause {
-    pub fn reason(self) -> &'static str {
+/// A [`Pause`] without its moment: what the log and the status line name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    Instances,
+    Connections,
+    Rate,
+    Backoff,
+}
+
+impl PauseReason {
+    /// The word the log's `reason=` and `paused=` fields show.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Pause::Instances => "max_instances",
-            Pause::Connections => "max_connections",
-            Pause::Rate(_) => "max_rate",
-            Pause::Backoff(_) => "backoff",
+            PauseReason::Instances => "max_instances",
+            PauseReason::Connections => "max_connections",
+            PauseReason::Rate => "max_rate",
+            PauseReason::Backoff => "backoff",
+        }
+    }
+}
+
+impl std::fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Pause {
+    pub fn reason(self) -> PauseReason {
+        match self {
+            Pause::Instances => PauseReason::Instances,
+            Pause::Connections => PauseReason::Connections,
+            Pause::Rate(_) => PauseReason::Rate,
+            Pause::Backoff(_) => PauseReason::Backoff,
         }
     }
 
@@ -211,7 +244,8 @@ impl Bucket {
 }
 
 /// The growing delay after a resource failure (EMFILE, fork EAGAIN…):
-/// starts near 100 ms, doubles, capped near 5 s (SPEC §9).
+/// starts near 100 ms, doubles, capped near 5 s (the back-off tinyinetd(8)
+/// and docs/RELIABILITY.md describe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Backoff {
     /// Failures in the current episode; 0 when none is under way.

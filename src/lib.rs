@@ -4,8 +4,8 @@
 //!
 //! Data flows one way: `config::load` → [`plan::Plan`] → `listen` →
 //! `supervisor` (poll → signals → reports → reap → deadlines → accept →
-//! `admit::decide` → `spawn::spawn`). See ARCHITECTURE.md in the project's
-//! shared documents for the picture.
+//! `admit::decide` → `spawn::spawn`). See docs/ARCHITECTURE.md for the
+//! picture.
 
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
