@@ -202,7 +202,9 @@ pub struct Sockets {
 /// One event of [`reconcile`], for the caller to log.
 #[derive(Debug)]
 pub enum Change {
+    /// A new address, bound or adopted from the inherited sockets.
     Opened(SocketAddr),
+    /// An address the plan no longer has, closed.
     Closed(SocketAddr),
     /// A new address that could not be bound; the rest still applies.
     Failed(ListenError),
@@ -210,16 +212,10 @@ pub enum Change {
     NoIpv6(SocketAddr),
     /// An old socket of `service`, which the new plan removed, kept because
     /// one of the service's new addresses failed.
-    Retained {
-        addr: SocketAddr,
-        service: String,
-    },
+    Retained { addr: SocketAddr, service: String },
     /// Like `Retained`, but the old socket had been closed to make room for
     /// an overlapping new address, and binding it again failed too.
-    Lost {
-        service: String,
-        error: ListenError,
-    },
+    Lost { service: String, error: ListenError },
 }
 
 /// Whether two addresses cannot both be bound: the same family and port,
@@ -246,19 +242,7 @@ pub fn reconcile(
     plan: &Plan,
 ) -> Vec<Change> {
     let mut changes = Vec::new();
-    let mut wanted = Vec::new();
-    let mut optional_v6 = Vec::new();
-    for s in plan.enabled() {
-        for l in &s.listen {
-            let any = matches!(l, crate::plan::ListenAddr::Any(_));
-            for a in l.sockets() {
-                if any && a.is_ipv6() {
-                    optional_v6.push(a);
-                }
-                wanted.push((a, s.name.as_str()));
-            }
-        }
-    }
+    let (wanted, optional_v6) = wanted(plan);
     let mut next = HashMap::new();
     let mut to_bind = Vec::new();
     for &(a, name) in &wanted {
@@ -319,6 +303,42 @@ pub fn reconcile(
             }
         }
     }
+    rebind_made_room(made_room, &failed, &mut next, &mut kept, &mut changes);
+    held.by_addr = next;
+    held.owner = kept;
+    changes
+}
+
+/// The addresses `plan` listens on, with the service of each, and those of
+/// them that are a bare `"PORT"`'s IPv6 half (which a host without IPv6
+/// may skip).
+fn wanted(plan: &Plan) -> (Vec<(SocketAddr, &str)>, Vec<SocketAddr>) {
+    let mut wanted = Vec::new();
+    let mut optional_v6 = Vec::new();
+    for s in plan.enabled() {
+        for l in &s.listen {
+            let any = matches!(l, crate::plan::ListenAddr::Any(_));
+            for a in l.sockets() {
+                if any && a.is_ipv6() {
+                    optional_v6.push(a);
+                }
+                wanted.push((a, s.name.as_str()));
+            }
+        }
+    }
+    (wanted, optional_v6)
+}
+
+/// The removed sockets [`reconcile`] closed to make room: a service whose
+/// new address failed gets its old one back (bound again), or it is
+/// reported lost; the others stay closed.
+fn rebind_made_room(
+    made_room: Vec<(SocketAddr, Option<String>)>,
+    failed: &[&str],
+    next: &mut HashMap<SocketAddr, TcpListener>,
+    kept: &mut HashMap<SocketAddr, String>,
+    changes: &mut Vec<Change>,
+) {
     for (a, owner) in made_room {
         match owner {
             Some(service) if failed.contains(&service.as_str()) && !next.contains_key(&a) => {
@@ -337,9 +357,6 @@ pub fn reconcile(
             _ => changes.push(Change::Closed(a)),
         }
     }
-    held.by_addr = next;
-    held.owner = kept;
-    changes
 }
 
 #[cfg(test)]
