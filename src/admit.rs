@@ -159,6 +159,7 @@ pub struct Load {
     pub running: usize,
     /// Handlers of all services running.
     pub total: usize,
+    /// The daemon's `max_connections`.
     pub max_connections: usize,
     /// A resource backoff in force for this service, if any.
     pub backoff_until: Option<Instant>,
@@ -192,6 +193,7 @@ pub fn capacity(limits: &Limits, load: Load, bucket: &Bucket, now: Instant) -> O
 pub struct Bucket {
     /// Tokens available at `at`.
     tokens: f64,
+    /// When `tokens` was last computed; `None`: never (the bucket is full).
     at: Option<Instant>,
 }
 

@@ -73,14 +73,18 @@ impl std::fmt::Display for Termination {
 
 /// One running handler.
 pub struct Child {
+    /// The handler's pid, also its process group's id.
     pub pid: Pid,
     /// The service as it was when the handler started; a reload does not
     /// change it.
     pub service: Arc<Service>,
+    /// The connection id the log lines of this handler carry.
     pub conn_id: u64,
+    /// The client, for the `exit` line.
     pub peer: SocketAddr,
     /// The `max_per_source` slot it holds, released when it is reaped.
     pub source: IpNet,
+    /// When it was started, for `duration_ms` and the exec back-off.
     pub started: Instant,
     /// When to send SIGTERM (the service's `timeout`, or shutdown).
     pub term_at: Option<Instant>,
@@ -99,8 +103,11 @@ pub enum Status {
 
 /// A reaped handler.
 pub struct Exit {
+    /// The handler as it ran.
     pub child: Child,
+    /// How it ended.
     pub status: Status,
+    /// How long it ran.
     pub duration: Duration,
 }
 
@@ -112,7 +119,9 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 pub struct Group {
     /// The reaped handler's pid: the group's id.
     pub pgid: Pid,
+    /// The service the handler ran for.
     pub service: Arc<Service>,
+    /// The handler's connection id.
     pub conn_id: u64,
     /// When the handler started, for the log's `age_ms`.
     pub started: Instant,
@@ -129,19 +138,24 @@ pub struct Group {
 pub struct Fired {
     /// The handler, or the group of a reaped one.
     pub pid: Pid,
+    /// SIGTERM or SIGKILL.
     pub signal: Signal,
     /// True when the handler is gone and only its group was signalled.
     pub leader_gone: bool,
+    /// The service of the handler.
     pub service: Arc<Service>,
+    /// The handler's connection id.
     pub conn_id: u64,
     /// Why it was signalled.
     pub reason: Termination,
+    /// When the handler started, for `age_ms`.
     pub started: Instant,
 }
 
 /// The table of running handlers.
 #[derive(Default)]
 pub struct Children {
+    /// The running handlers.
     by_pid: HashMap<Pid, Child>,
     /// Groups of reaped handlers with a signal still due; few, and each
     /// only until its SIGKILL.

@@ -42,9 +42,11 @@ use crate::plan::Plan;
 /// Why a socket could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenError {
+    /// The address being opened.
     pub addr: SocketAddr,
     /// What we were doing: `creating a socket for`, `binding`, `listening on`.
     pub doing: &'static str,
+    /// What the kernel said.
     pub errno: Errno,
 }
 
@@ -110,7 +112,9 @@ pub fn no_ipv6(e: &ListenError) -> bool {
 /// A socket passed by the service manager (`LISTEN_FDS`).
 #[derive(Debug)]
 pub struct Inherited {
+    /// The descriptor, as passed.
     pub fd: RawFd,
+    /// Its name (`FileDescriptorName=`), for messages.
     pub name: String,
 }
 
@@ -191,6 +195,7 @@ pub fn adopt(inh: Inherited) -> Adoption {
 /// The sockets the daemon holds, by address.
 #[derive(Debug, Default)]
 pub struct Sockets {
+    /// The open sockets.
     pub by_addr: HashMap<SocketAddr, TcpListener>,
     /// Before [`reconcile`]: the service each held socket serves (by name).
     /// After: the old sockets kept for a service whose new address failed
