@@ -1,9 +1,9 @@
 //! The one poll loop: start, each turn, the poll set and its deadlines,
-//! and the drain at shutdown. The supervisor owns all mutable state
+//! and the end of the drain. The supervisor owns all mutable state
 //! (listeners, running handlers, the service table, the logger); its other
 //! jobs live beside this file: `conn` (accept, decide, spawn), `reap`
-//! (handlers ending, the start of the drain), `reload`, `status`, and `services` (the pure
-//! per-service state).
+//! (handlers ending, the start of the drain), `reload`, `status`, and
+//! `services` (the pure per-service state).
 //!
 //! Each turn: poll (timeout = the nearest deadline, no periodic wake-ups)
 //! → read the signalfd and act on it → on SIGCHLD, reap every
@@ -67,7 +67,8 @@ struct Drain {
 
 /// What an entry of the poll set stands for. A new kind of source is a new
 /// variant here, its entry in [`Supervisor::poll`] and its arm in
-/// [`Supervisor::turn`].
+/// [`Supervisor::turn`] (the match there has one arm per variant, so the
+/// compiler asks for it).
 #[derive(Clone, Copy)]
 enum Source {
     /// The signalfd.
@@ -314,7 +315,16 @@ impl Supervisor {
         self.poll(timeout);
 
         let now = Instant::now();
-        let sig = if self.ready.iter().any(|(s, _)| matches!(s, Source::Signals)) {
+        let (mut signals_ready, mut resolver_ready) = (false, false);
+        for (source, _) in &self.ready {
+            match source {
+                Source::Signals => signals_ready = true,
+                Source::Resolver => resolver_ready = true,
+                // Served last, after the reaping and the deadlines.
+                Source::Listener(_) => {}
+            }
+        }
+        let sig = if signals_ready {
             self.signals.drain()
         } else {
             Default::default()
@@ -327,11 +337,8 @@ impl Supervisor {
         if sig.reload {
             self.reload(now);
         }
-        let resolver_due = self.reloading.as_ref().is_some_and(|p| p.deadline <= now)
-            || self
-                .ready
-                .iter()
-                .any(|(s, _)| matches!(s, Source::Resolver));
+        let resolver_due =
+            resolver_ready || self.reloading.as_ref().is_some_and(|p| p.deadline <= now);
         if resolver_due && self.reload_progress(now) {
             // The socket list was rebuilt: this turn's readiness refers to
             // the old indices. The next poll reports the listeners again.
