@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -146,9 +146,11 @@ pub enum Adoption {
 
 /// Checks one inherited descriptor: it must be a listening stream socket of
 /// an IP family. A connected socket (systemd's `Accept=yes`) is refused:
-/// accepting on it would fail with EINVAL forever.
-pub fn adopt(inh: Inherited) -> Adoption {
-    let fd = match crate::spawn::own_inherited(inh.fd) {
+/// accepting on it would fail with EINVAL forever. `owned` is the
+/// descriptor taken over (`spawn::own_inherited`, called by the caller so
+/// that this module stays below `spawn`), `None` if it was not open.
+pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
+    let fd = match owned {
         Some(fd) => fd,
         None => {
             return Adoption::Rejected {

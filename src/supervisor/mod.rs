@@ -153,7 +153,8 @@ impl Supervisor {
     ) -> Result<Supervisor, StartError> {
         let mut spare = HashMap::new();
         for inh in inherited {
-            match listen::adopt(inh) {
+            let owned = crate::spawn::own_inherited(inh.fd);
+            match listen::adopt(inh, owned) {
                 listen::Adoption::Listening(addr, l) => {
                     spare.insert(addr, l);
                 }
