@@ -171,7 +171,8 @@ pub fn run(opts: &Options) -> Result<(), Error> {
         .map_err(|e| Error::Start(supervisor::StartError::Io("installing signal handlers", e)))?;
     let sup =
         supervisor::Supervisor::start(plan, logger, signals, inherited).map_err(Error::Start)?;
-    sup.run().map_err(Error::Start)
+    sup.run();
+    Ok(())
 }
 
 /// The default configuration path as a `Path`.

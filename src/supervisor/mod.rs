@@ -283,7 +283,7 @@ impl Supervisor {
     }
 
     /// Runs until a shutdown completes.
-    pub fn run(mut self) -> Result<(), StartError> {
+    pub fn run(mut self) {
         let status = self.summary();
         if let Err(e) = notify::ready(&status) {
             self.log_notify_error(e);
@@ -297,7 +297,7 @@ impl Supervisor {
         loop {
             if self.turn() {
                 self.log.event(Level::Info, "stopped").send();
-                return Ok(());
+                return;
             }
         }
     }
