@@ -344,7 +344,7 @@ impl Supervisor {
             // The socket list was rebuilt: this turn's readiness refers to
             // the old indices. The next poll reports the listeners again.
             self.ready
-                .retain(|(slot, _)| !matches!(slot, Source::Listener(_)));
+                .retain(|(source, _)| !matches!(source, Source::Listener(_)));
         }
         if sig.status {
             self.log_status();
