@@ -1,7 +1,7 @@
 //! One connection's way through the loop: accept → decide → spawn, with
 //! the classification of accept errors (go on, back off, unexpected).
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::Pid;
 
 use super::Supervisor;
 use crate::admit::{self, Decision, Reason};
 use crate::children::Child;
-use crate::plan::Level;
+use crate::plan::{Level, Service};
 use crate::spawn::{self, Conn, Room, SpawnError};
 
 /// How long the listeners rest when every spawn slot is busy: children
@@ -140,12 +141,7 @@ impl Supervisor {
 
     /// A connection taken from socket `i`: ends its accept back-off and
     /// gives the connection its id and local address.
-    fn accepted(
-        &mut self,
-        i: usize,
-        stream: std::net::TcpStream,
-        peer: std::net::SocketAddr,
-    ) -> Conn {
+    fn accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) -> Conn {
         let sock = &mut self.socks[i];
         let failures = sock.backoff.succeed();
         let addr = sock.addr;
@@ -242,9 +238,9 @@ impl Supervisor {
     /// Puts a started handler in the table, with its `timeout`.
     fn insert_child(
         &mut self,
-        service: Arc<crate::plan::Service>,
+        service: Arc<Service>,
         conn: &Conn,
-        pid: nix::unistd::Pid,
+        pid: Pid,
         source: IpNet,
         now: Instant,
     ) {
@@ -287,7 +283,6 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpStream;
 
     #[test]
     fn accept_errors_are_classified() {
