@@ -30,14 +30,18 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 3] = [Reason::Deny, Reason::Allow, Reason::MaxPerSource];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Deny => "deny",
             Reason::Allow => "allow",
             Reason::MaxPerSource => "max_per_source",
         }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -101,13 +105,40 @@ pub enum Pause {
     Backoff(Instant),
 }
 
-impl Pause {
-    pub fn reason(self) -> &'static str {
+/// A [`Pause`] without its moment: what the log and the status line name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    Instances,
+    Connections,
+    Rate,
+    Backoff,
+}
+
+impl PauseReason {
+    /// The word the log's `reason=` and `paused=` fields show.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Pause::Instances => "max_instances",
-            Pause::Connections => "max_connections",
-            Pause::Rate(_) => "max_rate",
-            Pause::Backoff(_) => "backoff",
+            PauseReason::Instances => "max_instances",
+            PauseReason::Connections => "max_connections",
+            PauseReason::Rate => "max_rate",
+            PauseReason::Backoff => "backoff",
+        }
+    }
+}
+
+impl std::fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Pause {
+    pub fn reason(self) -> PauseReason {
+        match self {
+            Pause::Instances => PauseReason::Instances,
+            Pause::Connections => PauseReason::Connections,
+            Pause::Rate(_) => PauseReason::Rate,
+            Pause::Backoff(_) => PauseReason::Backoff,
         }
     }
 
@@ -128,6 +159,7 @@ pub struct Load {
     pub running: usize,
     /// Handlers of all services running.
     pub total: usize,
+    /// The daemon's `max_connections`.
     pub max_connections: usize,
     /// A resource backoff in force for this service, if any.
     pub backoff_until: Option<Instant>,
@@ -161,6 +193,7 @@ pub fn capacity(limits: &Limits, load: Load, bucket: &Bucket, now: Instant) -> O
 pub struct Bucket {
     /// Tokens available at `at`.
     tokens: f64,
+    /// When `tokens` was last computed; `None`: never (the bucket is full).
     at: Option<Instant>,
 }
 
@@ -213,7 +246,8 @@ impl Bucket {
 }
 
 /// The growing delay after a resource failure (EMFILE, fork EAGAIN…):
-/// starts near 100 ms, doubles, capped near 5 s (SPEC §9).
+/// starts near 100 ms, doubles, capped near 5 s (the back-off tinyinetd(8)
+/// and docs/RELIABILITY.md describe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Backoff {
     /// Failures in the current episode; 0 when none is under way.

@@ -46,23 +46,52 @@ use nix::unistd::Pid;
 
 use crate::plan::Service;
 
+/// Why the daemon terminated a handler or its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// The service's `timeout` passed.
+    Timeout,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl Termination {
+    /// The word the log's `reason=` field shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Termination::Timeout => "timeout",
+            Termination::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for Termination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One running handler.
 pub struct Child {
+    /// The handler's pid, also its process group's id.
     pub pid: Pid,
     /// The service as it was when the handler started; a reload does not
     /// change it.
     pub service: Arc<Service>,
+    /// The connection id the log lines of this handler carry.
     pub conn_id: u64,
+    /// The client, for the `exit` line.
     pub peer: SocketAddr,
     /// The `max_per_source` slot it holds, released when it is reaped.
     pub source: IpNet,
+    /// When it was started, for `duration_ms` and the exec back-off.
     pub started: Instant,
     /// When to send SIGTERM (the service's `timeout`, or shutdown).
     pub term_at: Option<Instant>,
     /// When to send SIGKILL (2 s after SIGTERM).
     pub kill_at: Option<Instant>,
-    /// Why it was terminated, if the daemon did it (`timeout`, `shutdown`).
-    pub terminated_for: Option<&'static str>,
+    /// Why it was terminated, if the daemon did it.
+    pub terminated_for: Option<Termination>,
 }
 
 /// How a reaped handler ended.
@@ -74,8 +103,11 @@ pub enum Status {
 
 /// A reaped handler.
 pub struct Exit {
+    /// The handler as it ran.
     pub child: Child,
+    /// How it ended.
     pub status: Status,
+    /// How long it ran.
     pub duration: Duration,
 }
 
@@ -87,7 +119,9 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 pub struct Group {
     /// The reaped handler's pid: the group's id.
     pub pgid: Pid,
+    /// The service the handler ran for.
     pub service: Arc<Service>,
+    /// The handler's connection id.
     pub conn_id: u64,
     /// When the handler started, for the log's `age_ms`.
     pub started: Instant,
@@ -96,25 +130,32 @@ pub struct Group {
     pub term_at: Option<Instant>,
     /// When to send SIGKILL to the group.
     pub kill_at: Option<Instant>,
-    pub terminated_for: Option<&'static str>,
+    /// Why the group is being signalled (the handler's, or shutdown).
+    pub terminated_for: Option<Termination>,
 }
 
 /// A signal just sent, for the caller to log.
 pub struct Fired {
     /// The handler, or the group of a reaped one.
     pub pid: Pid,
+    /// SIGTERM or SIGKILL.
     pub signal: Signal,
     /// True when the handler is gone and only its group was signalled.
     pub leader_gone: bool,
+    /// The service of the handler.
     pub service: Arc<Service>,
+    /// The handler's connection id.
     pub conn_id: u64,
-    pub reason: Option<&'static str>,
+    /// Why it was signalled.
+    pub reason: Termination,
+    /// When the handler started, for `age_ms`.
     pub started: Instant,
 }
 
 /// The table of running handlers.
 #[derive(Default)]
 pub struct Children {
+    /// The running handlers.
     by_pid: HashMap<Pid, Child>,
     /// Groups of reaped handlers with a signal still due; few, and each
     /// only until its SIGKILL.
@@ -142,16 +183,8 @@ impl Children {
         self.by_pid.is_empty()
     }
 
-    pub fn get_mut(&mut self, pid: Pid) -> Option<&mut Child> {
-        self.by_pid.get_mut(&pid)
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = &Child> {
         self.by_pid.values()
-    }
-
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Child> {
-        self.by_pid.values_mut()
     }
 
     /// Reaps every exited child into `out`. Unknown pids (which the daemon
@@ -203,7 +236,7 @@ impl Children {
 
     /// Sets every handler and group not already on its way to SIGKILL to be
     /// sent SIGTERM now, for `why`.
-    pub fn terminate_all(&mut self, now: Instant, why: &'static str) {
+    pub fn terminate_all(&mut self, now: Instant, why: Termination) {
         for c in self.by_pid.values_mut() {
             if c.kill_at.is_none() {
                 c.term_at = Some(now);
@@ -215,7 +248,7 @@ impl Children {
 
     /// Like [`terminate_all`](Self::terminate_all), for the groups of
     /// reaped handlers only.
-    pub fn terminate_groups(&mut self, now: Instant, why: &'static str) {
+    pub fn terminate_groups(&mut self, now: Instant, why: Termination) {
         for g in &mut self.groups {
             if g.kill_at.is_none() {
                 g.term_at = Some(now);
@@ -239,14 +272,14 @@ impl Children {
                 continue;
             };
             signal(c.pid, sig);
-            let reason = *c.terminated_for.get_or_insert("timeout");
+            let reason = *c.terminated_for.get_or_insert(Termination::Timeout);
             out.push(Fired {
                 pid: c.pid,
                 signal: sig,
                 leader_gone: false,
                 service: Arc::clone(&c.service),
                 conn_id: c.conn_id,
-                reason: Some(reason),
+                reason,
                 started: c.started,
             });
         }
@@ -273,7 +306,7 @@ impl Children {
                 leader_gone: true,
                 service: Arc::clone(&g.service),
                 conn_id: g.conn_id,
-                reason: Some(*g.terminated_for.get_or_insert("timeout")),
+                reason: *g.terminated_for.get_or_insert(Termination::Timeout),
                 started: g.started,
             });
             g.kill_at.is_some()

@@ -4,8 +4,8 @@
 //!
 //! Data flows one way: `config::load` → [`plan::Plan`] → `listen` →
 //! `supervisor` (poll → signals → reports → reap → deadlines → accept →
-//! `admit::decide` → `spawn::spawn`). See ARCHITECTURE.md in the project's
-//! shared documents for the picture.
+//! `admit::decide` → `spawn::spawn`). See docs/ARCHITECTURE.md for the
+//! picture.
 
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
@@ -81,7 +81,7 @@ pub fn run(opts: &Options) -> Result<(), Error> {
             e,
         ))
     })?;
-    let inherited = supervisor::inherited_sockets();
+    let inherited = listen::inherited_sockets();
 
     let plan = config::load(&opts.config, opts.default_config).map_err(Error::Config)?;
     let (mut logger, warning) = log::Logger::open(plan.daemon.log, plan.daemon.log_level);
@@ -95,7 +95,8 @@ pub fn run(opts: &Options) -> Result<(), Error> {
         .map_err(|e| Error::Start(supervisor::StartError::Io("installing signal handlers", e)))?;
     let sup =
         supervisor::Supervisor::start(plan, logger, signals, inherited).map_err(Error::Start)?;
-    sup.run().map_err(Error::Start)
+    sup.run();
+    Ok(())
 }
 
 /// The default configuration path as a `Path`.

@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -39,19 +39,14 @@ use nix::sys::socket::{
 
 use crate::plan::Plan;
 
-/// A bound, listening socket and the address it was configured for.
-#[derive(Debug)]
-pub struct Listener {
-    pub addr: SocketAddr,
-    pub socket: TcpListener,
-}
-
 /// Why a socket could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenError {
+    /// The address being opened.
     pub addr: SocketAddr,
     /// What we were doing: `creating a socket for`, `binding`, `listening on`.
     pub doing: &'static str,
+    /// What the kernel said.
     pub errno: Errno,
 }
 
@@ -117,8 +112,23 @@ pub fn no_ipv6(e: &ListenError) -> bool {
 /// A socket passed by the service manager (`LISTEN_FDS`).
 #[derive(Debug)]
 pub struct Inherited {
+    /// The descriptor, as passed.
     pub fd: RawFd,
+    /// Its name (`FileDescriptorName=`), for messages.
     pub name: String,
+}
+
+/// Reads the sockets systemd passed (`LISTEN_FDS`, only when `LISTEN_PID`
+/// is ours) and removes the `LISTEN_*` variables from the environment.
+pub fn inherited_sockets() -> Vec<Inherited> {
+    let found: Vec<Inherited> = match sd_notify::listen_fds_with_names() {
+        Ok(fds) => fds.map(|(fd, name)| Inherited { fd, name }).collect(),
+        Err(_) => Vec::new(),
+    };
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    found
 }
 
 /// What became of one inherited socket.
@@ -136,9 +146,11 @@ pub enum Adoption {
 
 /// Checks one inherited descriptor: it must be a listening stream socket of
 /// an IP family. A connected socket (systemd's `Accept=yes`) is refused:
-/// accepting on it would fail with EINVAL forever.
-pub fn adopt(inh: Inherited) -> Adoption {
-    let fd = match crate::spawn::own_inherited(inh.fd) {
+/// accepting on it would fail with EINVAL forever. `owned` is the
+/// descriptor taken over (`spawn::own_inherited`, called by the caller so
+/// that this module stays below `spawn`), `None` if it was not open.
+pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
+    let fd = match owned {
         Some(fd) => fd,
         None => {
             return Adoption::Rejected {
@@ -185,6 +197,7 @@ pub fn adopt(inh: Inherited) -> Adoption {
 /// The sockets the daemon holds, by address.
 #[derive(Debug, Default)]
 pub struct Sockets {
+    /// The open sockets.
     pub by_addr: HashMap<SocketAddr, TcpListener>,
     /// Before [`reconcile`]: the service each held socket serves (by name).
     /// After: the old sockets kept for a service whose new address failed
@@ -196,8 +209,9 @@ pub struct Sockets {
 /// One event of [`reconcile`], for the caller to log.
 #[derive(Debug)]
 pub enum Change {
-    Kept(SocketAddr),
+    /// A new address, bound or adopted from the inherited sockets.
     Opened(SocketAddr),
+    /// An address the plan no longer has, closed.
     Closed(SocketAddr),
     /// A new address that could not be bound; the rest still applies.
     Failed(ListenError),
@@ -205,16 +219,10 @@ pub enum Change {
     NoIpv6(SocketAddr),
     /// An old socket of `service`, which the new plan removed, kept because
     /// one of the service's new addresses failed.
-    Retained {
-        addr: SocketAddr,
-        service: String,
-    },
+    Retained { addr: SocketAddr, service: String },
     /// Like `Retained`, but the old socket had been closed to make room for
     /// an overlapping new address, and binding it again failed too.
-    Lost {
-        service: String,
-        error: ListenError,
-    },
+    Lost { service: String, error: ListenError },
 }
 
 /// Whether two addresses cannot both be bound: the same family and port,
@@ -241,24 +249,11 @@ pub fn reconcile(
     plan: &Plan,
 ) -> Vec<Change> {
     let mut changes = Vec::new();
-    let mut wanted = Vec::new();
-    let mut optional_v6 = Vec::new();
-    for s in plan.enabled() {
-        for l in &s.listen {
-            let any = matches!(l, crate::plan::ListenAddr::Any(_));
-            for a in l.sockets() {
-                if any && a.is_ipv6() {
-                    optional_v6.push(a);
-                }
-                wanted.push((a, s.name.as_str()));
-            }
-        }
-    }
+    let (wanted, optional_v6) = wanted(plan);
     let mut next = HashMap::new();
     let mut to_bind = Vec::new();
     for &(a, name) in &wanted {
         if let Some(sock) = held.by_addr.remove(&a) {
-            changes.push(Change::Kept(a));
             next.insert(a, sock);
         } else if let Some(sock) = spare.remove(&a) {
             changes.push(Change::Opened(a));
@@ -315,6 +310,42 @@ pub fn reconcile(
             }
         }
     }
+    rebind_made_room(made_room, &failed, &mut next, &mut kept, &mut changes);
+    held.by_addr = next;
+    held.owner = kept;
+    changes
+}
+
+/// The addresses `plan` listens on, with the service of each, and those of
+/// them that are a bare `"PORT"`'s IPv6 half (which a host without IPv6
+/// may skip).
+fn wanted(plan: &Plan) -> (Vec<(SocketAddr, &str)>, Vec<SocketAddr>) {
+    let mut wanted = Vec::new();
+    let mut optional_v6 = Vec::new();
+    for s in plan.enabled() {
+        for l in &s.listen {
+            let any = matches!(l, crate::plan::ListenAddr::Any(_));
+            for a in l.sockets() {
+                if any && a.is_ipv6() {
+                    optional_v6.push(a);
+                }
+                wanted.push((a, s.name.as_str()));
+            }
+        }
+    }
+    (wanted, optional_v6)
+}
+
+/// The removed sockets [`reconcile`] closed to make room: a service whose
+/// new address failed gets its old one back (bound again), or it is
+/// reported lost; the others stay closed.
+fn rebind_made_room(
+    made_room: Vec<(SocketAddr, Option<String>)>,
+    failed: &[&str],
+    next: &mut HashMap<SocketAddr, TcpListener>,
+    kept: &mut HashMap<SocketAddr, String>,
+    changes: &mut Vec<Change>,
+) {
     for (a, owner) in made_room {
         match owner {
             Some(service) if failed.contains(&service.as_str()) && !next.contains_key(&a) => {
@@ -333,9 +364,6 @@ pub fn reconcile(
             _ => changes.push(Change::Closed(a)),
         }
     }
-    held.by_addr = next;
-    held.owner = kept;
-    changes
 }
 
 #[cfg(test)]

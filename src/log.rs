@@ -39,6 +39,7 @@ struct Syslog {
     /// Reconnects are tried at most once a second, so a vanished syslog
     /// socket costs one failed connect per second, not one per line.
     next_attempt: Instant,
+    /// Builds RFC 3164 lines (facility daemon, our name and pid).
     formatter: Formatter3164,
     /// The formatted datagram; reused.
     buf: Vec<u8>,
@@ -80,6 +81,7 @@ enum ErrOut {
 }
 
 struct Stderr {
+    /// Where the lines go (the daemon's stderr).
     out: ErrOut,
     /// The rest of a line that was written in part. A line is never left
     /// without its end: the rest goes out before anything else, and lines
@@ -94,7 +96,9 @@ pub struct Logger {
     /// `Some` when logging to syslog; stderr then takes a line only when
     /// syslog is gone.
     syslog: Option<Syslog>,
+    /// The fallback, and the target when `log = "stderr"`.
     stderr: Stderr,
+    /// The lowest level written.
     level: Level,
     /// The line being built; reused.
     line: String,
@@ -411,7 +415,9 @@ impl Stderr {
 
 /// A log line being built.
 pub struct Line<'a> {
+    /// Where the line goes when sent.
     logger: &'a mut Logger,
+    /// Its level.
     level: Level,
     /// False when the level is filtered out: every call is then a no-op.
     on: bool,

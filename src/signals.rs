@@ -33,6 +33,7 @@ pub struct Pending {
 
 /// The signals the daemon handles, blocked, and the signalfd they arrive on.
 pub struct Signals {
+    /// Readable when one of the blocked signals is pending.
     fd: SignalFd,
 }
 

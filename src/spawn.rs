@@ -21,7 +21,7 @@
 //! microseconds, so a few slots serve any load. The daemon never waits for
 //! a slot. Up to [`WARM_SLOTS`] it makes one when none is free; beyond
 //! that, while every slot is busy, the supervisor stops accepting for a
-//! moment ([`Scratch::room`] says `Busy`; the clients wait in the kernel
+//! moment ([`Spawner::room`] says `Busy`; the clients wait in the kernel
 //! backlog, and the loop serves everything else), because under load
 //! that only means the children have not been scheduled yet, and more
 //! slots would only cost memory (about 8 KiB resident each). When every
@@ -33,7 +33,7 @@
 //! `max_connections`, which the supervisor checks before it accepts; so
 //! `max_connections + 1` slots can never all be busy when a connection is
 //! spawned, and that is the pool's hard bound
-//! ([`Scratch::set_slot_limit`]). Were the bound reached all the same,
+//! ([`Spawner::set_slot_limit`]). Were the bound reached all the same,
 //! `spawn` fails at once (EAGAIN) and the supervisor backs the service off
 //! as for a fork failure.
 //!
@@ -66,7 +66,7 @@
 //! * **Exec failure.** A failed step writes `(step, errno)` into the slot
 //!   and exits 127 (`exit_group` ends only the child: it is its own thread
 //!   group). The daemon reads the report when it reaps the child
-//!   ([`Scratch::take_failure`]) and logs `exec-failed` before the `exit`
+//!   ([`Spawner::take_failure`]) and logs `exec-failed` before the `exit`
 //!   line: no report pipe, no descriptor per child, and the accept loop
 //!   never waits for a child.
 //! * **Descriptors.** The child has its own copy of the descriptor table
@@ -212,7 +212,7 @@ pub struct Failure {
 /// The children in flight, and what each reads: the daemon's half of the
 /// hot path. Buffers are reused from one spawn to the next, so the hot path
 /// does not allocate once they have grown to size.
-pub struct Scratch {
+pub struct Spawner {
     /// The signals whose disposition is not SIG_DFL in the daemon (Rust's
     /// SIGPIPE ignore, std's stack-overflow handlers, ignores it
     /// inherited): the ones the child must reset. Listing them here once
@@ -224,10 +224,10 @@ pub struct Scratch {
     /// The most slots (see the module documentation: `max_connections + 1`).
     slot_limit: usize,
     /// Failure reports taken out of a slot that was reused before its
-    /// child was reaped: (pid, failure), read by [`Scratch::take_failure`].
+    /// child was reaped: (pid, failure), read by [`Spawner::take_failure`].
     failures: Vec<(Pid, Failure)>,
     /// Since when every slot has been busy (at least [`WARM_SLOTS`] of
-    /// them), as [`Scratch::room`] last saw; `None` while one is free.
+    /// them), as [`Spawner::room`] last saw; `None` while one is free.
     all_busy_since: Option<std::time::Instant>,
 }
 
@@ -241,7 +241,7 @@ pub const WARM_SLOTS: usize = 32;
 /// a loaded machine, so it means children are stopped before it.
 pub const GROW_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Whether a connection can be spawned now (see [`Scratch::room`]).
+/// Whether a connection can be spawned now (see [`Spawner::room`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Room {
     /// A slot is free, or one may be made.
@@ -374,7 +374,7 @@ struct ChildArgs {
     reset_len: usize,
 }
 
-impl Scratch {
+impl Spawner {
     /// The signals to reset are read from the dispositions as they are
     /// now. Nothing in the daemon changes a disposition afterwards;
     /// `refresh_signals` is called on every reload all the same. (Not
@@ -390,12 +390,12 @@ impl Scratch {
     /// means its /proc files and ptrace are root's alone. A non-root
     /// daemon's handlers keep its credentials, so its flag is left as is.
     #[allow(clippy::new_without_default)]
-    pub fn new() -> Scratch {
+    pub fn new() -> Spawner {
         if nix::unistd::geteuid().is_root() {
             // Only fails for a value other than 0 or 1.
             let _ = nix::sys::prctl::set_dumpable(false);
         }
-        Scratch {
+        Spawner {
             reset: non_default_signals().into(),
             slots: Vec::new(),
             slot_limit: DEFAULT_SLOT_LIMIT,
@@ -435,7 +435,7 @@ impl Scratch {
         }
     }
 
-    /// Re-reads the dispositions (see [`Scratch::new`]).
+    /// Re-reads the dispositions (see [`Spawner::new`]).
     pub fn refresh_signals(&mut self) {
         self.reset = non_default_signals().into();
     }
@@ -576,11 +576,11 @@ fn non_default_signals() -> Vec<libc::c_int> {
 
 /// Starts `svc`'s handler on `conn` and returns its pid at once: it does
 /// not wait for the exec. Whether the exec failed is learnt when the
-/// child is reaped ([`Scratch::take_failure`]). The connection is closed in
+/// child is reaped ([`Spawner::take_failure`]). The connection is closed in
 /// the parent when the caller drops `conn`.
-pub fn spawn(svc: &Arc<Service>, conn: &Conn, scratch: &mut Scratch) -> Result<Pid, SpawnError> {
+pub fn spawn(svc: &Arc<Service>, conn: &Conn, scratch: &mut Spawner) -> Result<Pid, SpawnError> {
     let i = scratch.free_slot().map_err(SpawnError::Fork)?;
-    let Scratch {
+    let Spawner {
         reset,
         slots,
         failures,
@@ -784,7 +784,7 @@ unsafe fn child_main(d: &SlotData) -> ! {
     let call = |n: c_long, a: [usize; 6]| sys::call(n, a);
 
     // 1. Every disposition that is not SIG_DFL back to SIG_DFL (the parent
-    //    listed them: see `Scratch::reset`), through the raw system call:
+    //    listed them: see `Spawner::reset`), through the raw system call:
     //    glibc's sigaction() refuses signals 32 and 33 (its own), but a
     //    parent may have left them ignored, and an ignore survives execve.
     //    A zeroed kernel `struct sigaction` is SIG_DFL with no flags and an
@@ -1124,10 +1124,10 @@ mod tests {
         waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).expect("waitid");
     }
 
-    /// Starts `program` on a fresh `Scratch`, reaps it and checks its exit
+    /// Starts `program` on a fresh `Spawner`, reaps it and checks its exit
     /// code.
-    fn spawn_and_reap(program: &str, code: i32) -> (Scratch, Pid) {
-        let mut scratch = Scratch::new();
+    fn spawn_and_reap(program: &str, code: i32) -> (Spawner, Pid) {
+        let mut scratch = Spawner::new();
         let (svc, conn, _peer) = fixture(program);
         let pid = spawn(&svc, &conn, &mut scratch).expect("spawn");
         assert_eq!(
@@ -1154,7 +1154,7 @@ mod tests {
     /// names nothing at all).
     #[test]
     fn the_held_descriptor_is_exec_d_not_the_path() {
-        let mut scratch = Scratch::new();
+        let mut scratch = Spawner::new();
         let (mut svc, conn, _peer) = fixture("/nonexistent/handler");
         let p = crate::trust::program(std::path::Path::new("/bin/true"), crate::trust::Mode::User)
             .expect("open /bin/true");
@@ -1178,7 +1178,7 @@ mod tests {
     /// reaps it: the report must survive the reuse, under its own pid.
     #[test]
     fn a_failure_survives_the_reuse_of_its_slot_before_the_reap() {
-        let mut scratch = Scratch::new();
+        let mut scratch = Spawner::new();
         let (bad, conn, _peer) = fixture("/nonexistent/handler");
         let (good, conn2, _peer2) = fixture("/bin/true");
         let a = spawn(&bad, &conn, &mut scratch).expect("spawn");
@@ -1226,7 +1226,7 @@ mod tests {
             return;
         }
         set_dumpable(true).expect("set_dumpable");
-        let mut scratch = Scratch::new();
+        let mut scratch = Spawner::new();
         let before = get_dumpable().expect("get_dumpable");
         assert!(!before, "a root daemon is not dumpable from the start");
         let (svc, conn, _peer) = fixture("/bin/true");
@@ -1243,7 +1243,7 @@ mod tests {
     /// variables.
     #[test]
     fn the_child_runs_on_the_connection_with_its_variables() {
-        let mut scratch = Scratch::new();
+        let mut scratch = Spawner::new();
         let (mut svc, conn, mut peer) = fixture("/bin/sh");
         Arc::get_mut(&mut svc).expect("sole owner").image.argv = [
             "sh",
@@ -1269,7 +1269,7 @@ mod tests {
     /// and grows only when every slot has stayed busy for `GROW_AFTER`.
     #[test]
     fn past_the_warm_slots_the_pool_grows_only_when_they_stay_busy() {
-        let mut scratch = Scratch::new();
+        let mut scratch = Spawner::new();
         let t0 = std::time::Instant::now();
         for _ in 0..WARM_SLOTS {
             assert_eq!(scratch.room(t0), Room::Free);
@@ -1295,7 +1295,7 @@ mod tests {
     /// once (it used to wait in the loop); below the bound it grows.
     #[test]
     fn free_slot_never_waits() {
-        let mut scratch = Scratch::new();
+        let mut scratch = Spawner::new();
         scratch.set_slot_limit(2);
         let a = scratch.free_slot().expect("first slot");
         // As if a child stopped before its exec held it.

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
 use nix::errno::Errno;
-use nix::sys::socket::{getpeername, SockaddrLike, SockaddrStorage};
+use nix::sys::socket::{getpeername, SockaddrStorage};
 
 /// The client, from `getpeername(0)`; `None` when stdin is not a socket
 /// (a terminal or a pipe, when the handler is run by hand).
@@ -28,7 +28,6 @@ pub fn peer() -> Option<SocketAddr> {
         // Show IPv4-mapped peers as the IPv4 address they are.
         return Some(SocketAddr::new(sa.ip().to_canonical(), sa.port()));
     }
-    let _ = a.family();
     None
 }
 

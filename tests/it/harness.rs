@@ -2,8 +2,6 @@
 //! notify socket, and talks to it over TCP. Every wait is bounded; every
 //! process started here is stopped by PID when its `Daemon` drops.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};

@@ -1,0 +1,330 @@
+//! One connection's way through the loop: accept → decide → spawn, with
+//! the classification of accept errors (go on, back off, unexpected).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::Pid;
+
+use super::Supervisor;
+use crate::admit::{self, Decision, Reason};
+use crate::children::Child;
+use crate::plan::{Level, Service};
+use crate::spawn::{self, Conn, Room, SpawnError};
+
+/// How long the listeners rest when every spawn slot is busy: children
+/// reach their exec in tens of microseconds.
+const SLOT_RETRY: Duration = Duration::from_millis(1);
+
+/// What an accept error means for the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptError {
+    /// Nothing is queued: stop accepting this turn.
+    Empty,
+    /// The connection went away before we took it, or another
+    /// per-connection network error: take the next one.
+    GoOn,
+    /// Out of descriptors or memory: a readable listener we cannot serve
+    /// would be a busy loop, so it leaves the poll set for a growing while
+    /// (logged once per episode).
+    BackOff,
+    /// Anything else (EBADF, EINVAL: the socket is not listening): logged
+    /// every time, and backed off the same way so it cannot spin.
+    Unexpected,
+}
+
+/// Classifies the errno of a failed `accept`.
+pub fn classify(errno: Errno) -> AcceptError {
+    match errno {
+        Errno::EAGAIN => AcceptError::Empty,
+        Errno::EINTR
+        | Errno::ECONNABORTED
+        | Errno::EPROTO
+        | Errno::ENETDOWN
+        | Errno::ENOPROTOOPT
+        | Errno::EHOSTDOWN
+        | Errno::ENONET
+        | Errno::EHOSTUNREACH
+        | Errno::EOPNOTSUPP
+        | Errno::ENETUNREACH
+        | Errno::ECONNRESET
+        | Errno::ETIMEDOUT
+        | Errno::EPERM => AcceptError::GoOn,
+        Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM => AcceptError::BackOff,
+        _ => AcceptError::Unexpected,
+    }
+}
+
+/// Whether a connection is waiting on `listener`, without taking it. Any
+/// error reads as "no": the listener stays in the poll set, so the next
+/// turn looks again.
+fn waiting(listener: &TcpListener) -> bool {
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0].revents().is_some_and(|r| !r.is_empty())
+}
+
+impl Supervisor {
+    /// Accepts from socket `i` until no connection is waiting, the budget
+    /// is spent, or the service reaches capacity.
+    ///
+    /// The first accept follows the poll that reported the listener
+    /// readable; before each further one a zero-timeout poll of this
+    /// listener asks whether another connection is waiting. An accept that
+    /// finds the queue empty is not cheap: the kernel allocates a socket
+    /// and its file before it looks, and frees them again (BENCHMARKS.md).
+    pub(super) fn accept(&mut self, i: usize, now: Instant, budget: usize) {
+        for n in 0..budget {
+            if n > 0 && !waiting(&self.socks[i].listener) {
+                return;
+            }
+            if !self.may_accept(self.socks[i].svc, now) {
+                return;
+            }
+            match self.socks[i].listener.accept() {
+                Ok((stream, peer)) => {
+                    let conn = self.accepted(i, stream, peer);
+                    self.serve(self.socks[i].svc, conn, now);
+                }
+                Err(e) => {
+                    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                    match classify(errno) {
+                        AcceptError::Empty => return,
+                        AcceptError::GoOn => continue,
+                        AcceptError::BackOff => {
+                            self.pause_sock(i, errno, now, false);
+                            return;
+                        }
+                        AcceptError::Unexpected => {
+                            self.pause_sock(i, errno, now, true);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether service `svc_i` has capacity and a spawn slot is free.
+    fn may_accept(&mut self, svc_i: usize, now: Instant) -> bool {
+        let total = self.children.len();
+        let max = self.plan.daemon.max_connections;
+        if self.services.capacity(svc_i, total, max, now).is_some() {
+            return false;
+        }
+        match self.spawner.room(now) {
+            Room::Free => true,
+            Room::Grow { slots } => {
+                self.log
+                    .event(Level::Warn, "spawn-slots-added")
+                    .kv("slots", slots + 1)
+                    .kv(
+                        "error",
+                        "every child start has been busy for 100 ms: children stopped before their exec?",
+                    )
+                    .send();
+                true
+            }
+            // The clients wait in the backlog a moment; the loop serves
+            // everything else meanwhile.
+            Room::Busy => {
+                self.slot_retry = Some(now + SLOT_RETRY);
+                false
+            }
+        }
+    }
+
+    /// A connection taken from socket `i`: ends its accept back-off and
+    /// gives the connection its id and local address.
+    fn accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) -> Conn {
+        let sock = &mut self.socks[i];
+        let failures = sock.backoff.succeed();
+        let addr = sock.addr;
+        if failures > 0 {
+            self.log
+                .event(Level::Info, "accept-resumed")
+                .kv("addr", addr)
+                .kv("failures", failures)
+                .send();
+        }
+        let local = if addr.ip().is_unspecified() {
+            stream.local_addr().unwrap_or(addr)
+        } else {
+            addr
+        };
+        let id = self.next_conn;
+        self.next_conn += 1;
+        Conn {
+            stream: stream.into(),
+            peer,
+            local,
+            id,
+        }
+    }
+
+    /// Takes socket `i` out of the poll set for a growing backoff after an
+    /// accept failure. A resource shortage is logged once per episode, at
+    /// its start; an unexpected error every time.
+    fn pause_sock(&mut self, i: usize, errno: Errno, now: Instant, unexpected: bool) {
+        let sock = &mut self.socks[i];
+        let delay = sock.backoff.fail();
+        sock.retry_at = Some(now + delay);
+        if unexpected || sock.backoff.failures == 1 {
+            let addr = sock.addr;
+            let (level, event) = if unexpected {
+                (Level::Error, "accept-failed")
+            } else {
+                (Level::Warn, "accept-paused")
+            };
+            self.log
+                .event(level, event)
+                .kv("addr", addr)
+                .kv("error", crate::text::os_error(errno))
+                .kv("retry_ms", delay.as_millis())
+                .send();
+        }
+    }
+
+    /// Admits or refuses one accepted connection, and spawns its handler.
+    fn serve(&mut self, svc_i: usize, conn: Conn, now: Instant) {
+        self.services.accepted(svc_i);
+        let st = self.services.get(svc_i);
+        let source = match admit::decide(
+            &st.svc.access,
+            &st.svc.limits,
+            &st.per_source,
+            conn.peer.ip(),
+        ) {
+            Decision::Admit(source) => source,
+            Decision::Refuse(reason) => {
+                self.log_refusal(svc_i, &conn, reason, now);
+                return; // dropping `conn` closes it: no fork happened
+            }
+        };
+        self.services.take_token(svc_i, now);
+        let svc = Arc::clone(&self.services.get(svc_i).svc);
+        match spawn::spawn(&svc, &conn, &mut self.spawner) {
+            Ok(pid) => {
+                self.services.started(svc_i, source, now);
+                self.log
+                    .event(Level::Debug, "start")
+                    .kv("service", &svc.name)
+                    .kv("conn", conn.id)
+                    .kv("pid", pid)
+                    .kv("peer", conn.peer)
+                    .send();
+                self.insert_child(svc, &conn, pid, source, now);
+            }
+            Err(e) => {
+                let delay = self.services.fork_failed(svc_i, now);
+                let SpawnError::Fork(_) = e;
+                self.log
+                    .event(Level::Error, "fork-failed")
+                    .kv("service", &svc.name)
+                    .kv("conn", conn.id)
+                    .kv("peer", conn.peer)
+                    .kv("error", e)
+                    .kv("retry_ms", delay.as_millis())
+                    .send();
+            }
+        }
+    }
+
+    /// Puts a started handler in the table, with its `timeout`.
+    fn insert_child(
+        &mut self,
+        service: Arc<Service>,
+        conn: &Conn,
+        pid: Pid,
+        source: IpNet,
+        now: Instant,
+    ) {
+        let term_at = service.limits.timeout.map(|t| now + t);
+        self.children.insert(Child {
+            pid,
+            service,
+            conn_id: conn.id,
+            peer: conn.peer,
+            source,
+            started: now,
+            term_at,
+            kill_at: None,
+            terminated_for: None,
+        });
+    }
+
+    fn log_refusal(&mut self, svc_i: usize, conn: &Conn, reason: Reason, now: Instant) {
+        let log = self.services.refused(svc_i, reason, now);
+        let name = &self.services.get(svc_i).svc.name;
+        if let Some(count) = log.summary {
+            self.log
+                .event(Level::Warn, "refused-suppressed")
+                .kv("service", name)
+                .kv("count", count)
+                .send();
+        }
+        if log.line {
+            self.log
+                .event(Level::Info, "refused")
+                .kv("service", name)
+                .kv("conn", conn.id)
+                .kv("peer", conn.peer)
+                .kv("reason", reason)
+                .send();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_classified() {
+        assert_eq!(classify(Errno::EAGAIN), AcceptError::Empty);
+        for e in [
+            Errno::EINTR,
+            Errno::ECONNABORTED,
+            Errno::EPROTO,
+            Errno::ECONNRESET,
+            Errno::ETIMEDOUT,
+            Errno::ENETUNREACH,
+            Errno::EPERM,
+        ] {
+            assert_eq!(classify(e), AcceptError::GoOn, "{e}");
+        }
+        for e in [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM] {
+            assert_eq!(classify(e), AcceptError::BackOff, "{e}");
+        }
+        for e in [
+            Errno::EBADF,
+            Errno::EINVAL,
+            Errno::ENOTSOCK,
+            Errno::from_raw(0),
+        ] {
+            assert_eq!(classify(e), AcceptError::Unexpected, "{e}");
+        }
+    }
+
+    #[test]
+    fn waiting_sees_a_queued_connection_without_taking_it() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("nonblocking");
+        assert!(!waiting(&l), "nothing has connected yet");
+        let _c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        // The handshake completes in the kernel; allow it a moment, bounded.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !waiting(&l) {
+            assert!(Instant::now() < deadline, "queued connection not seen");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(waiting(&l), "looking must not take the connection");
+        assert!(l.accept().is_ok());
+        assert!(!waiting(&l), "the queue is empty again");
+    }
+}

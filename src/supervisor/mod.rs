@@ -1,0 +1,561 @@
+//! The one poll loop: start, each turn, the poll set and its deadlines,
+//! and the end of the drain. The supervisor owns all mutable state
+//! (listeners, running handlers, the service table, the logger); its other
+//! jobs live beside this file: `conn` (accept, decide, spawn), `reap`
+//! (handlers ending, the start of the drain), `reload`, `status`, and
+//! `services` (the pure per-service state).
+//!
+//! Each turn: poll (timeout = the nearest deadline, no periodic wake-ups)
+//! → read the signalfd and act on it → on SIGCHLD, reap every
+//! exited child → fire due deadlines → accept, with a budget per listener so
+//! one busy port cannot starve the others. A service at capacity simply has
+//! its listeners left out of the poll set: the kernel backlog holds its
+//! clients and nothing is dropped.
+
+mod conn;
+mod reap;
+mod reload;
+mod services;
+mod status;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::admit::{Backoff, Pause};
+use crate::children::{Children, Exit, Fired};
+use crate::listen::{self, Change, Sockets};
+use crate::log::Logger;
+use crate::notify;
+use crate::plan::{Level, Plan};
+use crate::resolver;
+use crate::signals::Signals;
+use crate::spawn::Spawner;
+
+use services::ServiceTable;
+
+/// Connections accepted from one listener in one loop turn at most.
+const ACCEPT_BUDGET: usize = 64;
+
+/// One listening socket in the loop.
+struct Sock {
+    /// The address it was bound (or adopted) for.
+    addr: SocketAddr,
+    /// The socket itself, non-blocking.
+    listener: TcpListener,
+    /// Index into `Supervisor::services`.
+    svc: usize,
+    /// EMFILE and friends: the growing delay of this listener's episode.
+    backoff: Backoff,
+    /// The listener leaves the poll set until then.
+    retry_at: Option<Instant>,
+}
+
+/// The shutdown in progress.
+struct Drain {
+    /// Handlers are terminated at this moment unless they finish first.
+    deadline: Instant,
+    /// The handlers have been sent SIGTERM (the deadline passed, or a
+    /// second SIGTERM skipped the wait).
+    terminated: bool,
+}
+
+/// What an entry of the poll set stands for. A new kind of source is a new
+/// variant here, its entry in [`Supervisor::poll`] and its arm in
+/// [`Supervisor::turn`] (the match there has one arm per variant, so the
+/// compiler asks for it).
+#[derive(Clone, Copy)]
+enum Source {
+    /// The signalfd.
+    Signals,
+    /// A listener: an index into `Supervisor::socks`.
+    Listener(usize),
+    /// The pipe of a pending reload's resolver child.
+    Resolver,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Io(&'static str, io::Error),
+    Listen(listen::ListenError),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Io(doing, e) => write!(f, "{doing}: {}", crate::text::io_reason(e)),
+            StartError::Listen(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The daemon's state while it runs.
+pub struct Supervisor {
+    /// The configuration in force.
+    plan: Plan,
+    /// The runtime state of each enabled service.
+    services: ServiceTable,
+    /// The listeners, each serving one entry of `services`.
+    socks: Vec<Sock>,
+    /// Inherited (socket-activated) listeners not claimed by the plan yet.
+    spare: HashMap<SocketAddr, TcpListener>,
+    /// The running handlers.
+    children: Children,
+    /// The signalfd for the signals the daemon acts on.
+    signals: Signals,
+    /// Where log lines go.
+    log: Logger,
+    /// The next connection id; ids are unique within this run.
+    next_conn: u64,
+    /// The shutdown, once SIGTERM has started it.
+    drain: Option<Drain>,
+    /// The reload whose account lookups are being made, if one is.
+    reloading: Option<resolver::Pending>,
+    /// Every spawn slot is busy: no listener is polled until then (see
+    /// `spawn::Room`; no event says when a child reaches its exec).
+    slot_retry: Option<Instant>,
+    /// `(interval, next ping)` when systemd's watchdog is on.
+    watchdog: Option<(Duration, Instant)>,
+    /// The last `STATUS=` sent, to send only changes.
+    status_sent: String,
+    /// Starts handlers; owns the spawn slots.
+    spawner: Spawner,
+    /// Reaped handlers, a buffer reused every turn.
+    exits: Vec<Exit>,
+    /// Signals sent to handlers, a buffer reused every turn.
+    fired: Vec<Fired>,
+    /// What each entry of the poll set stands for, a buffer reused every turn.
+    sources: Vec<Source>,
+    /// The sources the last poll found ready, with their events.
+    ready: Vec<(Source, PollFlags)>,
+    /// The poll set's memory, kept from one turn to the next (empty between
+    /// turns: its entries borrow the descriptors only while a turn polls).
+    pollfds: Vec<PollFd<'static>>,
+}
+
+impl Supervisor {
+    /// Binds (or adopts) every socket of `plan`, logs them, and returns a
+    /// supervisor ready to [`run`](Self::run). A socket that cannot be bound
+    /// is a start-up error.
+    pub fn start(
+        plan: Plan,
+        mut log: Logger,
+        signals: Signals,
+        inherited: Vec<listen::Inherited>,
+    ) -> Result<Supervisor, StartError> {
+        let mut spare = HashMap::new();
+        for inh in inherited {
+            let owned = crate::spawn::own_inherited(inh.fd);
+            match listen::adopt(inh, owned) {
+                listen::Adoption::Listening(addr, l) => {
+                    spare.insert(addr, l);
+                }
+                listen::Adoption::Rejected { fd, name, why } => {
+                    log.event(Level::Error, "inherited-socket-rejected")
+                        .kv("fd", fd)
+                        .kv("name", &name)
+                        .kv("error", &why)
+                        .send();
+                }
+            }
+        }
+        let mut held = Sockets::default();
+        for change in listen::reconcile(&mut held, &mut spare, &plan) {
+            match change {
+                Change::Failed(e) => return Err(StartError::Listen(e)),
+                Change::NoIpv6(a) => log_no_ipv6(&mut log, a),
+                // Nothing is held before the start, so nothing is retained.
+                Change::Opened(_)
+                | Change::Closed(_)
+                | Change::Retained { .. }
+                | Change::Lost { .. } => {}
+            }
+        }
+        let mut sup = Supervisor {
+            plan: Plan::default(),
+            services: ServiceTable::default(),
+            socks: Vec::new(),
+            spare,
+            children: Children::default(),
+            signals,
+            log,
+            next_conn: 1,
+            drain: None,
+            reloading: None,
+            watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
+            status_sent: String::new(),
+            spawner: Spawner::new(),
+            slot_retry: None,
+            exits: Vec::new(),
+            fired: Vec::new(),
+            sources: Vec::new(),
+            ready: Vec::new(),
+            pollfds: Vec::new(),
+        };
+        sup.install(plan, held);
+        for s in &sup.socks {
+            let name = &sup.services.get(s.svc).svc.name;
+            sup.log
+                .event(Level::Info, "listen")
+                .kv("service", name)
+                .kv("addr", s.addr)
+                .send();
+        }
+        sup.reject_spare();
+        Ok(sup)
+    }
+
+    /// Makes `plan` current with the sockets in `held`: rebuilds the service
+    /// states (carrying counters over by name) and the socket list
+    /// (carrying backoffs over by address).
+    fn install(&mut self, plan: Plan, mut held: Sockets) {
+        let running: Vec<(&str, ipnet::IpNet)> = self
+            .children
+            .iter()
+            .map(|c| (c.service.name.as_str(), c.source))
+            .collect();
+        self.services.install(plan.enabled(), &running);
+        drop(running);
+        let mut old_socks: HashMap<SocketAddr, (Backoff, Option<Instant>)> = self
+            .socks
+            .drain(..)
+            .map(|s| (s.addr, (s.backoff, s.retry_at)))
+            .collect();
+        let mut socks = Vec::new();
+        for (i, st) in self.services.iter().enumerate() {
+            for l in &st.svc.listen {
+                for addr in l.sockets() {
+                    if let Some(listener) = held.by_addr.remove(&addr) {
+                        let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
+                        socks.push(Sock {
+                            addr,
+                            listener,
+                            svc: i,
+                            backoff,
+                            retry_at,
+                        });
+                    }
+                }
+            }
+        }
+        // Old sockets kept for a service whose new address failed (see
+        // `listen`): not in its `listen`, attached by its name.
+        for (addr, name) in held.owner.drain() {
+            let svc = self.services.position(&name);
+            if let (Some(i), Some(listener)) = (svc, held.by_addr.remove(&addr)) {
+                let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
+                socks.push(Sock {
+                    addr,
+                    listener,
+                    svc: i,
+                    backoff,
+                    retry_at,
+                });
+            }
+        }
+        // Every child holding a slot counts against max_connections, which
+        // is checked before accept: one slot more can never all be busy.
+        self.spawner
+            .set_slot_limit(plan.daemon.max_connections.saturating_add(1));
+        self.socks = socks;
+        self.plan = plan;
+    }
+
+    /// Inherited sockets that match no `listen` address are an error: log
+    /// and close them (the daemon keeps running).
+    fn reject_spare(&mut self) {
+        for (addr, l) in self.spare.drain() {
+            self.log
+                .event(Level::Error, "inherited-socket-unused")
+                .kv("addr", addr)
+                .kv("error", "matches no listen address; closed")
+                .send();
+            drop(l);
+        }
+    }
+
+    /// Runs until a shutdown completes.
+    pub fn run(mut self) {
+        let status = self.summary();
+        if let Err(e) = notify::ready(&status) {
+            self.log_notify_error(e);
+        }
+        self.status_sent = status;
+        self.log
+            .event(Level::Info, "ready")
+            .kv("services", self.services.len())
+            .kv("sockets", self.socks.len())
+            .send();
+        loop {
+            if self.turn() {
+                self.log.event(Level::Info, "stopped").send();
+                return;
+            }
+        }
+    }
+
+    /// One loop turn. Returns true when the daemon should exit.
+    fn turn(&mut self) -> bool {
+        let now = Instant::now();
+        for s in &mut self.socks {
+            expire(&mut s.retry_at, now);
+        }
+        expire(&mut self.slot_retry, now);
+        self.update_pauses(now);
+        let timeout = self
+            .next_deadline()
+            .map(|t| t.saturating_duration_since(now));
+        self.poll(timeout);
+
+        let now = Instant::now();
+        let (mut signals_ready, mut resolver_ready) = (false, false);
+        for (source, _) in &self.ready {
+            match source {
+                Source::Signals => signals_ready = true,
+                Source::Resolver => resolver_ready = true,
+                // Served last, after the reaping and the deadlines.
+                Source::Listener(_) => {}
+            }
+        }
+        let sig = if signals_ready {
+            self.signals.drain()
+        } else {
+            Default::default()
+        };
+        if sig.terminate {
+            self.terminate(now);
+            // A pending reload is abandoned: dropping it kills its resolver.
+            self.reloading = None;
+        }
+        if sig.reload {
+            self.reload(now);
+        }
+        let resolver_due =
+            resolver_ready || self.reloading.as_ref().is_some_and(|p| p.deadline <= now);
+        if resolver_due && self.reload_progress(now) {
+            // The socket list was rebuilt: this turn's readiness refers to
+            // the old indices. The next poll reports the listeners again.
+            self.ready
+                .retain(|(source, _)| !matches!(source, Source::Listener(_)));
+        }
+        if sig.status {
+            self.log_status();
+        }
+
+        // Children are reaped when SIGCHLD says one changed state: the
+        // signal is blocked and queued, so none can be missed, and any number
+        // of exits between two polls cost one read and one waitpid loop.
+        if sig.child {
+            self.reap(now);
+        }
+        self.fire_deadlines(now);
+
+        if self.drain.is_none() {
+            for i in 0..self.ready.len() {
+                if let (Source::Listener(s), flags) = self.ready[i] {
+                    if flags.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP)
+                    {
+                        self.accept(s, now, ACCEPT_BUDGET);
+                    }
+                }
+            }
+        }
+        self.ping_watchdog(now);
+        // A group whose SIGKILL is still due keeps the daemon: once it has
+        // exited, nobody would send it.
+        self.drain.is_some() && self.children.is_empty() && !self.children.has_groups()
+    }
+
+    /// Builds the poll set, polls, and records which slots are ready.
+    fn poll(&mut self, timeout: Option<Duration>) {
+        self.sources.clear();
+        self.ready.clear();
+        let mut fds: Vec<PollFd<'_>> = recycle(std::mem::take(&mut self.pollfds));
+        fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
+        self.sources.push(Source::Signals);
+        if let Some(p) = &self.reloading {
+            fds.push(PollFd::new(p.fd(), PollFlags::POLLIN));
+            self.sources.push(Source::Resolver);
+        }
+        let now = Instant::now();
+        if self.drain.is_none() {
+            for (i, s) in self.socks.iter().enumerate() {
+                let waiting = s.retry_at.is_some_and(|t| t > now) || self.slot_retry.is_some();
+                if !waiting && self.services.get(s.svc).pause_now.is_none() {
+                    fds.push(PollFd::new(s.listener.as_fd(), PollFlags::POLLIN));
+                    self.sources.push(Source::Listener(i));
+                }
+            }
+        }
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            // Round up: waking a hair early would only spin once more.
+            Some(d) => {
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) => {
+                for (fd, slot) in fds.iter().zip(&self.sources) {
+                    if let Some(r) = fd.revents() {
+                        if !r.is_empty() {
+                            self.ready.push((*slot, r));
+                        }
+                    }
+                }
+            }
+            // Only a stop/continue can interrupt it (the daemon's signals are
+            // blocked and come through the signalfd): just poll again.
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                self.log
+                    .event(Level::Error, "poll-failed")
+                    .kv("error", crate::text::os_error(e))
+                    .send();
+            }
+        }
+        self.pollfds = recycle(fds);
+    }
+
+    /// The nearest moment something is due: a handler signal, the drain,
+    /// a listener or service backoff, a rate token, a watchdog ping, a
+    /// refusal summary. `None`: nothing is due, sleep until an event.
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next = self.children.next_deadline();
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        if let Some(d) = &self.drain {
+            if !d.terminated {
+                consider(Some(d.deadline));
+            }
+        } else {
+            for s in &self.socks {
+                consider(s.retry_at);
+            }
+            consider(self.slot_retry);
+            for st in self.services.iter() {
+                consider(st.pause_now.and_then(Pause::until));
+            }
+        }
+        for i in 0..self.services.len() {
+            consider(self.services.refusal_deadline(i));
+        }
+        consider(self.watchdog.map(|(_, t)| t));
+        consider(self.reloading.as_ref().map(|p| p.deadline));
+        next
+    }
+
+    /// Computes each service's capacity for this turn, logging entering
+    /// and leaving a pause once each.
+    fn update_pauses(&mut self, now: Instant) {
+        let total = self.children.len();
+        let max_connections = self.plan.daemon.max_connections;
+        let mut changed = false;
+        for i in 0..self.services.len() {
+            let pause = self.services.capacity(i, total, max_connections, now);
+            if let Some(c) = self.services.set_pause(i, pause) {
+                changed |= !c.quiet;
+                let level = if c.quiet { Level::Debug } else { Level::Info };
+                let st = self.services.get(i);
+                match c.to {
+                    Some(r) => self
+                        .log
+                        .event(level, "paused")
+                        .kv("service", &st.svc.name)
+                        .kv("reason", r)
+                        .kv("running", st.running)
+                        .send(),
+                    None => self
+                        .log
+                        .event(level, "resumed")
+                        .kv("service", &st.svc.name)
+                        .opt("reason", c.from)
+                        .send(),
+                }
+            }
+            // Flush a refusal summary whose window has ended.
+            if let Some(count) = self.services.refusal_summary_due(i, now) {
+                self.log
+                    .event(Level::Warn, "refused-suppressed")
+                    .kv("service", &self.services.get(i).svc.name)
+                    .kv("count", count)
+                    .send();
+            }
+        }
+        if changed {
+            self.send_status();
+        }
+    }
+}
+
+/// A bare `"PORT"`'s IPv6 half skipped on a host without IPv6.
+fn log_no_ipv6(log: &mut Logger, addr: SocketAddr) {
+    log.event(Level::Warn, "listen-skipped")
+        .kv("addr", addr)
+        .kv("error", "no IPv6 on this host; serving IPv4 only")
+        .send();
+}
+
+/// Clears `deadline` once it has passed and says whether one is still
+/// ahead. A deadline left in the past would be the poll timeout forever:
+/// zero, a spin.
+fn expire(deadline: &mut Option<Instant>, now: Instant) -> bool {
+    if deadline.is_some_and(|t| t <= now) {
+        *deadline = None;
+    }
+    deadline.is_some()
+}
+
+/// Empties `v` and hands its memory on as a vector of the same type with
+/// another lifetime, so that the poll set is not allocated anew every turn.
+/// The iterator is empty, so the closure never runs; collecting from a
+/// vector's own iterator into one of the same layout reuses its buffer.
+#[allow(clippy::unnecessary_filter_map)] // it changes the lifetime, not the items
+fn recycle<'a, 'b>(mut v: Vec<PollFd<'a>>) -> Vec<PollFd<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passed_deadline_is_cleared_and_a_future_one_kept() {
+        let now = Instant::now();
+        let mut none = None;
+        assert!(!expire(&mut none, now));
+        let mut past = Some(now);
+        assert!(!expire(&mut past, now), "a deadline at `now` has passed");
+        assert_eq!(past, None);
+        let ahead = now + Duration::from_millis(100);
+        let mut future = Some(ahead);
+        assert!(expire(&mut future, now));
+        assert_eq!(future, Some(ahead));
+        assert!(!expire(&mut future, ahead + Duration::from_millis(1)));
+        assert_eq!(future, None);
+    }
+
+    #[test]
+    fn recycle_keeps_the_poll_sets_memory() {
+        let f = std::fs::File::open("/dev/null").expect("open");
+        let mut v: Vec<PollFd<'_>> = Vec::with_capacity(8);
+        v.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
+        let back: Vec<PollFd<'static>> = recycle(v);
+        assert!(back.is_empty());
+        assert_eq!((back.as_ptr() as usize, back.capacity()), (ptr, cap));
+    }
+}

@@ -1,0 +1,201 @@
+//! Reloading: SIGHUP starts the account lookups in a resolver child; when
+//! it has answered, the file is loaded with its answers and the new plan is
+//! applied (sockets reconciled, services carried over, logging reopened).
+
+use std::time::Instant;
+
+use super::Supervisor;
+use crate::config;
+use crate::listen::{self, Change, Sockets};
+use crate::log::Logger;
+use crate::notify;
+use crate::plan::{Level, Plan};
+use crate::resolver;
+
+impl Supervisor {
+    /// SIGHUP: start a reload. The file is validated, then swapped in; an
+    /// invalid file changes nothing. The account lookups the load needs may
+    /// wait (a directory server that does not answer), so they are made by a
+    /// resolver child ([`resolver::Pending`]) while the loop goes on serving;
+    /// [`reload_progress`](Self::reload_progress) loads and applies the plan
+    /// once it has answered.
+    ///
+    /// A SIGHUP while a reload is pending does not restart it (a stream of
+    /// them would then never let one finish); it asks for one more reload
+    /// when this one ends, so the file as it is then is the one loaded.
+    pub(super) fn reload(&mut self, now: Instant) {
+        if self.drain.is_some() {
+            return;
+        }
+        if let Some(p) = &mut self.reloading {
+            p.again = true;
+            return;
+        }
+        match resolver::Pending::start(&self.plan.path, now) {
+            Ok(p) => {
+                self.log
+                    .event(Level::Debug, "reload-resolving")
+                    .kv("pid", p.pid())
+                    .send();
+                self.reloading = Some(p);
+            }
+            Err(e) => self.reload_failed(&format!("starting the account resolver: {e}")),
+        }
+    }
+
+    /// Reads the pending reload's resolver; at its end, loads the file with
+    /// its answers and applies the plan. Returns true when a plan was applied.
+    pub(super) fn reload_progress(&mut self, now: Instant) -> bool {
+        let Some(p) = &mut self.reloading else {
+            return false;
+        };
+        let applied = match p.read(now) {
+            resolver::Progress::More => return false,
+            resolver::Progress::Failed(why) => {
+                self.reload_failed(&why);
+                false
+            }
+            resolver::Progress::Done(record) => {
+                let replay = resolver::Accounts::replay(&config::RealSystem, record);
+                match config::load_with(&self.plan.path, false, &replay) {
+                    Ok(plan) => {
+                        self.apply(plan);
+                        true
+                    }
+                    Err(e) => {
+                        self.reload_failed(&e.to_string());
+                        false
+                    }
+                }
+            }
+        };
+        if self.reloading.take().is_some_and(|p| p.again) {
+            self.reload(now);
+        }
+        applied
+    }
+
+    /// A reload that changed nothing: say why, in the log and the status.
+    pub(super) fn reload_failed(&mut self, why: &str) {
+        for line in why.lines() {
+            self.log
+                .event(Level::Error, "reload-failed")
+                .kv("error", line)
+                .send();
+        }
+        let first = why.lines().next().unwrap_or_default().to_string();
+        let status = format!("reload failed, still serving the previous configuration: {first}");
+        if let Err(e) = notify::status(&status) {
+            self.log_notify_error(e);
+        }
+        self.status_sent = status;
+    }
+
+    /// Makes a loaded plan current: sockets, services, logging.
+    pub(super) fn apply(&mut self, plan: Plan) {
+        if let Err(e) = notify::reloading() {
+            self.log_notify_error(e);
+        }
+        self.reopen_log(&plan);
+        let mut held = Sockets::default();
+        for s in self.socks.drain(..) {
+            held.by_addr.insert(s.addr, s.listener);
+            held.owner
+                .insert(s.addr, self.services.get(s.svc).svc.name.clone());
+        }
+        let changes = listen::reconcile(&mut held, &mut self.spare, &plan);
+        let tally = self.log_changes(&changes);
+        self.install(plan, held);
+        self.spawner.refresh_signals();
+        self.log
+            .event(Level::Info, "reload")
+            .kv("services", self.services.len())
+            .kv("sockets", self.socks.len())
+            .kv("opened", tally.opened)
+            .kv("closed", tally.closed)
+            .kv("failed", tally.failed)
+            .kv("kept", tally.kept)
+            .send();
+        let status = self.summary();
+        if let Err(e) = notify::ready(&status) {
+            self.log_notify_error(e);
+        }
+        self.status_sent = status;
+    }
+
+    /// Opens the new log target if it changed, and sets the level.
+    fn reopen_log(&mut self, plan: &Plan) {
+        if plan.daemon.log != self.plan.daemon.log {
+            let (logger, warning) = Logger::open(plan.daemon.log, plan.daemon.log_level);
+            self.log = logger;
+            if let Some(w) = warning {
+                self.log
+                    .event(Level::Warn, "log-fallback")
+                    .kv("error", w)
+                    .send();
+            }
+        }
+        self.log.set_level(plan.daemon.log_level);
+    }
+
+    /// Logs each socket change of a reload and counts them for its summary.
+    fn log_changes(&mut self, changes: &[Change]) -> Tally {
+        let mut t = Tally::default();
+        for c in changes {
+            match c {
+                Change::Opened(a) => {
+                    t.opened += 1;
+                    self.log.event(Level::Info, "listen").kv("addr", a).send();
+                }
+                Change::Closed(a) => {
+                    t.closed += 1;
+                    self.log.event(Level::Info, "unlisten").kv("addr", a).send();
+                }
+                Change::Failed(e) => {
+                    t.failed += 1;
+                    self.log
+                        .event(Level::Error, "listen-failed")
+                        .kv("addr", e.addr)
+                        .kv("error", e.to_string())
+                        .send();
+                }
+                Change::NoIpv6(a) => super::log_no_ipv6(&mut self.log, *a),
+                Change::Retained { addr, service } => {
+                    t.kept += 1;
+                    self.log
+                        .event(Level::Warn, "listen-kept")
+                        .kv("service", service)
+                        .kv("addr", addr)
+                        .kv(
+                            "error",
+                            "a new address of the service could not be opened; its old socket keeps serving",
+                        )
+                        .send();
+                }
+                Change::Lost { service, error } => {
+                    t.failed += 1;
+                    self.log
+                        .event(Level::Error, "listen-lost")
+                        .kv("service", service)
+                        .kv("addr", error.addr)
+                        .kv("error", error.to_string())
+                        .send();
+                }
+            }
+        }
+        t
+    }
+}
+
+/// The socket changes of one reload, for its `reload` line.
+#[derive(Default)]
+struct Tally {
+    /// Addresses bound or adopted.
+    opened: usize,
+    /// Addresses closed.
+    closed: usize,
+    /// Addresses that could not be opened, or were lost.
+    failed: usize,
+    /// Old sockets kept for a service whose new address failed.
+    kept: usize,
+}

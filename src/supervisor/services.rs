@@ -1,0 +1,416 @@
+//! The runtime state of every service, pure: handler counts, pause state,
+//! counters, back-offs and the refusal-log limiter, and how they are
+//! carried over a reload. No sockets, no clock reads, no logging: the loop
+//! passes the time in and logs what the methods return.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use crate::admit::{self, Backoff, Bucket, Load, Pause, PauseReason, Reason};
+use crate::plan::Service;
+
+/// Refusal log lines per service per second; the rest are counted and
+/// summarised, so a flood from a denied address cannot fill the disk.
+const REFUSAL_LINES_PER_SECOND: u32 = 10;
+
+/// Refusals of one service, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// The peer matched `deny`.
+    pub deny: u64,
+    /// The peer matched none of `allow`.
+    pub allow: u64,
+    /// The peer's source prefix was at `max_per_source`.
+    pub max_per_source: u64,
+}
+
+impl Refused {
+    fn count(&mut self, reason: Reason) {
+        let n = match reason {
+            Reason::Deny => &mut self.deny,
+            Reason::Allow => &mut self.allow,
+            Reason::MaxPerSource => &mut self.max_per_source,
+        };
+        *n += 1;
+    }
+
+    /// Every refusal, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.deny + self.allow + self.max_per_source
+    }
+}
+
+/// Per-service counters, reported by SIGUSR1. They survive a reload for
+/// services that still exist.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Every accepted connection, refused ones included.
+    pub accepted: u64,
+    /// Refusals by reason.
+    pub refused: Refused,
+    /// Fork and exec failures.
+    pub failed: u64,
+}
+
+/// Runtime state of one service.
+pub struct SvcState {
+    /// The service as the current plan has it.
+    pub svc: Arc<Service>,
+    /// What SIGUSR1 reports; carried over a reload.
+    pub counters: Counters,
+    /// Handlers of this service running now.
+    pub running: usize,
+    /// Running handlers by source prefix, for `max_per_source`.
+    pub per_source: HashMap<IpNet, usize>,
+    /// `max_rate`'s tokens.
+    pub bucket: Bucket,
+    /// Fork failures back the whole service off.
+    backoff: Backoff,
+    /// The service accepts nothing before then (a fork or exec back-off).
+    pub backoff_until: Option<Instant>,
+    /// Exec failures under way (learnt at reap): they back the service off
+    /// too, through `backoff_until`.
+    exec_failures: Option<ExecEpisode>,
+    /// The pause last logged, so entering and leaving are logged once each.
+    pub paused: Option<PauseReason>,
+    /// The pause computed this turn (drives the poll set).
+    pub pause_now: Option<Pause>,
+    /// Limits the refusal lines logged.
+    refusals: Limiter,
+}
+
+impl SvcState {
+    fn new(svc: &Arc<Service>) -> SvcState {
+        SvcState {
+            svc: Arc::clone(svc),
+            counters: Counters::default(),
+            running: 0,
+            per_source: HashMap::new(),
+            bucket: Bucket::new(),
+            backoff: Backoff::default(),
+            backoff_until: None,
+            exec_failures: None,
+            paused: None,
+            pause_now: None,
+            refusals: Limiter::default(),
+        }
+    }
+}
+
+/// A run of exec failures of one service, from the first until a handler
+/// started after it is reaped without one.
+///
+/// The daemon learns of an exec failure only when it reaps the child, so
+/// a burst accepted in one turn fails as a whole before the first failure
+/// is seen. The back-off therefore steps once per *retry*: a failure of a
+/// child started before the last step is counted but does not step again;
+/// and while the episode lasts, each spawn re-arms the current delay, so
+/// one connection at a time tries (the others wait in the backlog) instead
+/// of the whole queue failing at each retry.
+struct ExecEpisode {
+    /// When the first failure was seen.
+    began: Instant,
+    /// Failures in the episode, for the summary at its end.
+    failures: u64,
+    /// The growing delay between retries.
+    backoff: Backoff,
+    /// The current delay.
+    delay: Duration,
+    /// When the delay was last stepped.
+    stepped_at: Instant,
+}
+
+/// Rate limit for refusal log lines: a window of one second.
+#[derive(Default)]
+struct Limiter {
+    /// When the current window ends; `None` before the first refusal.
+    window_end: Option<Instant>,
+    /// Lines logged in the window.
+    lines: u32,
+    /// Refusals not logged in the window, for its summary.
+    suppressed: u64,
+}
+
+/// What to log for one refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusalLog {
+    /// The summary of the window that just ended (`refused-suppressed`).
+    pub summary: Option<u64>,
+    /// Whether this refusal gets its own `refused` line.
+    pub line: bool,
+}
+
+/// A pause entered or left, for the caller to log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseChange {
+    /// The pause before (`None`: the service was accepting).
+    pub from: Option<PauseReason>,
+    /// The pause now (`None`: the service accepts again).
+    pub to: Option<PauseReason>,
+    /// A rate pause comes and goes with every token: it is logged at debug
+    /// and does not change the status line.
+    pub quiet: bool,
+}
+
+/// What became of an exec failure, for the caller to log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecFailure {
+    /// The first of its episode: logged at error, with `retry`.
+    pub first: bool,
+    /// The delay set by the first failure.
+    pub retry: Option<Duration>,
+}
+
+/// The services of the current plan, in plan order.
+#[derive(Default)]
+pub struct ServiceTable {
+    /// One per enabled service; the loop's sockets hold indices into it.
+    list: Vec<SvcState>,
+}
+
+impl ServiceTable {
+    /// Makes `enabled` the table, carrying each service's counters, pause
+    /// and back-offs over by name. `running` lists the running handlers as
+    /// (service name, source prefix): the counts are rebuilt from it, so
+    /// handlers of an earlier service of the same name count against this
+    /// one's limits too.
+    pub fn install<'a>(
+        &mut self,
+        enabled: impl Iterator<Item = &'a Arc<Service>>,
+        running: &[(&str, IpNet)],
+    ) {
+        let mut old: HashMap<String, SvcState> = self
+            .list
+            .drain(..)
+            .map(|s| (s.svc.name.clone(), s))
+            .collect();
+        for svc in enabled {
+            let mut st = match old.remove(&svc.name) {
+                Some(mut st) => {
+                    st.svc = Arc::clone(svc);
+                    st
+                }
+                None => SvcState::new(svc),
+            };
+            st.running = 0;
+            st.per_source.clear();
+            for (_, source) in running.iter().filter(|(name, _)| *name == svc.name) {
+                st.running += 1;
+                *st.per_source.entry(*source).or_insert(0) += 1;
+            }
+            self.list.push(st);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &SvcState> {
+        self.list.iter()
+    }
+
+    pub fn get(&self, i: usize) -> &SvcState {
+        &self.list[i]
+    }
+
+    /// The index of the service called `name`, if the plan has it.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.list.iter().position(|s| s.svc.name == name)
+    }
+
+    /// The load [`admit::capacity`] judges service `i` by.
+    fn load(&self, i: usize, total: usize, max_connections: usize) -> Load {
+        let st = &self.list[i];
+        Load {
+            running: st.running,
+            total,
+            max_connections,
+            backoff_until: st.backoff_until,
+        }
+    }
+
+    /// Whether service `i` may accept now.
+    pub fn capacity(
+        &self,
+        i: usize,
+        total: usize,
+        max_connections: usize,
+        now: Instant,
+    ) -> Option<Pause> {
+        let st = &self.list[i];
+        let load = self.load(i, total, max_connections);
+        admit::capacity(&st.svc.limits, load, &st.bucket, now)
+    }
+
+    /// Records this turn's pause of service `i`; says whether it entered
+    /// or left one (each is logged once).
+    pub fn set_pause(&mut self, i: usize, pause: Option<Pause>) -> Option<PauseChange> {
+        let st = &mut self.list[i];
+        st.pause_now = pause;
+        let to = pause.map(Pause::reason);
+        if to == st.paused {
+            return None;
+        }
+        let from = std::mem::replace(&mut st.paused, to);
+        let quiet = to == Some(PauseReason::Rate) || from == Some(PauseReason::Rate);
+        Some(PauseChange { from, to, quiet })
+    }
+
+    /// An accepted connection, before the admission decision.
+    pub fn accepted(&mut self, i: usize) {
+        self.list[i].counters.accepted += 1;
+    }
+
+    /// A refused connection: counts it and says what to log.
+    pub fn refused(&mut self, i: usize, reason: Reason, now: Instant) -> RefusalLog {
+        let st = &mut self.list[i];
+        st.counters.refused.count(reason);
+        let lim = &mut st.refusals;
+        let mut summary = None;
+        if lim.window_end.is_none_or(|t| t <= now) {
+            summary = (lim.suppressed > 0).then_some(lim.suppressed);
+            *lim = Limiter {
+                window_end: Some(now + Duration::from_secs(1)),
+                lines: 0,
+                suppressed: 0,
+            };
+        }
+        let line = lim.lines < REFUSAL_LINES_PER_SECOND;
+        if line {
+            lim.lines += 1;
+        } else {
+            lim.suppressed += 1;
+        }
+        RefusalLog { summary, line }
+    }
+
+    /// The count of refusals not logged, once their window has ended (and
+    /// the window is closed then).
+    pub fn refusal_summary_due(&mut self, i: usize, now: Instant) -> Option<u64> {
+        let lim = &mut self.list[i].refusals;
+        if lim.suppressed > 0 && lim.window_end.is_some_and(|t| t <= now) {
+            let n = lim.suppressed;
+            *lim = Limiter::default();
+            return Some(n);
+        }
+        None
+    }
+
+    /// When a refusal summary is due, if one is.
+    pub fn refusal_deadline(&self, i: usize) -> Option<Instant> {
+        let lim = &self.list[i].refusals;
+        lim.window_end.filter(|_| lim.suppressed > 0)
+    }
+
+    /// Spends a `max_rate` token of service `i` for a connection it admitted
+    /// (before the spawn, so a failed one costs a token too).
+    pub fn take_token(&mut self, i: usize, now: Instant) {
+        let st = &mut self.list[i];
+        if let Some(rate) = st.svc.limits.max_rate {
+            st.bucket.take(rate, now);
+        }
+    }
+
+    /// A handler of service `i` started for `source`.
+    pub fn started(&mut self, i: usize, source: IpNet, now: Instant) {
+        let st = &mut self.list[i];
+        st.running += 1;
+        *st.per_source.entry(source).or_insert(0) += 1;
+        if st.backoff.failures > 0 {
+            st.backoff.succeed();
+            st.backoff_until = None;
+        }
+        // Exec failing: this child is the one try until the delay has
+        // passed again (see `ExecEpisode`).
+        if let Some(ep) = &st.exec_failures {
+            st.backoff_until = Some(now + ep.delay);
+        }
+    }
+
+    /// A fork for service `i` failed: counts it and backs the service off;
+    /// returns the delay.
+    pub fn fork_failed(&mut self, i: usize, now: Instant) -> Duration {
+        let st = &mut self.list[i];
+        st.counters.failed += 1;
+        let delay = st.backoff.fail();
+        st.backoff_until = Some(now + delay);
+        delay
+    }
+
+    /// A handler of service `i`, started at `started`, failed at its exec.
+    pub fn exec_failed(&mut self, i: usize, started: Instant, now: Instant) -> ExecFailure {
+        let st = &mut self.list[i];
+        st.counters.failed += 1;
+        match &mut st.exec_failures {
+            None => {
+                let mut backoff = Backoff::default();
+                let delay = backoff.fail();
+                st.exec_failures = Some(ExecEpisode {
+                    began: now,
+                    failures: 1,
+                    backoff,
+                    delay,
+                    stepped_at: now,
+                });
+                st.backoff_until = st.backoff_until.max(Some(now + delay));
+                ExecFailure {
+                    first: true,
+                    retry: Some(delay),
+                }
+            }
+            Some(ep) => {
+                ep.failures += 1;
+                if started >= ep.stepped_at {
+                    ep.delay = ep.backoff.fail();
+                    ep.stepped_at = now;
+                    st.backoff_until = st.backoff_until.max(Some(now + ep.delay));
+                }
+                ExecFailure {
+                    first: false,
+                    retry: None,
+                }
+            }
+        }
+    }
+
+    /// A handler of service `i`, started at `started`, reached its exec: if
+    /// it started after the exec failures began, they are over. Returns
+    /// the episode's failures and length then.
+    pub fn exec_succeeded(
+        &mut self,
+        i: usize,
+        started: Instant,
+        now: Instant,
+    ) -> Option<(u64, Duration)> {
+        let st = &mut self.list[i];
+        if st
+            .exec_failures
+            .as_ref()
+            .is_none_or(|ep| started < ep.began)
+        {
+            return None;
+        }
+        let ep = st.exec_failures.take()?;
+        st.backoff_until = None;
+        Some((ep.failures, now.saturating_duration_since(ep.began)))
+    }
+
+    /// A handler of service `i` that held `source` was reaped.
+    pub fn exited(&mut self, i: usize, source: IpNet) {
+        let st = &mut self.list[i];
+        st.running = st.running.saturating_sub(1);
+        if let Some(n) = st.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                st.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

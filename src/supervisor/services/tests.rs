@@ -1,0 +1,173 @@
+//! Unit tests of the service table: no daemon and no sockets; time is one
+//! base instant and offsets from it.
+
+use super::*;
+
+/// Services parsed from a real config, one per name.
+fn services(names: &[&str]) -> Vec<Arc<Service>> {
+    let mut text = String::new();
+    for (i, n) in names.iter().enumerate() {
+        text.push_str(&format!(
+            "[[service]]\nname = \"{n}\"\nlisten = [\"127.0.0.1:{}\"]\nprogram = \"/bin/sh\"\nmax_instances = 2\n",
+            9000 + i
+        ));
+    }
+    let plan = crate::config::parse(
+        std::path::Path::new("test.toml"),
+        &text,
+        &crate::config::RealSystem,
+    )
+    .expect("parse");
+    plan.services
+}
+
+fn src(s: &str) -> IpNet {
+    s.parse().expect("net")
+}
+
+#[test]
+fn a_pause_is_reported_when_entered_and_left_and_rate_pauses_are_quiet() {
+    let mut t = ServiceTable::default();
+    t.install(services(&["a"]).iter(), &[]);
+    let now = Instant::now();
+    assert_eq!(t.set_pause(0, None), None, "accepting, as before");
+    assert_eq!(
+        t.set_pause(0, Some(Pause::Instances)),
+        Some(PauseChange {
+            from: None,
+            to: Some(PauseReason::Instances),
+            quiet: false
+        })
+    );
+    assert_eq!(t.set_pause(0, Some(Pause::Instances)), None, "once");
+    assert_eq!(t.get(0).paused, Some(PauseReason::Instances));
+    assert_eq!(
+        t.set_pause(0, None),
+        Some(PauseChange {
+            from: Some(PauseReason::Instances),
+            to: None,
+            quiet: false
+        })
+    );
+    let rate = t.set_pause(0, Some(Pause::Rate(now))).expect("entered");
+    assert!(rate.quiet);
+    assert!(t.set_pause(0, None).expect("left").quiet);
+    assert_eq!(t.get(0).paused, None);
+}
+
+#[test]
+fn capacity_pauses_at_max_instances_and_resumes_when_one_exits() {
+    let mut t = ServiceTable::default();
+    t.install(services(&["a"]).iter(), &[]);
+    let now = Instant::now();
+    t.started(0, src("127.0.0.1/32"), now);
+    assert_eq!(t.capacity(0, 1, 10, now), None);
+    t.started(0, src("127.0.0.2/32"), now);
+    assert_eq!(t.capacity(0, 2, 10, now), Some(Pause::Instances));
+    t.exited(0, src("127.0.0.1/32"));
+    assert_eq!(t.capacity(0, 1, 10, now), None);
+    assert_eq!(t.get(0).per_source.len(), 1);
+}
+
+#[test]
+fn counters_and_pause_are_carried_over_a_reload_by_name() {
+    let mut t = ServiceTable::default();
+    t.install(services(&["a", "b"]).iter(), &[]);
+    let now = Instant::now();
+    t.accepted(0);
+    t.accepted(0);
+    t.refused(0, Reason::Deny, now);
+    t.fork_failed(0, now);
+    t.set_pause(0, Some(Pause::Instances));
+    t.accepted(1);
+    let running = [("a", src("127.0.0.1/32")), ("gone", src("127.0.0.2/32"))];
+    t.install(services(&["c", "a"]).iter(), &running);
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.position("a"), Some(1));
+    assert_eq!(t.position("b"), None, "b left the plan");
+    let a = t.get(1);
+    assert_eq!(a.counters.accepted, 2);
+    assert_eq!(a.counters.refused.deny, 1);
+    assert_eq!(a.counters.refused.total(), 1);
+    assert_eq!(a.counters.failed, 1);
+    assert_eq!(a.paused, Some(PauseReason::Instances));
+    assert!(a.backoff_until.is_some(), "the fork back-off stays");
+    assert_eq!(a.running, 1, "recounted from the running handlers");
+    let c = t.get(0);
+    assert_eq!(c.counters.accepted, 0, "a new service starts at zero");
+    assert_eq!(c.running, 0);
+}
+
+#[test]
+fn refusal_lines_are_limited_per_second_and_the_rest_summed_up() {
+    let mut t = ServiceTable::default();
+    t.install(services(&["a"]).iter(), &[]);
+    let now = Instant::now();
+    for n in 0..REFUSAL_LINES_PER_SECOND {
+        let log = t.refused(0, Reason::Allow, now);
+        assert_eq!(
+            log,
+            RefusalLog {
+                summary: None,
+                line: true
+            },
+            "line {n}"
+        );
+    }
+    for _ in 0..5 {
+        assert!(!t.refused(0, Reason::Allow, now).line);
+    }
+    assert_eq!(t.get(0).counters.refused.allow, 15, "all are counted");
+    let end = now + Duration::from_secs(1);
+    assert_eq!(t.refusal_deadline(0), Some(end));
+    assert_eq!(t.refusal_summary_due(0, now), None, "window still open");
+    // A refusal after the window logs the summary first.
+    let log = t.refused(0, Reason::Deny, end);
+    assert_eq!(
+        log,
+        RefusalLog {
+            summary: Some(5),
+            line: true
+        }
+    );
+    assert_eq!(t.refusal_deadline(0), None, "nothing suppressed now");
+    // Or the loop flushes it when the window ends without one.
+    for _ in 0..REFUSAL_LINES_PER_SECOND + 2 {
+        t.refused(0, Reason::Deny, end);
+    }
+    let later = end + Duration::from_secs(1);
+    assert_eq!(t.refusal_summary_due(0, later), Some(3));
+    assert_eq!(t.refusal_summary_due(0, later), None, "once");
+}
+
+#[test]
+fn exec_failures_back_off_once_per_retry_until_a_handler_succeeds() {
+    let mut t = ServiceTable::default();
+    t.install(services(&["a"]).iter(), &[]);
+    let t0 = Instant::now();
+    let first = t.exec_failed(0, t0, t0);
+    assert_eq!(
+        first,
+        ExecFailure {
+            first: true,
+            retry: Some(Backoff::FIRST)
+        }
+    );
+    assert_eq!(t.get(0).backoff_until, Some(t0 + Backoff::FIRST));
+    // A child started before the first failure does not step it again.
+    let before = t0 - Duration::from_millis(1);
+    let later = t0 + Duration::from_millis(10);
+    assert!(!t.exec_failed(0, before, later).first);
+    assert_eq!(t.get(0).backoff_until, Some(t0 + Backoff::FIRST));
+    // One started after it does.
+    assert!(!t.exec_failed(0, later, later).first);
+    assert_eq!(t.get(0).backoff_until, Some(later + Backoff::FIRST * 2));
+    assert_eq!(t.get(0).counters.failed, 3);
+    assert_eq!(
+        t.exec_succeeded(0, t0 - Duration::from_millis(1), later),
+        None
+    );
+    let done = t.exec_succeeded(0, later, later + Duration::from_millis(5));
+    assert_eq!(done, Some((3, Duration::from_millis(15))));
+    assert_eq!(t.get(0).backoff_until, None);
+}

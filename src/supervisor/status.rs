@@ -1,0 +1,91 @@
+//! What the daemon says about itself: the `STATUS=` line and the other
+//! notifications to the service manager, the watchdog ping, and SIGUSR1's
+//! status lines.
+
+use std::fmt::Write as _;
+use std::io;
+use std::time::Instant;
+
+use super::Supervisor;
+use crate::admit::PauseReason;
+use crate::notify;
+use crate::plan::Level;
+
+impl Supervisor {
+    /// SIGUSR1: one line per service.
+    pub(super) fn log_status(&mut self) {
+        for st in self.services.iter() {
+            let mut listen = String::new();
+            for (i, l) in st.svc.listen.iter().enumerate() {
+                if i > 0 {
+                    listen.push(',');
+                }
+                let _ = write!(listen, "{l}");
+            }
+            let c = &st.counters;
+            self.log
+                .event(Level::Info, "status")
+                .kv("service", &st.svc.name)
+                .kv("listen", &listen)
+                .kv("running", st.running)
+                .kv("accepted", c.accepted)
+                .kv("refused", c.refused.total())
+                .kv("refused_deny", c.refused.deny)
+                .kv("refused_allow", c.refused.allow)
+                .kv("refused_max_per_source", c.refused.max_per_source)
+                .kv("failed", c.failed)
+                .kv("paused", st.paused.map_or("no", PauseReason::as_str))
+                .send();
+        }
+    }
+
+    pub(super) fn ping_watchdog(&mut self, now: Instant) {
+        if let Some((interval, next)) = &mut self.watchdog {
+            if *next <= now {
+                *next = now + *interval;
+                if let Err(e) = notify::watchdog() {
+                    self.log_notify_error(e);
+                }
+            }
+        }
+    }
+
+    /// The one-line summary for `STATUS=`.
+    pub(super) fn summary(&self) -> String {
+        let mut s = format!(
+            "serving {} services on {} sockets",
+            self.services.len(),
+            self.socks.len()
+        );
+        let paused: Vec<String> = self
+            .services
+            .iter()
+            .filter_map(|st| {
+                st.paused
+                    .filter(|r| *r != PauseReason::Rate)
+                    .map(|r| format!("{} ({r})", st.svc.name))
+            })
+            .collect();
+        if !paused.is_empty() {
+            let _ = write!(s, "; paused: {}", paused.join(", "));
+        }
+        s
+    }
+
+    pub(super) fn send_status(&mut self) {
+        let status = self.summary();
+        if status != self.status_sent {
+            if let Err(e) = notify::status(&status) {
+                self.log_notify_error(e);
+            }
+            self.status_sent = status;
+        }
+    }
+
+    pub(super) fn log_notify_error(&mut self, e: io::Error) {
+        self.log
+            .event(Level::Warn, "notify-failed")
+            .kv("error", crate::text::io_reason(&e))
+            .send();
+    }
+}
