@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-pub use crate::config::{Accounts, Answer, Question, Record};
+use crate::config::{Accounts, Answer, Question, Record};
 
 /// How long a reload's lookups may take in all before the resolver is
 /// killed and the reload fails (one lookup may take 10 s: `accounts`).

@@ -56,7 +56,7 @@ impl Supervisor {
                 false
             }
             resolver::Progress::Done(record) => {
-                let replay = resolver::Accounts::replay(&config::RealSystem, record);
+                let replay = config::Accounts::replay(&config::RealSystem, record);
                 match config::load_with(&self.plan.path, false, &replay) {
                     Ok(plan) => {
                         self.apply(plan);
