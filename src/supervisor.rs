@@ -30,7 +30,7 @@ use crate::notify;
 use crate::plan::{Level, Plan, Service};
 use crate::resolver;
 use crate::signals::Signals;
-use crate::spawn::{self, Conn, Failure, Room, Scratch, SpawnError};
+use crate::spawn::{self, Conn, Failure, Room, SpawnError, Spawner};
 
 /// Connections accepted from one listener in one loop turn at most.
 const ACCEPT_BUDGET: usize = 64;
@@ -187,7 +187,7 @@ pub struct Supervisor {
     /// The last `STATUS=` sent, to send only changes.
     status_sent: String,
     // Buffers reused every turn.
-    scratch: Scratch,
+    scratch: Spawner,
     exits: Vec<Exit>,
     fired: Vec<Fired>,
     slots: Vec<Slot>,
@@ -252,7 +252,7 @@ impl Supervisor {
             reloading: None,
             watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
             status_sent: String::new(),
-            scratch: Scratch::new(),
+            scratch: Spawner::new(),
             slot_retry: None,
             exits: Vec::new(),
             fired: Vec::new(),
