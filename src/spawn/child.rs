@@ -90,7 +90,11 @@ pub(super) extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     unsafe { child_main(&*(arg as *const SlotData)) }
 }
 
-/// The child half: runs between clone and exec. Never returns.
+/// The child half: runs between clone and exec, one step per line, in
+/// this order: signal dispositions and mask, session, the connection on
+/// 0–2, close-on-exec for the rest, working directory and umask,
+/// credentials, exec. Never returns: it execs, or a step fails and the
+/// child exits 127 with the step recorded in its slot.
 ///
 /// # Safety
 /// Only call in a child started by `spawn`'s clone, with `d` and its
@@ -99,19 +103,10 @@ unsafe fn child_main(d: &SlotData) -> ! {
     let a = &d.args;
     reset_signals(a);
     empty_signal_mask();
-    // Own session: the handler and its children form one process group
-    // that the daemon can signal, detached from the daemon's terminal.
-    check(d, Step::Setsid, sys::call(libc::SYS_setsid, [0; 6]));
+    own_session(d);
     connection_on_stdio(d, a.conn as usize);
     close_on_exec_from_3(d);
-    // Working directory and file-creation mask.
-    let root = c"/".as_ptr() as usize;
-    check(
-        d,
-        Step::Chdir,
-        sys::call(libc::SYS_chdir, [root, 0, 0, 0, 0, 0]),
-    );
-    sys::call(libc::SYS_umask, [a.umask as usize, 0, 0, 0, 0, 0]);
+    root_and_umask(d, a.umask);
     if let Some(cred) = a.cred {
         drop_privileges(d, cred);
     }
@@ -167,6 +162,16 @@ unsafe fn empty_signal_mask() {
     );
 }
 
+/// Own session: the handler and its children form one process group that
+/// the daemon can signal, detached from the daemon's terminal.
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn own_session(d: &SlotData) {
+    check(d, Step::Setsid, sys::call(libc::SYS_setsid, [0; 6]));
+}
+
 /// The connection on 0, 1, 2. dup3 clears FD_CLOEXEC on the copies. The
 /// accepted socket is never 0–2 (std reopens closed stdio on /dev/null at
 /// start), but if it were, it would be overwritten (and dup3 refuses
@@ -205,6 +210,21 @@ unsafe fn close_on_exec_from_3(d: &SlotData) {
     let (all, cloexec) = (u32::MAX as usize, libc::CLOSE_RANGE_CLOEXEC as usize);
     let rc = sys::call(libc::SYS_close_range, [3, all, cloexec, 0, 0, 0]);
     check(d, Step::CloseFds, rc);
+}
+
+/// Working directory `/` and the service's file-creation mask.
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn root_and_umask(d: &SlotData, umask: libc::mode_t) {
+    let root = c"/".as_ptr() as usize;
+    check(
+        d,
+        Step::Chdir,
+        sys::call(libc::SYS_chdir, [root, 0, 0, 0, 0, 0]),
+    );
+    sys::call(libc::SYS_umask, [umask as usize, 0, 0, 0, 0, 0]);
 }
 
 /// Drops privileges: supplementary groups, then gid, then uid (after

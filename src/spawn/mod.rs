@@ -1,5 +1,20 @@
 //! `(Service, Conn) → Spawned`: start a child, put the connection on its
-//! fds 0–2 and exec the handler. The only module with `unsafe` code.
+//! fds 0–2 and exec the handler. The only module with `unsafe` code: the
+//! `#![allow(unsafe_code)]` below covers its submodules, and the crate
+//! root denies it everywhere else.
+//!
+//! # Where each part lives
+//!
+//! * `mod.rs` (this file): the [`Spawner`] and its slot pool, and the
+//!   daemon's half of a spawn ([`spawn`]: fill a free slot, then clone).
+//! * `slot.rs`: the memory one child shares with the daemon (its stack,
+//!   argv, envp, failure report) and when the daemon may touch it again.
+//! * `child.rs`: the child's half, between clone and exec, and the raw
+//!   system calls it is made of (`child::sys`).
+//! * `fd.rs`: descriptor and process-state helpers for the daemon's start
+//!   ([`reset_sigchld`], [`mark_inherited_cloexec`], [`own_inherited`]) and
+//!   the reload's resolver fork ([`fork_resolver`]).
+//! * `tests.rs`: the unit tests.
 //!
 //! # How: clone(CLONE_VM), without waiting for the exec
 //!
@@ -48,9 +63,10 @@
 //! * **No libc in the child.** The child runs while the daemon runs, and
 //!   shares its thread-local storage, `errno` included: anything that
 //!   writes errno or takes a lock could corrupt the daemon. So between
-//!   clone and exec the child makes raw system calls (`sys::call`, which
-//!   returns `-errno` and writes nothing else) and nothing else: no
-//!   allocation, no locks, no logging, no panics, no return. The kernel
+//!   clone and exec the child makes raw system calls
+//!   (`child::sys::call`, which returns `-errno` and writes nothing else)
+//!   and nothing else: no allocation, no locks, no logging, no panics, no
+//!   return (`child.rs` holds that code and nothing else). The kernel
 //!   gives a CLONE_VM child no robust-futex list, no rseq area and no
 //!   signal stack of its parent's, so it writes nothing of the daemon's
 //!   on the child's behalf either, except the zero in `busy`.
@@ -141,8 +157,12 @@ use slot::{ChildArgs, Slot, SlotData};
 
 /// One accepted connection, ready to hand to a handler.
 pub struct Conn {
+    /// The accepted socket: the child's fds 0–2; the daemon's copy closes
+    /// when `Conn` is dropped.
     pub stream: OwnedFd,
+    /// The client's address (`TCPREMOTEIP`, `TCPREMOTEPORT`).
     pub peer: SocketAddr,
+    /// The address the client connected to (`TCPLOCALIP`, `TCPLOCALPORT`).
     pub local: SocketAddr,
     /// Unique within this run of the daemon; in the handler's environment
     /// and in every log line about the connection.
@@ -213,7 +233,9 @@ impl Step {
 /// Why a child did not reach its handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure {
+    /// The step that failed.
     pub step: Step,
+    /// The errno its system call returned.
     pub errno: Errno,
 }
 
