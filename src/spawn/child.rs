@@ -9,8 +9,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::slot::{ChildArgs, SlotData};
-use super::Step;
+use super::slot::{ChildArgs, SlotData, Step};
 
 /// Raw system calls for the child: they return the result or `-errno` and
 /// write nothing else (libc's wrappers store errno, which the child shares

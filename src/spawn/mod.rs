@@ -8,13 +8,17 @@
 //! * `mod.rs` (this file): the [`Spawner`] and its slot pool, and the
 //!   daemon's half of a spawn ([`spawn`]: fill a free slot, then clone).
 //! * `slot.rs`: the memory one child shares with the daemon (its stack,
-//!   argv, envp, failure report) and when the daemon may touch it again.
+//!   argv, envp, failure report: [`Step`], [`Failure`]) and when the
+//!   daemon may touch it again.
 //! * `child.rs`: the child's half, between clone and exec, and the raw
 //!   system calls it is made of (`child::sys`).
 //! * `fd.rs`: descriptor and process-state helpers for the daemon's start
 //!   ([`reset_sigchld`], [`mark_inherited_cloexec`], [`own_inherited`]) and
 //!   the reload's resolver fork ([`fork_resolver`]).
 //! * `tests.rs`: the unit tests.
+//!
+//! `slot` imports nothing else of `spawn`, `child` only `slot`, `fd`
+//! neither; `mod.rs` uses all three: no cycle.
 //!
 //! # How: clone(CLONE_VM), without waiting for the exec
 //!
@@ -154,6 +158,7 @@ use crate::plan::Service;
 use child::{child_entry, sys};
 pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, reset_sigchld};
 use slot::{ChildArgs, Slot, SlotData};
+pub use slot::{Failure, Step};
 
 /// One accepted connection, ready to hand to a handler.
 pub struct Conn {
@@ -182,61 +187,6 @@ impl std::fmt::Display for SpawnError {
             SpawnError::Fork(e) => write!(f, "fork: {}", crate::text::os_error(*e)),
         }
     }
-}
-
-/// The step of the child contract that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Step {
-    Setsid = 1,
-    Dup = 2,
-    CloseFds = 3,
-    Chdir = 4,
-    Setgroups = 5,
-    Setgid = 6,
-    Setuid = 7,
-    VerifyCred = 8,
-    Exec = 9,
-}
-
-impl Step {
-    fn from_u8(b: u8) -> Option<Step> {
-        Some(match b {
-            1 => Step::Setsid,
-            2 => Step::Dup,
-            3 => Step::CloseFds,
-            4 => Step::Chdir,
-            5 => Step::Setgroups,
-            6 => Step::Setgid,
-            7 => Step::Setuid,
-            8 => Step::VerifyCred,
-            9 => Step::Exec,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Setsid => "setsid",
-            Step::Dup => "dup2",
-            Step::CloseFds => "close_range",
-            Step::Chdir => "chdir",
-            Step::Setgroups => "setgroups",
-            Step::Setgid => "setgid",
-            Step::Setuid => "setuid",
-            Step::VerifyCred => "verify-credentials",
-            Step::Exec => "execve",
-        }
-    }
-}
-
-/// Why a child did not reach its handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Failure {
-    /// The step that failed.
-    pub step: Step,
-    /// The errno its system call returned.
-    pub errno: Errno,
 }
 
 /// The children in flight, and what each reads: the daemon's half of the

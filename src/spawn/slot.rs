@@ -1,6 +1,8 @@
 //! A child's slot: the memory one child reads and writes in the daemon's
 //! (its stack, its argv and envp, its failure report), and when the daemon
-//! may touch it again. The rules are in the module doc of `spawn`.
+//! may touch it again, and what the report says ([`Step`], [`Failure`]).
+//! The rules are in the module doc of `spawn`. Imports nothing else of
+//! `spawn`.
 
 use std::ffi::c_char;
 use std::os::fd::RawFd;
@@ -11,8 +13,62 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use super::{Failure, Step};
 use crate::plan::Service;
+
+/// The step of the child contract that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Step {
+    Setsid = 1,
+    Dup = 2,
+    CloseFds = 3,
+    Chdir = 4,
+    Setgroups = 5,
+    Setgid = 6,
+    Setuid = 7,
+    VerifyCred = 8,
+    Exec = 9,
+}
+
+impl Step {
+    fn from_u8(b: u8) -> Option<Step> {
+        Some(match b {
+            1 => Step::Setsid,
+            2 => Step::Dup,
+            3 => Step::CloseFds,
+            4 => Step::Chdir,
+            5 => Step::Setgroups,
+            6 => Step::Setgid,
+            7 => Step::Setuid,
+            8 => Step::VerifyCred,
+            9 => Step::Exec,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Setsid => "setsid",
+            Step::Dup => "dup2",
+            Step::CloseFds => "close_range",
+            Step::Chdir => "chdir",
+            Step::Setgroups => "setgroups",
+            Step::Setgid => "setgid",
+            Step::Setuid => "setuid",
+            Step::VerifyCred => "verify-credentials",
+            Step::Exec => "execve",
+        }
+    }
+}
+
+/// Why a child did not reach its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The step that failed.
+    pub step: Step,
+    /// The errno its system call returned.
+    pub errno: Errno,
+}
 
 /// The child's stack, below a guard page: the child path uses a few
 /// hundred bytes, and only the pages it touches take memory.
