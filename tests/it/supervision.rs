@@ -197,7 +197,8 @@ fn children_stopped_before_exec_do_not_stall_the_loop() {
     if cfg!(tinyinetd_vfork) {
         // With CLONE_VFORK (architectures other than x86-64, and this
         // build) the kernel suspends the daemon until each child's exec, so
-        // a child stopped before it stops the daemon too: spawn.rs says so.
+        // a child stopped before it stops the daemon too: src/spawn/mod.rs
+        // says so.
         eprintln!(
             "SKIPPED: built with --cfg tinyinetd_vfork, where the daemon waits for every exec"
         );

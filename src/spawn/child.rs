@@ -1,0 +1,315 @@
+//! The child half of a spawn: what runs between `clone` and `execve`, on
+//! the child's own stack, in memory it shares with the daemon. Every line
+//! here obeys the rule of the module doc of `spawn` ("Why it is safe"):
+//! only raw system calls (`sys::call`), no allocation, no locks, no
+//! libc on x86-64, no panics, no return. Each step is a small function
+//! marked `#[inline(always)]`, so the child runs the same straight-line
+//! code, with the same system calls in the same order, as one long
+//! function would; a failed step ends the child through [`fail`].
+
+use std::sync::atomic::Ordering;
+
+use super::slot::{ChildArgs, SlotData, Step};
+
+/// Raw system calls for the child: they return the result or `-errno` and
+/// write nothing else (libc's wrappers store errno, which the child shares
+/// with the daemon through its thread-local storage).
+pub(super) mod sys {
+    /// Whether the child may run while the daemon does: only where the
+    /// calls below are made without libc. Elsewhere (or built with
+    /// `--cfg tinyinetd_vfork`) the child is started with CLONE_VFORK too,
+    /// the daemon is suspended until the exec, and libc's `syscall` may
+    /// write errno.
+    #[cfg(all(target_arch = "x86_64", not(tinyinetd_vfork)))]
+    pub const CONCURRENT: bool = true;
+    #[cfg(not(all(target_arch = "x86_64", not(tinyinetd_vfork))))]
+    pub const CONCURRENT: bool = false;
+
+    #[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
+    pub use libc::{
+        SYS_getresgid as GETRESGID, SYS_getresuid as GETRESUID, SYS_setgid as SETGID,
+        SYS_setgroups as SETGROUPS, SYS_setuid as SETUID,
+    };
+    /// The credential calls with 32-bit ids. On 32-bit x86, arm and sparc
+    /// the plain numbers are the old 16-bit-id calls (libc's wrappers
+    /// pick the `32` ones); everywhere else they are the 32-bit ones.
+    #[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
+    pub use libc::{
+        SYS_getresgid32 as GETRESGID, SYS_getresuid32 as GETRESUID, SYS_setgid32 as SETGID,
+        SYS_setgroups32 as SETGROUPS, SYS_setuid32 as SETUID,
+    };
+
+    /// System call `n` with six arguments (the unused ones are ignored).
+    ///
+    /// # Safety
+    /// As the system call itself: pointer arguments must be valid for it.
+    #[cfg(all(target_arch = "x86_64", not(tinyinetd_vfork)))]
+    #[inline(always)]
+    pub unsafe fn call(n: libc::c_long, a: [usize; 6]) -> isize {
+        let ret: isize;
+        // The x86-64 system call convention: number in rax, arguments in
+        // rdi, rsi, rdx, r10, r8, r9; rcx and r11 are clobbered.
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+        ret
+    }
+
+    /// System call `n` through libc (the child runs only while the daemon
+    /// is suspended, so the errno it writes harms no one).
+    ///
+    /// # Safety
+    /// As the system call itself: pointer arguments must be valid for it.
+    #[cfg(not(all(target_arch = "x86_64", not(tinyinetd_vfork))))]
+    #[inline(always)]
+    pub unsafe fn call(n: libc::c_long, a: [usize; 6]) -> isize {
+        let r = libc::syscall(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+        if r < 0 {
+            -(*libc::__errno_location() as isize)
+        } else {
+            r as isize
+        }
+    }
+}
+
+/// The entry point clone() calls in the child.
+pub(super) extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `SlotData` the parent passed to clone, alive and
+    // unchanged until this child has exec'd or exited.
+    unsafe { child_main(&*(arg as *const SlotData)) }
+}
+
+/// The child half: runs between clone and exec, one step per line, in
+/// this order: signal dispositions and mask, session, the connection on
+/// 0–2, close-on-exec for the rest, working directory and umask,
+/// credentials, exec. Never returns: it execs, or a step fails and the
+/// child exits 127 with the step recorded in its slot.
+///
+/// # Safety
+/// Only call in a child started by `spawn`'s clone, with `d` and its
+/// pointers valid until this child execs or exits.
+unsafe fn child_main(d: &SlotData) -> ! {
+    let a = &d.args;
+    reset_signals(a);
+    empty_signal_mask();
+    own_session(d);
+    connection_on_stdio(d, a.conn as usize);
+    close_on_exec_from_3(d);
+    root_and_umask(d, a.umask);
+    if let Some(cred) = a.cred {
+        drop_privileges(d, cred);
+    }
+    exec(d, a)
+}
+
+/// `rc` as a non-negative result; on `-errno`, records `step` as failed
+/// and ends the child ([`fail`]).
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn check(d: &SlotData, step: Step, rc: isize) -> usize {
+    if rc < 0 {
+        fail(d, step, rc);
+    }
+    rc as usize
+}
+
+/// Every disposition that is not SIG_DFL back to SIG_DFL (the parent
+/// listed them: see `Spawner::reset`), through the raw system call:
+/// glibc's sigaction() refuses signals 32 and 33 (its own), but a parent
+/// may have left them ignored, and an ignore survives execve. A zeroed
+/// kernel `struct sigaction` is SIG_DFL with no flags and an empty mask.
+///
+/// # Safety
+/// Only in the child; `a.reset` points at `a.reset_len` signals.
+#[inline(always)]
+unsafe fn reset_signals(a: &ChildArgs) {
+    let dfl = [0u64; 4];
+    for i in 0..a.reset_len {
+        let sig = *a.reset.add(i) as usize;
+        sys::call(
+            libc::SYS_rt_sigaction,
+            [sig, dfl.as_ptr() as usize, 0, 8, 0, 0],
+        );
+    }
+}
+
+/// Empties the signal mask (it survives execve). Pending signals are not
+/// inherited across clone, so nothing fires here. The kernel's sigset is
+/// 8 bytes.
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn empty_signal_mask() {
+    let empty = 0u64;
+    let set = &empty as *const u64 as usize;
+    sys::call(
+        libc::SYS_rt_sigprocmask,
+        [libc::SIG_SETMASK as usize, set, 0, 8, 0, 0],
+    );
+}
+
+/// Own session: the handler and its children form one process group that
+/// the daemon can signal, detached from the daemon's terminal.
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn own_session(d: &SlotData) {
+    check(d, Step::Setsid, sys::call(libc::SYS_setsid, [0; 6]));
+}
+
+/// The connection on 0, 1, 2. dup3 clears FD_CLOEXEC on the copies. The
+/// accepted socket is never 0–2 (std reopens closed stdio on /dev/null at
+/// start), but if it were, it would be overwritten (and dup3 refuses
+/// equal descriptors), so it is moved out of the way first.
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn connection_on_stdio(d: &SlotData, mut conn: usize) {
+    if conn <= 2 {
+        let dupfd = libc::F_DUPFD_CLOEXEC as usize;
+        conn = check(
+            d,
+            Step::Dup,
+            sys::call(libc::SYS_fcntl, [conn, dupfd, 3, 0, 0, 0]),
+        );
+    }
+    for target in 0..3 {
+        check(
+            d,
+            Step::Dup,
+            sys::call(libc::SYS_dup3, [conn, target, 0, 0, 0, 0]),
+        );
+    }
+}
+
+/// Nothing else may reach the handler: marks every descriptor from 3 up
+/// close-on-exec (close_range(2), Linux 5.11). The descriptor table is
+/// the child's own copy (no CLONE_FILES): this never touches the daemon's
+/// descriptors.
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn close_on_exec_from_3(d: &SlotData) {
+    let (all, cloexec) = (u32::MAX as usize, libc::CLOSE_RANGE_CLOEXEC as usize);
+    let rc = sys::call(libc::SYS_close_range, [3, all, cloexec, 0, 0, 0]);
+    check(d, Step::CloseFds, rc);
+}
+
+/// Working directory `/` and the service's file-creation mask.
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn root_and_umask(d: &SlotData, umask: libc::mode_t) {
+    let root = c"/".as_ptr() as usize;
+    check(
+        d,
+        Step::Chdir,
+        sys::call(libc::SYS_chdir, [root, 0, 0, 0, 0, 0]),
+    );
+    sys::call(libc::SYS_umask, [umask as usize, 0, 0, 0, 0, 0]);
+}
+
+/// Drops privileges: supplementary groups, then gid, then uid (after
+/// setuid we could no longer change groups), then verifies that none of
+/// the real, effective or saved ids kept the old value. The raw calls
+/// change this process only, which is all there is: the child is a thread
+/// group of its own.
+///
+/// # Safety
+/// Only in the child; `groups` points at `ngroups` gids.
+#[inline(always)]
+unsafe fn drop_privileges(
+    d: &SlotData,
+    (uid, gid, groups, ngroups): (u32, u32, *const u32, usize),
+) {
+    let rc = sys::call(sys::SETGROUPS, [ngroups, groups as usize, 0, 0, 0, 0]);
+    check(d, Step::Setgroups, rc);
+    check(
+        d,
+        Step::Setgid,
+        sys::call(sys::SETGID, [gid as usize, 0, 0, 0, 0, 0]),
+    );
+    check(
+        d,
+        Step::Setuid,
+        sys::call(sys::SETUID, [uid as usize, 0, 0, 0, 0, 0]),
+    );
+    match (res_ids(sys::GETRESUID), res_ids(sys::GETRESGID)) {
+        (Ok(u), Ok(g)) if u == [uid; 3] && g == [gid; 3] => {}
+        (Err(rc), _) | (_, Err(rc)) => fail(d, Step::VerifyCred, rc),
+        _ => fail(d, Step::VerifyCred, -(libc::EPERM as isize)),
+    }
+}
+
+/// Execs what was checked at load: the program's own descriptor, whatever
+/// its path names now (execveat with an empty path and AT_EMPTY_PATH,
+/// Linux 3.19). The descriptor is O_CLOEXEC, which a binary does not mind;
+/// a script is exec'd by its checked path instead (exec_fd -1), see
+/// `ExecImage::fd`. The descriptor number is valid here: this is a copy of
+/// the daemon's table, and the slot's `Arc<Service>` keeps the daemon's
+/// copy open until the exec. The call only returns on failure.
+///
+/// # Safety
+/// Only in the child; `a`'s pointers are valid.
+#[inline(always)]
+unsafe fn exec(d: &SlotData, a: &ChildArgs) -> ! {
+    let (argv, envp) = (a.argv as usize, a.envp as usize);
+    let rc = if a.exec_fd >= 0 {
+        let (fd, empty) = (a.exec_fd as usize, c"".as_ptr() as usize);
+        let flags = libc::AT_EMPTY_PATH as usize;
+        sys::call(libc::SYS_execveat, [fd, empty, argv, envp, flags, 0])
+    } else {
+        sys::call(libc::SYS_execve, [a.path as usize, argv, envp, 0, 0, 0])
+    };
+    fail(d, Step::Exec, rc)
+}
+
+/// The real, effective and saved ids from `getresuid` or `getresgid`
+/// (`n`), or the call's `-errno`. The kernel writes into a mutable buffer
+/// the compiler knows may change.
+///
+/// # Safety
+/// `n` must be one of the two calls; safe in the child (a raw call).
+pub(super) unsafe fn res_ids(n: libc::c_long) -> Result<[u32; 3], isize> {
+    let mut ids = [0u32; 3];
+    let p = ids.as_mut_ptr();
+    let rc = sys::call(
+        n,
+        [p as usize, p.add(1) as usize, p.add(2) as usize, 0, 0, 0],
+    );
+    if rc < 0 {
+        Err(rc)
+    } else {
+        Ok(ids)
+    }
+}
+
+/// Records `(step, errno)` for the daemon (`rc` is the failed call's
+/// `-errno`) and exits 127.
+///
+/// # Safety
+/// Only in the child.
+unsafe fn fail(d: &SlotData, step: Step, rc: isize) -> ! {
+    d.failed_errno.store(-rc as i32, Ordering::Relaxed);
+    d.failed_step.store(step as u8, Ordering::Relaxed);
+    loop {
+        sys::call(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
+    }
+}

@@ -1,0 +1,142 @@
+//! Descriptor and process-state helpers with `unsafe` inside: the
+//! daemon's start (SIGCHLD back to SIG_DFL, inherited descriptors marked
+//! close-on-exec or adopted) and the reload's resolver fork. None of them
+//! runs in a handler's child; each carries its own safety argument.
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// Forks a resolver child (`resolver`): a real `fork()`, not the
+/// handlers' clone. The child leads a process group of its own (so that
+/// the daemon can SIGKILL it and its getent children together), keeps only
+/// `out` of the daemon's descriptors (0–2 become /dev/null; the listeners,
+/// the signalfd, the daemon's end of the pipe and everything else are
+/// closed), runs `body` and exits with its value. Returns the child's pid;
+/// the daemon's copy of `out` is closed.
+///
+/// SAFETY argument. After `fork` the child is a copy of the daemon with one
+/// thread, and the daemon has only one (it never starts a thread), so no
+/// lock in the copy is held by a thread that no longer exists: the child
+/// may run ordinary Rust code, allocation included. It never returns into
+/// the daemon's code: it leaves by `_exit`, so no destructor of the
+/// daemon's state (listeners, the signalfd) runs, and no buffered output is
+/// flushed. Its signal mask is the daemon's (the signals the daemon reads
+/// from its signalfd stay blocked in it, so SIGTERM does not stop it; the
+/// daemon uses SIGKILL); `std::process::Command` resets the mask and
+/// SIGPIPE for the getent it runs.
+pub fn fork_resolver(out: OwnedFd, body: impl FnOnce(OwnedFd) -> i32) -> Result<Pid, Errno> {
+    // SAFETY: see above; the daemon is single-threaded.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Errno::last());
+    }
+    if pid > 0 {
+        // Also here, so that the group exists before `fork_resolver`
+        // returns, whichever of the two runs first.
+        let _ = nix::unistd::setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+        drop(out);
+        return Ok(Pid::from_raw(pid));
+    }
+    // The child.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let keep = only_descriptor(out.into_raw_fd());
+    // SAFETY: `keep` is open and owned by nothing else: `only_descriptor`
+    // closed every other copy of it.
+    let code = body(unsafe { OwnedFd::from_raw_fd(keep) });
+    // SAFETY: `_exit` ends the child without running anything of the daemon's.
+    unsafe { libc::_exit(code) }
+}
+
+/// In the resolver child: closes every descriptor from 3 up but `keep`
+/// (moved to 3 or above first) and puts /dev/null on 0–2. Returns `keep`'s
+/// number.
+fn only_descriptor(mut keep: RawFd) -> RawFd {
+    // SAFETY: plain system calls on descriptor numbers, in a child whose
+    // descriptors nothing else uses (it is single-threaded and never
+    // returns into the daemon's code).
+    unsafe {
+        if keep < 3 {
+            keep = libc::fcntl(keep, libc::F_DUPFD_CLOEXEC, 3);
+            if keep < 0 {
+                libc::_exit(125);
+            }
+        }
+        let mut ok = true;
+        if keep > 3 {
+            ok &= libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32) == 0;
+        }
+        ok &= libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32) == 0;
+        if !ok {
+            // Not reached on a kernel the daemon starts on (it needs 5.11 for
+            // close_range); kept so that a listener can never stay open here.
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur.min(1 << 20) as RawFd
+            } else {
+                1 << 16
+            };
+            for fd in 3..max {
+                if fd != keep {
+                    libc::close(fd);
+                }
+            }
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                if fd != null {
+                    libc::dup2(null, fd);
+                }
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    keep
+}
+
+/// Sets SIGCHLD back to SIG_DFL in the daemon. An ignore inherited from
+/// whatever started it (ignores survive execve) makes the kernel reap every
+/// child at once: `waitpid` then fails with ECHILD, so no exit would ever
+/// be seen (and the `getent` lookups at load fail with "No child
+/// processes"). Call first thing, before anything is started.
+pub fn reset_sigchld() -> std::io::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installs SIG_DFL, no handler: no code of ours can run on the
+    // signal, and nothing else in the daemon has a disposition for it.
+    unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(std::io::Error::from)
+}
+
+/// Marks every descriptor the daemon inherited beyond 0–2 close-on-exec, so
+/// that nothing its parent leaked can reach a handler (or the children of a
+/// handler, if one of our own paths ever forgot `CLOEXEC`).
+pub fn mark_inherited_cloexec() -> std::io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes flags; it
+    // touches no memory.
+    let rc = unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes ownership of a descriptor passed by the service manager
+/// (`LISTEN_FDS`), if it is open. Called once per passed descriptor.
+pub fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is open, was handed to this process by its
+    // parent, and nothing else in the daemon owns it: `LISTEN_FDS` is read
+    // once, at start, and each number is adopted once.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}

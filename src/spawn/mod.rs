@@ -1,0 +1,498 @@
+//! `(Service, Conn) → Spawned`: start a child, put the connection on its
+//! fds 0–2 and exec the handler. The only module with `unsafe` code: the
+//! `#![allow(unsafe_code)]` below covers its submodules, and the crate
+//! root denies it everywhere else.
+//!
+//! # Where each part lives
+//!
+//! * `mod.rs` (this file): the [`Spawner`] and its slot pool, and the
+//!   daemon's half of a spawn ([`spawn`]: fill a free slot, then clone).
+//! * `slot.rs`: the memory one child shares with the daemon (its stack,
+//!   argv, envp, failure report: [`Step`], [`Failure`]) and when the
+//!   daemon may touch it again.
+//! * `child.rs`: the child's half, between clone and exec, and the raw
+//!   system calls it is made of (`child::sys`).
+//! * `fd.rs`: descriptor and process-state helpers for the daemon's start
+//!   ([`reset_sigchld`], [`mark_inherited_cloexec`], [`own_inherited`]) and
+//!   the reload's resolver fork ([`fork_resolver`]).
+//! * `tests.rs`: the unit tests.
+//!
+//! `slot` imports nothing else of `spawn`, `child` only `slot`, `fd`
+//! neither; `mod.rs` uses all three: no cycle.
+//!
+//! # How: clone(CLONE_VM), without waiting for the exec
+//!
+//! The child is created with `clone(CLONE_VM | CLONE_CHILD_CLEARTID |
+//! SIGCHLD)` on a small stack of its own. It shares the daemon's memory, so
+//! no page tables are copied (most of what `fork` costs), and the daemon
+//! does not wait for it: `clone` returns at once, and the daemon goes back
+//! to its accept loop while the child, on another core, prepares and execs.
+//! posix_spawn and busybox inetd add CLONE_VFORK, which suspends the parent
+//! until the child's exec: a sleep and a wake-up of the daemon per
+//! connection, which measured as a quarter of its CPU (BENCHMARKS.md).
+//!
+//! Each child gets a `Slot`: its stack, its argv and envp, its failure
+//! report, and a reference to the `Service` its pointers lead into. The
+//! kernel says when the child no longer needs it: it zeroes the slot's
+//! `busy` word (CLONE_CHILD_CLEARTID) as soon as the child's `execve` has
+//! replaced its memory, or the child has exited. A slot is written, reused
+//! or freed only once that word is zero. A child gets there in tens of
+//! microseconds, so a few slots serve any load. The daemon never waits for
+//! a slot. Up to [`WARM_SLOTS`] it makes one when none is free; beyond
+//! that, while every slot is busy, the supervisor stops accepting for a
+//! moment ([`Spawner::room`] says `Busy`; the clients wait in the kernel
+//! backlog, and the loop serves everything else), because under load
+//! that only means the children have not been scheduled yet, and more
+//! slots would only cost memory (about 8 KiB resident each). When every
+//! slot has stayed busy for [`GROW_AFTER`], children are stopped before
+//! their exec (a debugger, an administrator's SIGSTOP, an exec from a hung
+//! NFS mount), and the pool grows by one slot each such time, so that
+//! other connections and services go on being served. A busy slot belongs
+//! to a child that is not reaped yet, and every such child counts against
+//! `max_connections`, which the supervisor checks before it accepts; so
+//! `max_connections + 1` slots can never all be busy when a connection is
+//! spawned, and that is the pool's hard bound
+//! ([`Spawner::set_slot_limit`]). Were the bound reached all the same,
+//! `spawn` fails at once (EAGAIN) and the supervisor backs the service off
+//! as for a fork failure.
+//!
+//! # Why it is safe
+//!
+//! * **Shared memory.** The child reads only its slot and, through the
+//!   `Arc<Service>` the slot holds, the service's exec image and
+//!   credentials, all built before clone and unchanged until `busy` is
+//!   zero; it writes only its own stack and the slot's failure report
+//!   (atomics). The daemon touches none of the child's stack, and the
+//!   stack has a guard page below it.
+//! * **No libc in the child.** The child runs while the daemon runs, and
+//!   shares its thread-local storage, `errno` included: anything that
+//!   writes errno or takes a lock could corrupt the daemon. So between
+//!   clone and exec the child makes raw system calls
+//!   (`child::sys::call`, which returns `-errno` and writes nothing else)
+//!   and nothing else: no allocation, no locks, no logging, no panics, no
+//!   return (`child.rs` holds that code and nothing else). The kernel
+//!   gives a CLONE_VM child no robust-futex list, no rseq area and no
+//!   signal stack of its parent's, so it writes nothing of the daemon's
+//!   on the child's behalf either, except the zero in `busy`.
+//! * **Signals.** The daemon installs no signal handler: the signals it
+//!   acts on are blocked for its whole life and read from a signalfd
+//!   (`signals`), so no daemon code runs on an asynchronous signal in the
+//!   child. The child inherits that mask and gets its own copy of the
+//!   dispositions (no CLONE_SIGHAND); it resets every one that is not
+//!   `SIG_DFL` (the daemon lists them once: SIGPIPE above all, which Rust
+//!   ignores and an ignore survives `execve`; std's SIGSEGV/SIGBUS
+//!   stack-overflow handlers; ignores the daemon inherited) to `SIG_DFL`,
+//!   then empties its mask.
+//! * **Exec failure.** A failed step writes `(step, errno)` into the slot
+//!   and exits 127 (`exit_group` ends only the child: it is its own thread
+//!   group). The daemon reads the report when it reaps the child
+//!   ([`Spawner::take_failure`]) and logs `exec-failed` before the `exit`
+//!   line: no report pipe, no descriptor per child, and the accept loop
+//!   never waits for a child.
+//! * **Descriptors.** The child has its own copy of the descriptor table
+//!   (no CLONE_FILES); it puts the connection on 0–2 and marks every
+//!   descriptor from 3 up close-on-exec; nothing else survives the exec.
+//!   The daemon closes its copy of the connection as soon as clone returns.
+//!   A program that is not a script is exec'd through the `O_PATH`
+//!   descriptor its check opened at load (`execveat` with `AT_EMPTY_PATH`),
+//!   so the file that runs is the file that was checked; that descriptor
+//!   is close-on-exec too (see `plan::ExecImage::fd`).
+//! * **Elsewhere.** The raw system calls are written for x86-64. On other
+//!   architectures (and when built with `--cfg tinyinetd_vfork`, which the
+//!   test suite also runs) the child is started with CLONE_VFORK as well:
+//!   the daemon is suspended until the exec, so the child may use libc's
+//!   `syscall`; everything else is the same code. The price: a child
+//!   stopped before its exec (a debugger, SIGSTOP, an exec from a hung
+//!   mount) stops the daemon with it there, as it would posix_spawn's or
+//!   busybox inetd's parent.
+//!
+//! # The hot path, per connection
+//!
+//! A connection costs the daemon five system calls of its own (six with
+//! the `exit` log line written at the default log level): `accept4`;
+//! `clone`, which returns as soon as the child exists; `close` of its copy
+//! of the connection (after a `getsockname` when the listener is a
+//! wildcard address); a zero-timeout `poll` of the listener, which asks
+//! whether the next connection is already waiting; and one `wait4` when
+//! the exit is read from the signalfd. The listener is drained up to a
+//! budget per loop turn, so one full `poll` serves a burst, and one
+//! signalfd `read` and one `wait4` loop serve every exit between two
+//! turns. The small `poll` stands in for the accept that would fail with
+//! EAGAIN, which costs the kernel a socket and a file allocated and freed
+//! again.
+//!
+//! Everything that does not depend on the connection — the exec path,
+//! argv, the service's environment, credentials, the list of signals to
+//! reset — is built at load time; only the connection's own variables
+//! (`TCPREMOTEIP` and friends) are formatted per connection, into the
+//! slot's reused buffers. What the daemon is still charged for is mostly
+//! the kernel's work in `clone` and in reaping; BENCHMARKS.md compares it
+//! with a bare vfork+exec+wait loop.
+//!
+//! # The resolver fork
+//!
+//! One other child is started here: the reload's account resolver
+//! ([`fork_resolver`]), a real `fork()` that runs ordinary Rust code and
+//! never execs. Its own doc gives the argument; the clone rules above are
+//! not needed for it.
+
+#![allow(unsafe_code)]
+
+mod child;
+mod fd;
+mod slot;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::c_char;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use crate::plan::Service;
+use child::{child_entry, sys};
+pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, reset_sigchld};
+use slot::{ChildArgs, Slot, SlotData};
+pub use slot::{Failure, Step};
+
+/// One accepted connection, ready to hand to a handler.
+pub struct Conn {
+    /// The accepted socket: the child's fds 0–2; the daemon's copy closes
+    /// when `Conn` is dropped.
+    pub stream: OwnedFd,
+    /// The client's address (`TCPREMOTEIP`, `TCPREMOTEPORT`).
+    pub peer: SocketAddr,
+    /// The address the client connected to (`TCPLOCALIP`, `TCPLOCALPORT`).
+    pub local: SocketAddr,
+    /// Unique within this run of the daemon; in the handler's environment
+    /// and in every log line about the connection.
+    pub id: u64,
+}
+
+/// Why a child could not be started at all (nothing was cloned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnError {
+    /// `clone` failed (EAGAIN: process limit; ENOMEM).
+    Fork(Errno),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Fork(e) => write!(f, "fork: {}", crate::text::os_error(*e)),
+        }
+    }
+}
+
+/// The children in flight, and what each reads: the daemon's half of the
+/// hot path. Buffers are reused from one spawn to the next, so the hot path
+/// does not allocate once they have grown to size.
+pub struct Spawner {
+    /// The signals whose disposition is not SIG_DFL in the daemon (Rust's
+    /// SIGPIPE ignore, std's stack-overflow handlers, ignores it
+    /// inherited): the ones the child must reset. Listing them here once
+    /// saves the child 60-odd system calls per connection.
+    reset: Arc<[libc::c_int]>,
+    /// One per child that may still be between clone and exec; reused once
+    /// it is free. Never more than `slot_limit`.
+    slots: Vec<Slot>,
+    /// The most slots (see the module documentation: `max_connections + 1`).
+    slot_limit: usize,
+    /// Failure reports taken out of a slot that was reused before its
+    /// child was reaped: (pid, failure), read by [`Spawner::take_failure`].
+    failures: Vec<(Pid, Failure)>,
+    /// Since when every slot has been busy (at least [`WARM_SLOTS`] of
+    /// them), as [`Spawner::room`] last saw; `None` while one is free.
+    all_busy_since: Option<std::time::Instant>,
+}
+
+/// Slots made without question when none is free: under load a handful
+/// are busy at once; even at C=256 on two cores, 32 keep the daemon at the
+/// spawn ceiling (BENCHMARKS.md).
+pub const WARM_SLOTS: usize = 32;
+
+/// How long every slot must have stayed busy before the pool grows past
+/// [`WARM_SLOTS`]: far longer than a child takes to reach its exec, even on
+/// a loaded machine, so it means children are stopped before it.
+pub const GROW_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether a connection can be spawned now (see [`Spawner::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// A slot is free, or one may be made.
+    Free,
+    /// Every slot has been busy for [`GROW_AFTER`]: the next spawn adds
+    /// one (`slots` is the pool's size before it).
+    Grow { slots: usize },
+    /// Every slot is busy: wait a moment before accepting.
+    Busy,
+}
+
+/// The slot bound until the supervisor sets one: the default
+/// `max_connections` (1024) plus one.
+const DEFAULT_SLOT_LIMIT: usize = 1025;
+
+impl Spawner {
+    /// The signals to reset are read from the dispositions as they are
+    /// now. Nothing in the daemon changes a disposition afterwards;
+    /// `refresh_signals` is called on every reload all the same. (Not
+    /// `Default`: it reads the process's signal state.)
+    ///
+    /// A root daemon also makes itself non-dumpable here, once and for
+    /// all. A handler's `setuid` runs on the memory it shares with the
+    /// daemon (CLONE_VM), and the kernel then clears the dumpable flag of
+    /// that memory (commit_creds, `suid_dumpable`): left alone, the
+    /// daemon's flag would depend on whether a handler with another user
+    /// has started yet. Off is the right value for a root daemon: its core
+    /// would hold client data and its configuration, and non-dumpable also
+    /// means its /proc files and ptrace are root's alone. A non-root
+    /// daemon's handlers keep its credentials, so its flag is left as is.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Spawner {
+        if nix::unistd::geteuid().is_root() {
+            // Only fails for a value other than 0 or 1.
+            let _ = nix::sys::prctl::set_dumpable(false);
+        }
+        Spawner {
+            reset: non_default_signals().into(),
+            slots: Vec::new(),
+            slot_limit: DEFAULT_SLOT_LIMIT,
+            failures: Vec::new(),
+            all_busy_since: None,
+        }
+    }
+
+    /// Bounds the pool at `limit` slots (the supervisor passes
+    /// `max_connections + 1`). Slots beyond a lowered bound stay until the
+    /// daemon exits; they are only ever reused.
+    pub fn set_slot_limit(&mut self, limit: usize) {
+        self.slot_limit = limit.max(1);
+    }
+
+    /// Whether `spawn` would find a slot at `now` without the pool growing
+    /// past what this moment calls for (see the module documentation).
+    /// Never waits.
+    pub fn room(&mut self, now: std::time::Instant) -> Room {
+        if self
+            .slots
+            .iter()
+            .any(|s| s.data().busy.load(Ordering::Acquire) == 0)
+            || self.slots.len() < WARM_SLOTS
+        {
+            self.all_busy_since = None;
+            return Room::Free;
+        }
+        let since = *self.all_busy_since.get_or_insert(now);
+        if self.slots.len() < self.slot_limit && now.saturating_duration_since(since) >= GROW_AFTER
+        {
+            Room::Grow {
+                slots: self.slots.len(),
+            }
+        } else {
+            Room::Busy
+        }
+    }
+
+    /// Re-reads the dispositions (see [`Spawner::new`]).
+    pub fn refresh_signals(&mut self) {
+        self.reset = non_default_signals().into();
+    }
+
+    /// Whether the reaped child `pid` failed before or at `execve` (it
+    /// exited 127 then), and how. Call once for every reaped child: it
+    /// also forgets the pid, which the kernel may now give another child.
+    pub fn take_failure(&mut self, pid: Pid) -> Option<Failure> {
+        if let Some(k) = self.failures.iter().position(|(p, _)| *p == pid) {
+            return Some(self.failures.swap_remove(k).1);
+        }
+        let slot = self.slots.iter_mut().find(|s| s.pid == Some(pid))?;
+        slot.pid = None;
+        // A reaped child has left the daemon's memory: the slot is free.
+        let d = slot.free_data()?;
+        d.service = None;
+        d.take_failure()
+    }
+
+    /// The index of a free slot: the first free one (so that few stacks
+    /// stay warm), or a new one. Never waits: with `slot_limit` slots all
+    /// busy (which `max_connections` rules out), EAGAIN at once.
+    fn free_slot(&mut self) -> Result<usize, Errno> {
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.data().busy.load(Ordering::Acquire) == 0)
+        {
+            return Ok(i);
+        }
+        if self.slots.len() < self.slot_limit {
+            self.slots.push(Slot::new()?);
+            return Ok(self.slots.len() - 1);
+        }
+        Err(Errno::EAGAIN)
+    }
+}
+
+/// Signals 1..=64 whose disposition is not SIG_DFL, read with the raw
+/// system call (glibc hides 32 and 33).
+fn non_default_signals() -> Vec<libc::c_int> {
+    let mut out = Vec::new();
+    for sig in 1..65 {
+        // The kernel's struct sigaction starts with the handler (0 = SIG_DFL).
+        let mut old = [0u64; 4];
+        // SAFETY: reads one disposition into `old`, which is large enough
+        // for the kernel's struct sigaction; changes nothing.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<u64>(),
+                old.as_mut_ptr(),
+                8usize,
+            )
+        };
+        if rc == 0 && old[0] != libc::SIG_DFL as u64 {
+            out.push(sig);
+        }
+    }
+    out
+}
+
+/// Starts `svc`'s handler on `conn` and returns its pid at once: it does
+/// not wait for the exec. Whether the exec failed is learnt when the
+/// child is reaped ([`Spawner::take_failure`]). The connection is closed in
+/// the parent when the caller drops `conn`.
+pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<Pid, SpawnError> {
+    let i = spawner.free_slot().map_err(SpawnError::Fork)?;
+    let Spawner {
+        reset,
+        slots,
+        failures,
+        ..
+    } = spawner;
+    let slot = &mut slots[i];
+    let last = slot.pid.take();
+    // --- Parent, before clone: build everything the child will use, in a
+    //     slot no child uses any more. ---
+    let Some(d) = slot.free_data() else {
+        // free_slot returned a free slot.
+        return Err(SpawnError::Fork(Errno::EAGAIN));
+    };
+    if let Some(pid) = last {
+        // Its child left the slot but has not been reaped yet.
+        if let Some(f) = d.take_failure() {
+            failures.push((pid, f));
+        }
+    }
+    fill_slot(d, svc, conn, reset);
+    start_child(slot)
+}
+
+/// Writes into a free slot everything its child will read: the
+/// references that keep it alive, the per-connection variables, argv,
+/// envp and the child's arguments; then marks it busy.
+#[inline]
+fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[libc::c_int]>) {
+    d.service = Some(Arc::clone(svc));
+    d.reset = Arc::clone(reset);
+    let img = &svc.image;
+    build_vars(&mut d.vars, &mut d.offsets, conn);
+    d.argv.clear();
+    d.argv.extend(img.argv.iter().map(|a| a.as_ptr()));
+    d.argv.push(std::ptr::null());
+    d.envp.clear();
+    d.envp.extend(img.env.iter().map(|e| e.as_ptr()));
+    let base = d.vars.as_ptr();
+    // SAFETY: every offset is < vars.len() and points at the start of a
+    // NUL-terminated string written by build_vars.
+    d.envp.extend(
+        d.offsets
+            .iter()
+            .map(|&o| unsafe { base.add(o) } as *const c_char),
+    );
+    d.envp.push(std::ptr::null());
+    d.args = ChildArgs {
+        path: img.path.as_ptr(),
+        exec_fd: img.fd.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        argv: d.argv.as_ptr(),
+        envp: d.envp.as_ptr(),
+        conn: conn.stream.as_raw_fd(),
+        umask: img.umask as libc::mode_t,
+        cred: svc
+            .cred
+            .as_ref()
+            .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
+        reset: d.reset.as_ptr(),
+        reset_len: d.reset.len(),
+    };
+    d.failed_step.store(0, Ordering::Relaxed);
+    d.failed_errno.store(0, Ordering::Relaxed);
+    d.busy.store(1, Ordering::Relaxed);
+}
+
+/// Clones the child on the slot `fill_slot` prepared and records its pid;
+/// on failure the slot is free again.
+#[inline]
+fn start_child(slot: &mut Slot) -> Result<Pid, SpawnError> {
+    let mut flags = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+    if !sys::CONCURRENT {
+        flags |= libc::CLONE_VFORK;
+    }
+    // From here the daemon only shares the slot with the child.
+    let data = slot.data();
+    // SAFETY: `child_entry` runs on its own stack, reads only the slot and
+    // what it points into, which stays alive and unchanged until the
+    // kernel zeroes `busy` (the slot is not written or reused before, and
+    // holds the `Arc<Service>`), writes only its stack and the failure
+    // report, and makes only raw system calls (see the module
+    // documentation and `child`).
+    let pid = unsafe {
+        libc::clone(
+            child_entry,
+            data.stack.top(),
+            flags,
+            slot.data.as_ptr() as *mut libc::c_void,
+            std::ptr::null_mut::<libc::pid_t>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            data.busy.as_ptr(),
+        )
+    };
+    let clone_errno = Errno::last();
+    if pid < 0 {
+        // No child: the slot is free again.
+        data.busy.store(0, Ordering::Release);
+        if let Some(d) = slot.free_data() {
+            d.service = None;
+        }
+        return Err(SpawnError::Fork(clone_errno));
+    }
+    let pid = Pid::from_raw(pid);
+    slot.pid = Some(pid);
+    Ok(pid)
+}
+
+/// Writes this connection's variables into `v`, recording where each
+/// starts in `o`. IPv4-mapped IPv6 addresses are shown as IPv4, IPv6
+/// without brackets.
+fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) {
+    v.clear();
+    o.clear();
+    let rip = conn.peer.ip().to_canonical();
+    let lip = conn.local.ip().to_canonical();
+    let var = |o: &mut Vec<usize>, v: &mut Vec<u8>, name: &str, val: &dyn std::fmt::Display| {
+        o.push(v.len());
+        // Writing into a Vec cannot fail.
+        let _ = write!(v, "{name}={val}\0");
+    };
+    var(o, v, "TCPREMOTEIP", &rip);
+    var(o, v, "TCPREMOTEPORT", &conn.peer.port());
+    var(o, v, "TCPLOCALIP", &lip);
+    var(o, v, "TCPLOCALPORT", &conn.local.port());
+    var(o, v, "REMOTE_ADDR", &rip);
+    var(o, v, "REMOTE_PORT", &conn.peer.port());
+    var(o, v, "TINYINETD_CONN_ID", &conn.id);
+}

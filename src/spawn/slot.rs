@@ -1,0 +1,279 @@
+//! A child's slot: the memory one child reads and writes in the daemon's
+//! (its stack, its argv and envp, its failure report), and when the daemon
+//! may touch it again, and what the report says ([`Step`], [`Failure`]).
+//! The rules are in the module doc of `spawn`. Imports nothing else of
+//! `spawn`.
+
+use std::ffi::c_char;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use crate::plan::Service;
+
+/// The step of the child contract that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Step {
+    Setsid = 1,
+    Dup = 2,
+    CloseFds = 3,
+    Chdir = 4,
+    Setgroups = 5,
+    Setgid = 6,
+    Setuid = 7,
+    VerifyCred = 8,
+    Exec = 9,
+}
+
+impl Step {
+    fn from_u8(b: u8) -> Option<Step> {
+        Some(match b {
+            1 => Step::Setsid,
+            2 => Step::Dup,
+            3 => Step::CloseFds,
+            4 => Step::Chdir,
+            5 => Step::Setgroups,
+            6 => Step::Setgid,
+            7 => Step::Setuid,
+            8 => Step::VerifyCred,
+            9 => Step::Exec,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Setsid => "setsid",
+            Step::Dup => "dup2",
+            Step::CloseFds => "close_range",
+            Step::Chdir => "chdir",
+            Step::Setgroups => "setgroups",
+            Step::Setgid => "setgid",
+            Step::Setuid => "setuid",
+            Step::VerifyCred => "verify-credentials",
+            Step::Exec => "execve",
+        }
+    }
+}
+
+/// Why a child did not reach its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The step that failed.
+    pub step: Step,
+    /// The errno its system call returned.
+    pub errno: Errno,
+}
+
+/// The child's stack, below a guard page: the child path uses a few
+/// hundred bytes, and only the pages it touches take memory.
+const CHILD_STACK: usize = 32 * 1024;
+
+/// A child's stack: its own mapping, with a guard page below it, so that
+/// only the pages a child touches are resident.
+pub(super) struct Stack {
+    /// The start of the mapping: the guard page.
+    base: *mut libc::c_void,
+    /// The mapping's length, guard page included.
+    len: usize,
+}
+
+impl Stack {
+    fn new() -> Result<Stack, Errno> {
+        let guard = page_size();
+        let len = CHILD_STACK + guard;
+        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let stack = Stack { base, len };
+        // SAFETY: the lowest page of the mapping we own.
+        if unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } < 0 {
+            return Err(Errno::last());
+        }
+        Ok(stack)
+    }
+
+    /// The top of the stack, 16-byte aligned, as clone() wants it (the
+    /// stack grows down on every architecture Linux runs this on).
+    pub(super) fn top(&self) -> *mut libc::c_void {
+        (self.base as usize + self.len) as *mut libc::c_void
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer used by any child (a slot
+        // whose child may still run is leaked, never dropped).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a value.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
+
+/// A child's slot: who had it last, and the memory it reads.
+pub(super) struct Slot {
+    /// The child last started on this slot, until it is reaped or the slot
+    /// reused, so that its failure report can be found.
+    pub(super) pid: Option<Pid>,
+    /// On the heap, so that it does not move while a child reads it; held
+    /// as a raw pointer, not a `Box`, because a `Box` claims sole access,
+    /// and a running child reads it too.
+    pub(super) data: NonNull<SlotData>,
+}
+
+/// Everything one child reads or writes in the daemon's memory. The
+/// daemon writes it only while `busy` is zero, and then only before clone.
+pub(super) struct SlotData {
+    /// Non-zero from just before clone until the child no longer uses the
+    /// daemon's memory: the kernel zeroes it (CLONE_CHILD_CLEARTID) when
+    /// the child's `execve` has replaced its memory, or the child has
+    /// exited. A futex word, as the kernel wants it.
+    pub(super) busy: AtomicI32,
+    /// Written by the child on failure (a `Step`, 0 for none), read by the
+    /// daemon once `busy` is zero.
+    pub(super) failed_step: AtomicU8,
+    /// The failed call's errno, written with `failed_step`.
+    pub(super) failed_errno: AtomicI32,
+    /// What the child reads, as raw pointers into this slot and the service.
+    pub(super) args: ChildArgs,
+    /// The per-connection variables, NUL-terminated one after the other.
+    pub(super) vars: Vec<u8>,
+    /// Start offsets of each variable in `vars`.
+    pub(super) offsets: Vec<usize>,
+    /// The handler's argv, NULL-terminated: pointers into the service's
+    /// exec image.
+    pub(super) argv: Vec<*const c_char>,
+    /// The handler's environment, NULL-terminated: the service's variables,
+    /// then the ones in `vars`.
+    pub(super) envp: Vec<*const c_char>,
+    /// The child's stack. The daemon never makes a reference into it.
+    pub(super) stack: Stack,
+    /// Keep alive what `args`, `argv` and `envp` point into while the child
+    /// may read it (a reload may drop the daemon's own references).
+    pub(super) service: Option<Arc<Service>>,
+    /// Keeps alive the list of signals `args.reset` points into, which
+    /// `Spawner::refresh_signals` may replace while the child reads it.
+    pub(super) reset: Arc<[libc::c_int]>,
+}
+
+/// Everything the child needs, as raw values: the child touches no
+/// Rust-owned data except through these pointers, into its `SlotData`
+/// and the `Arc<Service>` it holds.
+pub(super) struct ChildArgs {
+    /// The program's checked path, exec'd when `exec_fd` is -1.
+    pub(super) path: *const c_char,
+    /// The checked program's `O_PATH` descriptor, exec'd with execveat;
+    /// -1 to exec `path` (a script: see `ExecImage::fd`).
+    pub(super) exec_fd: RawFd,
+    /// The slot's `argv`.
+    pub(super) argv: *const *const c_char,
+    /// The slot's `envp`.
+    pub(super) envp: *const *const c_char,
+    /// The connection, which the child puts on its fds 0–2.
+    pub(super) conn: RawFd,
+    /// The handler's file-creation mask.
+    pub(super) umask: libc::mode_t,
+    /// uid, gid, groups pointer and length.
+    pub(super) cred: Option<(u32, u32, *const u32, usize)>,
+    /// The signals to reset to SIG_DFL.
+    pub(super) reset: *const libc::c_int,
+    /// How many signals `reset` points at.
+    pub(super) reset_len: usize,
+}
+
+impl Slot {
+    pub(super) fn new() -> Result<Slot, Errno> {
+        let data = Box::new(SlotData {
+            busy: AtomicI32::new(0),
+            failed_step: AtomicU8::new(0),
+            failed_errno: AtomicI32::new(0),
+            args: ChildArgs {
+                path: std::ptr::null(),
+                exec_fd: -1,
+                argv: std::ptr::null(),
+                envp: std::ptr::null(),
+                conn: -1,
+                umask: 0,
+                cred: None,
+                reset: std::ptr::null(),
+                reset_len: 0,
+            },
+            vars: Vec::new(),
+            offsets: Vec::new(),
+            argv: Vec::new(),
+            envp: Vec::new(),
+            stack: Stack::new()?,
+            service: None,
+            reset: Arc::from(Vec::new()),
+        });
+        Ok(Slot {
+            pid: None,
+            data: NonNull::from(Box::leak(data)),
+        })
+    }
+
+    /// Shared access, at any time: what a child writes is atomic, and the
+    /// rest it only reads.
+    pub(super) fn data(&self) -> &SlotData {
+        // SAFETY: allocated in `new`, freed only in `drop`; no `&mut` to it
+        // exists while `&self` is borrowed (see `free_data`).
+        unsafe { self.data.as_ref() }
+    }
+
+    /// Sole access, once no child uses the slot (`busy` is zero); `None`
+    /// while one may.
+    pub(super) fn free_data(&mut self) -> Option<&mut SlotData> {
+        if self.data().busy.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        // SAFETY: no child reads or writes the slot any more (the kernel
+        // zeroed `busy` when its child exec'd or exited, and a new child is
+        // started only after this borrow ends), and `&mut self` excludes
+        // every other reference the daemon could make.
+        Some(unsafe { self.data.as_mut() })
+    }
+}
+
+impl Drop for Slot {
+    /// Frees the slot, unless a child still between clone and exec reads
+    /// it: that one is leaked (only on the daemon's way out).
+    fn drop(&mut self) {
+        if self.free_data().is_some() {
+            // SAFETY: made by `Box::leak` in `new`, and no child uses it.
+            drop(unsafe { Box::from_raw(self.data.as_ptr()) });
+        }
+    }
+}
+
+impl SlotData {
+    /// The child's failure report, cleared. Only once `busy` is zero.
+    pub(super) fn take_failure(&self) -> Option<Failure> {
+        let step = self.failed_step.swap(0, Ordering::Relaxed);
+        Step::from_u8(step).map(|step| Failure {
+            step,
+            errno: Errno::from_raw(self.failed_errno.load(Ordering::Relaxed)),
+        })
+    }
+}

@@ -1,0 +1,224 @@
+//! Unit tests of the spawner: failure reports, the exec of the checked
+//! descriptor, credentials, the child's environment and the slot pool.
+//! They start real children (`/bin/true`, `/bin/sh`).
+
+use super::child::res_ids;
+use super::*;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use std::ffi::CString;
+use std::os::unix::net::UnixStream;
+
+/// A service running `program` (parsed from a real config, then its
+/// exec path replaced), and a connection on one end of a socket pair.
+fn fixture(program: &str) -> (Arc<Service>, Conn, UnixStream) {
+    let text = "[[service]]\nname = \"t\"\nlisten = [\"127.0.0.1:9\"]\nprogram = \"/bin/sh\"\n";
+    let mut plan = crate::config::parse(
+        std::path::Path::new("test.toml"),
+        text,
+        &crate::config::RealSystem,
+    )
+    .expect("parse");
+    let mut svc = Arc::try_unwrap(plan.services.remove(0)).expect("sole owner");
+    svc.image.path = CString::new(program).expect("path");
+    svc.image.fd = None;
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let conn = Conn {
+        stream: theirs.into(),
+        peer: "127.0.0.1:40000".parse().expect("addr"),
+        local: "127.0.0.1:9".parse().expect("addr"),
+        id: 1,
+    };
+    (Arc::new(svc), conn, ours)
+}
+
+/// Waits for `pid` to exit without reaping it: its slot is free then.
+fn wait_exited(pid: Pid) {
+    waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).expect("waitid");
+}
+
+/// Starts `program` on a fresh `Spawner`, reaps it and checks its exit
+/// code.
+fn spawn_and_reap(program: &str, code: i32) -> (Spawner, Pid) {
+    let mut spawner = Spawner::new();
+    let (svc, conn, _peer) = fixture(program);
+    let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
+    assert_eq!(
+        waitpid(pid, None).expect("waitpid"),
+        WaitStatus::Exited(pid, code)
+    );
+    (spawner, pid)
+}
+
+#[test]
+fn a_failed_exec_is_reported_once_when_its_child_is_reaped() {
+    let (mut spawner, pid) = spawn_and_reap("/nonexistent/handler", 127);
+    assert_eq!(
+        spawner.take_failure(pid),
+        Some(Failure {
+            step: Step::Exec,
+            errno: Errno::ENOENT
+        })
+    );
+    assert_eq!(spawner.take_failure(pid), None);
+}
+
+/// With a descriptor, the child execs it, not the path (which here
+/// names nothing at all).
+#[test]
+fn the_held_descriptor_is_exec_d_not_the_path() {
+    let mut spawner = Spawner::new();
+    let (mut svc, conn, _peer) = fixture("/nonexistent/handler");
+    let p = crate::trust::program(std::path::Path::new("/bin/true"), crate::trust::Mode::User)
+        .expect("open /bin/true");
+    assert!(!p.script);
+    Arc::get_mut(&mut svc).expect("sole owner").image.fd = Some(p.fd);
+    let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
+    assert_eq!(
+        waitpid(pid, None).expect("waitpid"),
+        WaitStatus::Exited(pid, 0)
+    );
+    assert_eq!(spawner.take_failure(pid), None);
+}
+
+#[test]
+fn a_successful_exec_reports_no_failure() {
+    let (mut spawner, pid) = spawn_and_reap("/bin/true", 0);
+    assert_eq!(spawner.take_failure(pid), None);
+}
+
+/// A slot is reused as soon as its child has exited, before the daemon
+/// reaps it: the report must survive the reuse, under its own pid.
+#[test]
+fn a_failure_survives_the_reuse_of_its_slot_before_the_reap() {
+    let mut spawner = Spawner::new();
+    let (bad, conn, _peer) = fixture("/nonexistent/handler");
+    let (good, conn2, _peer2) = fixture("/bin/true");
+    let a = spawn(&bad, &conn, &mut spawner).expect("spawn");
+    wait_exited(a);
+    let b = spawn(&good, &conn2, &mut spawner).expect("spawn");
+    assert_eq!(spawner.slots.len(), 1, "the free slot was reused");
+    assert_eq!(spawner.failures.len(), 1, "a's report was kept");
+    assert_eq!(waitpid(b, None).expect("waitpid"), WaitStatus::Exited(b, 0));
+    assert_eq!(spawner.take_failure(b), None);
+    assert_eq!(
+        waitpid(a, None).expect("waitpid"),
+        WaitStatus::Exited(a, 127)
+    );
+    assert_eq!(spawner.take_failure(a).map(|f| f.step), Some(Step::Exec));
+    assert!(spawner.failures.is_empty());
+}
+
+/// The credential check reads the real, effective and saved ids the
+/// kernel reports (here: the test process's own).
+#[test]
+fn the_credential_check_reads_the_kernels_ids() {
+    let u = nix::unistd::getresuid().expect("getresuid");
+    let g = nix::unistd::getresgid().expect("getresgid");
+    // SAFETY: getresuid/getresgid write three ids into the buffer.
+    let (ru, rg) = unsafe { (res_ids(sys::GETRESUID), res_ids(sys::GETRESGID)) };
+    assert_eq!(
+        ru,
+        Ok([u.real.as_raw(), u.effective.as_raw(), u.saved.as_raw()])
+    );
+    assert_eq!(
+        rg,
+        Ok([g.real.as_raw(), g.effective.as_raw(), g.saved.as_raw()])
+    );
+}
+
+/// A handler's setuid runs on the memory it shares with the daemon, and
+/// the kernel then clears the dumpable flag of that memory, the
+/// daemon's: so a root daemon decides the flag when its spawner is made,
+/// and no handler changes it afterwards.
+#[test]
+fn a_handler_dropping_privileges_does_not_change_the_daemons_dumpable_flag() {
+    use nix::sys::prctl::{get_dumpable, set_dumpable};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: dropping privileges needs the tests to run as root");
+        return;
+    }
+    set_dumpable(true).expect("set_dumpable");
+    let mut spawner = Spawner::new();
+    let before = get_dumpable().expect("get_dumpable");
+    assert!(!before, "a root daemon is not dumpable from the start");
+    let (svc, conn, _peer) = fixture("/bin/true");
+    assert!(svc.cred.is_some(), "as root, handlers drop to nobody");
+    let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
+    assert_eq!(
+        waitpid(pid, None).expect("waitpid"),
+        WaitStatus::Exited(pid, 0)
+    );
+    assert_eq!(get_dumpable().expect("get_dumpable"), before);
+}
+
+/// The child gets the connection on 0–2 and the per-connection
+/// variables.
+#[test]
+fn the_child_runs_on_the_connection_with_its_variables() {
+    let mut spawner = Spawner::new();
+    let (mut svc, conn, mut peer) = fixture("/bin/sh");
+    Arc::get_mut(&mut svc).expect("sole owner").image.argv = [
+        "sh",
+        "-c",
+        "echo $TCPREMOTEIP $TCPREMOTEPORT $TINYINETD_CONN_ID",
+    ]
+    .iter()
+    .map(|a| CString::new(*a).expect("arg"))
+    .collect();
+    let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
+    drop(conn);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut peer, &mut out).expect("read");
+    assert_eq!(out, "127.0.0.1 40000 1\n");
+    assert_eq!(
+        waitpid(pid, None).expect("waitpid"),
+        WaitStatus::Exited(pid, 0)
+    );
+    assert_eq!(spawner.take_failure(pid), None);
+}
+
+/// Past the warm slots, a busy pool makes the supervisor wait a moment,
+/// and grows only when every slot has stayed busy for `GROW_AFTER`.
+#[test]
+fn past_the_warm_slots_the_pool_grows_only_when_they_stay_busy() {
+    let mut spawner = Spawner::new();
+    let t0 = std::time::Instant::now();
+    for _ in 0..WARM_SLOTS {
+        assert_eq!(spawner.room(t0), Room::Free);
+        let i = spawner.free_slot().expect("slot");
+        spawner.slots[i].data().busy.store(1, Ordering::Release);
+    }
+    assert_eq!(spawner.room(t0), Room::Busy, "busy for a moment: wait");
+    let later = t0 + GROW_AFTER;
+    assert_eq!(spawner.room(later), Room::Grow { slots: WARM_SLOTS });
+    let i = spawner.free_slot().expect("the pool grows");
+    assert_eq!(spawner.slots.len(), WARM_SLOTS + 1);
+    assert_eq!(spawner.room(later), Room::Free, "the new slot is free");
+    spawner.slots[i].data().busy.store(1, Ordering::Release);
+    assert_eq!(spawner.room(later), Room::Busy, "a new episode starts");
+    spawner.slots[0].data().busy.store(0, Ordering::Release);
+    assert_eq!(spawner.room(later), Room::Free);
+    for s in &spawner.slots {
+        s.data().busy.store(0, Ordering::Release);
+    }
+}
+
+/// With every slot busy and the pool at its bound, `free_slot` fails at
+/// once (it used to wait in the loop); below the bound it grows.
+#[test]
+fn free_slot_never_waits() {
+    let mut spawner = Spawner::new();
+    spawner.set_slot_limit(2);
+    let a = spawner.free_slot().expect("first slot");
+    // As if a child stopped before its exec held it.
+    spawner.slots[a].data().busy.store(1, Ordering::Release);
+    let b = spawner.free_slot().expect("the pool grows");
+    assert_ne!(a, b);
+    spawner.slots[b].data().busy.store(1, Ordering::Release);
+    let t0 = std::time::Instant::now();
+    assert_eq!(spawner.free_slot(), Err(Errno::EAGAIN));
+    assert!(t0.elapsed() < std::time::Duration::from_millis(50));
+    spawner.slots[a].data().busy.store(0, Ordering::Release);
+    assert_eq!(spawner.free_slot(), Ok(a));
+    spawner.slots[b].data().busy.store(0, Ordering::Release);
+}
