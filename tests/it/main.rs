@@ -14,5 +14,6 @@ mod platform;
 mod reload;
 mod security;
 mod stress;
+mod structure;
 mod sum;
 mod supervision;
