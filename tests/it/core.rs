@@ -72,7 +72,7 @@ fn fifty_concurrent_clients_get_their_own_bytes() {
 }
 
 /// The exact environment, descriptors, signal state, session, cwd, umask,
-/// credentials and peer of a handler (SPEC §5.3), each observed by a
+/// credentials and peer of a handler (tinyinetd(8), the handler environment), each observed by a
 /// program the daemon execs directly.
 #[test]
 fn env_dump_pins_the_child_contract() {
