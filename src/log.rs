@@ -130,7 +130,7 @@ impl Logger {
             LogTarget::Stderr => false,
             LogTarget::Syslog => true,
             LogTarget::Auto => {
-                std::env::var_os("JOURNAL_STREAM").is_none() && !std::io::stderr().is_terminal()
+                auto_wants_syslog(std::env::var_os("JOURNAL_STREAM").is_some(), stderr_kind())
             }
         };
         if !want_syslog {
@@ -301,6 +301,43 @@ fn connect_syslog() -> Result<UnixDatagram, String> {
     Ok(sock)
 }
 
+/// What the daemon's fd 2 is, as `log = "auto"` decides by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StderrKind {
+    Terminal,
+    /// A pipe, FIFO, socket or regular file: something collects it (a
+    /// container runtime, a CI runner, a supervision tree's logger, `2>file`).
+    Collected,
+    /// `/dev/null` or another device: whatever is written is lost.
+    Discarded,
+    Closed,
+}
+
+fn stderr_kind() -> StderrKind {
+    use nix::sys::stat::SFlag;
+    let fd2 = std::io::stderr();
+    if fd2.is_terminal() {
+        return StderrKind::Terminal;
+    }
+    let Ok(st) = nix::sys::stat::fstat(fd2.as_fd()) else {
+        return StderrKind::Closed;
+    };
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if [SFlag::S_IFREG, SFlag::S_IFIFO, SFlag::S_IFSOCK].contains(&kind) {
+        StderrKind::Collected
+    } else {
+        StderrKind::Discarded
+    }
+}
+
+/// `log = "auto"`: syslog only when stderr goes nowhere. A journal stream
+/// (`JOURNAL_STREAM`), a terminal, or a pipe or file that something reads
+/// is where an administrator looks first, so the daemon logs there and
+/// does not warn about a `/dev/log` it never wanted.
+fn auto_wants_syslog(journal: bool, stderr: StderrKind) -> bool {
+    !journal && matches!(stderr, StderrKind::Discarded | StderrKind::Closed)
+}
+
 impl ErrOut {
     fn detect() -> ErrOut {
         use nix::sys::stat::SFlag;
@@ -456,6 +493,21 @@ impl Line<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_logs_to_syslog_only_when_stderr_goes_nowhere() {
+        use StderrKind::*;
+        for kind in [Terminal, Collected, Discarded, Closed] {
+            assert!(
+                !auto_wants_syslog(true, kind),
+                "a journal stream wins: {kind:?}"
+            );
+        }
+        assert!(!auto_wants_syslog(false, Terminal));
+        assert!(!auto_wants_syslog(false, Collected));
+        assert!(auto_wants_syslog(false, Discarded));
+        assert!(auto_wants_syslog(false, Closed));
+    }
 
     #[test]
     fn a_line_written_in_part_is_finished_before_the_next_and_drops_are_counted() {

@@ -204,3 +204,22 @@ fn a_stderr_pipe_nobody_reads_never_stops_serving() {
         );
     }
 }
+
+/// `log = "auto"` with stderr a file (as here) or a pipe (a container's, a
+/// CI runner's, a supervision tree's log pipe) logs to stderr: someone
+/// collects it. No `log-fallback` warning, whether `/dev/log` exists or not.
+#[test]
+fn auto_logs_to_a_collected_stderr_without_a_warning() {
+    let conf = "[daemon]\nlog = \"auto\"\nlog_level = \"info\"\nhandler_dir = \"{dir}\"\n\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{port:echo}\"]\nprogram = \"tinyinetd-echo\"\n";
+    let d = Daemon::start_with(conf, |cmd| {
+        cmd.env_remove("JOURNAL_STREAM");
+    });
+    assert_eq!(roundtrip(d.addr("echo"), b"hi\n"), b"hi\n");
+    assert!(
+        d.wait_log("info: exit service=echo", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("info: ready "), "{}", d.log());
+    assert!(!d.log().contains("log-fallback"), "{}", d.log());
+}
