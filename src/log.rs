@@ -22,6 +22,10 @@ use syslog::{Facility, Formatter3164, LogFormat, Severity};
 use crate::plan::{Level, LogTarget};
 use crate::text::escape_into;
 
+/// The bound of [`Line::kv_long`]: a problem message is a few hundred
+/// characters at most (it quotes at most 200 of the file).
+pub const LONG_VALUE_CHARS: usize = 4096;
+
 /// Writes to a pipe of at most this many bytes are atomic (POSIX PIPE_BUF).
 const PIPE_BUF: usize = 4096;
 
@@ -471,6 +475,20 @@ impl Line<'_> {
             l.line.push_str(key);
             l.line.push('=');
             escape_into(&mut l.line, &l.scratch);
+        }
+        self
+    }
+
+    /// Appends ` key=value` for a long message of the daemon's own (a
+    /// configuration problem): escaped like [`Line::kv`], but bounded at
+    /// [`LONG_VALUE_CHARS`], not [`crate::text::MAX_VALUE_CHARS`].
+    pub fn kv_long(self, key: &str, value: &str) -> Self {
+        if self.on {
+            let l = &mut *self.logger;
+            l.line.push(' ');
+            l.line.push_str(key);
+            l.line.push('=');
+            crate::text::escape_bounded(&mut l.line, value, LONG_VALUE_CHARS);
         }
         self
     }

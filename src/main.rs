@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use tinyinetd::log::Logger;
+use tinyinetd::plan::Level;
 use tinyinetd::Options;
 
 const USAGE: &str = "\
@@ -25,6 +27,7 @@ Options:
 Signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads, SIGUSR1 logs status.
 See tinyinetd(8) and tinyinetd.toml(5).";
 
+#[derive(Clone, Copy)]
 enum Mode {
     Run,
     Check,
@@ -74,16 +77,27 @@ fn main() -> ExitCode {
         Mode::Check => tinyinetd::check(&opts).map(|report| print!("{report}")),
         Mode::Run => tinyinetd::run(&opts),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        // Config errors are `PATH:LINE:COL: ...`, one per line, as editors
-        // and CI annotators parse them; other errors say who is speaking.
-        Err(tinyinetd::Error::Config(e)) => {
+    match (result, mode) {
+        (Ok(()), _) => ExitCode::SUCCESS,
+        // `--check` prints config errors as `PATH:LINE:COL: ...`, one per
+        // line, as editors and CI annotators parse them.
+        (Err(tinyinetd::Error::Config(e)), Mode::Check) => {
             eprintln!("{e}");
             ExitCode::from(1)
         }
-        Err(e) => {
+        (Err(e), Mode::Check) => {
             eprintln!("tinyinetd: {e}");
+            ExitCode::from(1)
+        }
+        // The daemon writes every line in its one log form, a failed start
+        // included: one `start-failed` line per problem, the message whole.
+        (Err(e), Mode::Run) => {
+            let mut log = Logger::stderr(Level::Error);
+            for line in e.to_string().lines() {
+                log.event(Level::Error, "start-failed")
+                    .kv_long("error", line)
+                    .send();
+            }
             ExitCode::from(1)
         }
     }

@@ -22,6 +22,13 @@ pub fn os_error(errno: nix::errno::Errno) -> String {
 /// quotes, `=` or backslashes is quoted; control characters become `\xNN`
 /// or `\u{…}`; more than [`MAX_VALUE_CHARS`] characters are cut and marked `...`.
 pub fn escape_into(out: &mut String, s: &str) {
+    escape_bounded(out, s, MAX_VALUE_CHARS);
+}
+
+/// [`escape_into`] with another bound: for the daemon's own long messages
+/// (a configuration problem quotes at most 200 characters of the file, and
+/// must reach the administrator whole).
+pub fn escape_bounded(out: &mut String, s: &str, max_chars: usize) {
     let quote = s.is_empty()
         || s.chars()
             .any(|c| c == ' ' || c == '"' || c == '\\' || c == '=' || c.is_control());
@@ -29,7 +36,7 @@ pub fn escape_into(out: &mut String, s: &str) {
         out.push('"');
     }
     for (n, c) in s.chars().enumerate() {
-        if n == MAX_VALUE_CHARS {
+        if n == max_chars {
             out.push_str("...");
             break;
         }

@@ -2,6 +2,8 @@
 //! it has answered, the file is loaded with its answers and the new plan is
 //! applied (sockets reconciled, services carried over, logging reopened).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::Supervisor;
@@ -103,8 +105,22 @@ impl Supervisor {
             held.owner
                 .insert(s.addr, self.services.get(s.svc).svc.name.clone());
         }
+        // Who had each socket and who will: every listen/unlisten line
+        // names its service.
+        let owners = Owners {
+            old: held.owner.clone(),
+            new: plan
+                .enabled()
+                .flat_map(|s| {
+                    s.listen
+                        .iter()
+                        .flat_map(|l| l.sockets())
+                        .map(|a| (a, s.name.clone()))
+                })
+                .collect(),
+        };
         let changes = listen::reconcile(&mut held, &mut self.spare, &plan);
-        let tally = self.log_changes(&changes);
+        let tally = self.log_changes(&changes, &owners);
         self.install(plan, held);
         self.spawner.refresh_signals();
         self.log
@@ -139,22 +155,31 @@ impl Supervisor {
     }
 
     /// Logs each socket change of a reload and counts them for its summary.
-    fn log_changes(&mut self, changes: &[Change]) -> Tally {
+    fn log_changes(&mut self, changes: &[Change], owners: &Owners) -> Tally {
         let mut t = Tally::default();
         for c in changes {
             match c {
                 Change::Opened(a) => {
                     t.opened += 1;
-                    self.log.event(Level::Info, "listen").kv("addr", a).send();
+                    self.log
+                        .event(Level::Info, "listen")
+                        .opt("service", owners.new.get(a))
+                        .kv("addr", a)
+                        .send();
                 }
                 Change::Closed(a) => {
                     t.closed += 1;
-                    self.log.event(Level::Info, "unlisten").kv("addr", a).send();
+                    self.log
+                        .event(Level::Info, "unlisten")
+                        .opt("service", owners.old.get(a))
+                        .kv("addr", a)
+                        .send();
                 }
                 Change::Failed(e) => {
                     t.failed += 1;
                     self.log
                         .event(Level::Error, "listen-failed")
+                        .opt("service", owners.new.get(&e.addr))
                         .kv("addr", e.addr)
                         .kv("error", e.to_string())
                         .send();
@@ -185,6 +210,14 @@ impl Supervisor {
         }
         t
     }
+}
+
+/// The service of each socket address, before and after a reload.
+struct Owners {
+    /// From the sockets held before the reload.
+    old: HashMap<SocketAddr, String>,
+    /// From the new plan's enabled services.
+    new: HashMap<SocketAddr, String>,
 }
 
 /// The socket changes of one reload, for its `reload` line.

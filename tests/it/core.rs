@@ -606,7 +606,7 @@ fn bind_failure_names_the_address_and_exits_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "tinyinetd: binding 127.0.0.1:{port}: Address already in use"
+            "error: start-failed error=\"binding 127.0.0.1:{port}: Address already in use\""
         )),
         "{err}"
     );

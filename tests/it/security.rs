@@ -130,7 +130,7 @@ fn a_root_daemon_refuses_files_others_can_change() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(":4:11: service \"echo\": program")
+        err.contains(":4:11: service \\\"echo\\\": program")
             && err.contains("writable by others (mode 0757)"),
         "{err}"
     );
