@@ -15,6 +15,13 @@ use crate::trust::{self, Refusal};
 /// A value as written with the span its messages point at.
 type Spanned = (String, Range<usize>);
 
+/// Which database a `user` or `group` given by number is looked up in.
+#[derive(Clone, Copy)]
+enum Account {
+    User,
+    Group,
+}
+
 impl Checker<'_> {
     /// Resolves `user`/`group` into credentials, or `Ok(None)` when the
     /// daemon is not root and handlers simply keep its identity.
@@ -27,6 +34,15 @@ impl Checker<'_> {
         euid: u32,
         span: Range<usize>,
     ) -> Result<Option<Cred>, ()> {
+        // Both are resolved before either fails, so both problems are
+        // reported; `Some(None)` is one given whose problem was recorded.
+        let user = user.map(|u| self.by_number(u, Account::User, ctx, sys));
+        let group = group.map(|g| self.by_number(g, Account::Group, ctx, sys));
+        if matches!(user, Some(None)) || matches!(group, Some(None)) {
+            return Err(());
+        }
+        let (user, group) = (user.flatten(), group.flatten());
+        let (user, group) = (user.as_ref(), group.as_ref());
         if euid != 0 {
             // Both are checked, so that both problems are reported.
             let user_ok = user.is_none_or(|u| self.kept_user(u, ctx, sys, euid));
@@ -38,6 +54,56 @@ impl Checker<'_> {
             };
         }
         self.root_cred(user, group, ctx, sys, span).map(Some)
+    }
+
+    /// A `user` or `group` written as a number (as xinetd and tcpserver
+    /// take it) stands for the account with that id: its name, looked up
+    /// here, is what the rest resolves (the supplementary groups are found
+    /// by name). Id 0 is refused: root is asked for by the word alone, so
+    /// that a reader of the file sees it. `None`: a problem was recorded.
+    fn by_number(
+        &mut self,
+        (v, span): &Spanned,
+        kind: Account,
+        ctx: &str,
+        sys: &dyn System,
+    ) -> Option<Spanned> {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Some((v.clone(), span.clone()));
+        }
+        let (what, id_kind, db) = match kind {
+            Account::User => ("user", "uid", "passwd"),
+            Account::Group => ("group", "gid", "group"),
+        };
+        let Ok(id) = v.parse::<u32>() else {
+            let m = format!("{what} \"{}\": {id_kind} out of range", esc(v));
+            self.problem(span.clone(), ctx, m);
+            return None;
+        };
+        if id == 0 {
+            let m = match kind {
+                Account::User => format!("user \"{v}\" is root: handlers run as root only when the config says user = \"root\""),
+                Account::Group => format!("group \"{v}\" is root: handlers run with group root only when the config says group = \"root\""),
+            };
+            self.problem(span.clone(), ctx, m);
+            return None;
+        }
+        let name = match kind {
+            Account::User => sys.user_name(id),
+            Account::Group => sys.group_name(id),
+        };
+        match name {
+            Ok(Some(name)) => Some((name, span.clone())),
+            Ok(None) => {
+                let m = format!("no {what} has {id_kind} {id} (a {what} given by number must be in the {db} database)");
+                self.problem(span.clone(), ctx, m);
+                None
+            }
+            Err(why) => {
+                self.problem(span.clone(), ctx, format!("{what} \"{v}\": {why}"));
+                None
+            }
+        }
     }
 
     /// For a daemon that is not root: `user` may only name the daemon's own.

@@ -394,6 +394,30 @@ fn root_by_another_name_is_refused() {
 }
 
 #[test]
+fn users_and_groups_may_be_given_by_number() {
+    // A number stands for the account with that id, as xinetd and
+    // tcpserver take it: the same credentials as its name.
+    let by_number = check(&format!("{MINIMAL}user = \"1000\"\ngroup = \"65534\"\n"), 0).unwrap();
+    let by_name = check(
+        &format!("{MINIMAL}user = \"alice\"\ngroup = \"nogroup\"\n"),
+        0,
+    )
+    .unwrap();
+    assert_eq!(by_number.services[0].cred, by_name.services[0].cred);
+    assert_eq!(by_number.services[0].cred.as_ref().unwrap().user, "alice");
+    let e = errors(&format!("{MINIMAL}user = \"4321\"\n"));
+    assert!(e.contains("9:8: service \"echo\": no user has uid 4321 (a user given by number must be in the passwd database)"), "{e}");
+    let e = errors(&format!("{MINIMAL}group = \"4321\"\n"));
+    assert!(e.contains("9:9: service \"echo\": no group has gid 4321 (a group given by number must be in the group database)"), "{e}");
+    // Root is never asked for by number.
+    let e = errors(&format!("{MINIMAL}user = \"0\"\ngroup = \"0\"\n"));
+    assert!(e.contains("9:8: service \"echo\": user \"0\" is root: handlers run as root only when the config says user = \"root\""), "{e}");
+    assert!(e.contains("10:9: service \"echo\": group \"0\" is root: handlers run with group root only when the config says group = \"root\""), "{e}");
+    // A daemon that is not root compares the number with its own.
+    assert!(check(&format!("{MINIMAL}user = \"1000\"\n"), 1000).is_ok());
+}
+
+#[test]
 fn env_may_not_redefine_connection_variables() {
     let e = errors(&format!("{MINIMAL}env = {{ TCPREMOTEIP = \"x\" }}\n"));
     assert!(
