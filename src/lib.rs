@@ -56,13 +56,14 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// `--check`: validates the file and describes every service, one line each.
-pub fn check(opts: &Options) -> Result<String, Error> {
+/// `--check`: validates the file and describes every service, one line
+/// each; returns the report and the warnings (`PATH:LINE:COL: ...` lines).
+pub fn check(opts: &Options) -> Result<(String, Vec<String>), Error> {
     // The load waits for `getent`: see `run`.
     spawn::reset_sigchld()
         .map_err(|e| Error::Start(supervisor::StartError::Io("resetting SIGCHLD", e)))?;
     let plan = config::load(&opts.config, opts.default_config).map_err(Error::Config)?;
-    Ok(config::describe(&plan))
+    Ok((config::describe(&plan), plan.warnings.clone()))
 }
 
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
@@ -89,6 +90,12 @@ pub fn run(opts: &Options) -> Result<(), Error> {
         logger
             .event(Level::Warn, "log-fallback")
             .kv("error", w)
+            .send();
+    }
+    for w in &plan.warnings {
+        logger
+            .event(Level::Warn, "config-warning")
+            .kv_long("warning", w)
             .send();
     }
     let signals = signals::Signals::install()

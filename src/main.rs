@@ -74,7 +74,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match mode {
-        Mode::Check => tinyinetd::check(&opts).map(|report| print!("{report}")),
+        Mode::Check => tinyinetd::check(&opts).map(|(report, warnings)| {
+            for w in warnings {
+                eprintln!("{w}");
+            }
+            print!("{report}");
+        }),
         Mode::Run => tinyinetd::run(&opts),
     };
     match (result, mode) {

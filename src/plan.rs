@@ -60,6 +60,9 @@ pub struct Daemon {
     pub handler_dir: PathBuf,
 }
 
+/// Where the package installs the handlers; `handler_dir`'s default.
+pub const DEFAULT_HANDLER_DIR: &str = "/usr/libexec/tinyinetd";
+
 impl Default for Daemon {
     fn default() -> Self {
         Daemon {
@@ -67,7 +70,7 @@ impl Default for Daemon {
             log_level: Level::Info,
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(10),
-            handler_dir: PathBuf::from("/usr/libexec/tinyinetd"),
+            handler_dir: PathBuf::from(DEFAULT_HANDLER_DIR),
         }
     }
 }
@@ -211,6 +214,10 @@ pub struct Plan {
     pub daemon: Daemon,
     /// In file order; disabled services included (validated, never bound).
     pub services: Vec<Arc<Service>>,
+    /// What the file has that is valid but likely a mistake, one
+    /// `PATH:LINE:COL: CONTEXT: warning: MESSAGE` line each, for `--check`
+    /// and the log to say.
+    pub warnings: Vec<String>,
 }
 
 impl Plan {

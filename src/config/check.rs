@@ -14,7 +14,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::fields::{parse_duration, parse_net};
-use super::{line_col, Problem, System};
+use super::{line_col, ConfigError, Problem, System};
 use crate::plan::{Daemon, Plan};
 pub(super) use crate::text::escape as esc;
 
@@ -24,6 +24,8 @@ pub(super) struct Checker<'t> {
     pub(super) text: &'t str,
     /// Every problem found so far; the file is valid only when none is.
     pub(super) problems: Vec<Problem>,
+    /// What is valid but likely a mistake; said, never refused.
+    pub(super) warnings: Vec<Problem>,
 }
 
 /// A value of the document with its byte span.
@@ -34,6 +36,7 @@ impl<'t> Checker<'t> {
         Checker {
             text,
             problems: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -49,6 +52,17 @@ impl<'t> Checker<'t> {
             col,
             context: context.to_string(),
             message: message.into(),
+        });
+    }
+
+    /// Records a warning at `span`: the file stays valid.
+    pub(super) fn warning(&mut self, span: Range<usize>, context: &str, message: String) {
+        let (line, col) = line_col(self.text, span.start);
+        self.warnings.push(Problem {
+            line,
+            col,
+            context: context.to_string(),
+            message: format!("warning: {message}"),
         });
     }
 
@@ -81,10 +95,15 @@ impl<'t> Checker<'t> {
             Some(array) => self.services(array, &daemon, sys),
         };
         self.cross_check(&services);
+        let warnings = ConfigError {
+            path: path.to_path_buf(),
+            problems: std::mem::take(&mut self.warnings),
+        };
         Some(Plan {
             path: path.to_path_buf(),
             daemon,
             services: services.into_iter().map(|c| Arc::new(c.service)).collect(),
+            warnings: warnings.to_string().lines().map(String::from).collect(),
         })
     }
 

@@ -1,13 +1,13 @@
 //! The `[daemon]` table: one short check per key, each filling its field of
 //! [`Daemon`] (which starts from the defaults).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
 use super::check::{esc, Checker, Value};
 use super::fields::parse_level;
-use crate::plan::{Daemon, LogTarget};
+use crate::plan::{Daemon, LogTarget, DEFAULT_HANDLER_DIR};
 
 pub(super) const DAEMON_KEYS: &[&str] = &[
     "log",
@@ -86,6 +86,19 @@ impl Checker<'_> {
         if let Some(s) = self.string(value, CTX, "handler_dir") {
             if s.starts_with('/') {
                 d.handler_dir = PathBuf::from(s);
+                // The package's own directory is missing in a source tree,
+                // where the fallback beside the executable is meant; any
+                // other missing directory is likely a typo.
+                if s != DEFAULT_HANDLER_DIR && !Path::new(s).is_dir() {
+                    self.warning(
+                        value.span(),
+                        CTX,
+                        format!(
+                            "handler_dir \"{}\" does not exist; bare program names are looked up beside the tinyinetd executable only",
+                            esc(s)
+                        ),
+                    );
+                }
             } else {
                 self.problem(
                     value.span(),

@@ -99,6 +99,12 @@ impl Supervisor {
             self.log_notify_error(e);
         }
         self.reopen_log(&plan);
+        for w in &plan.warnings {
+            self.log
+                .event(Level::Warn, "config-warning")
+                .kv_long("warning", w)
+                .send();
+        }
         let mut held = Sockets::default();
         for s in self.socks.drain(..) {
             held.by_addr.insert(s.addr, s.listener);

@@ -747,3 +747,35 @@ impl Alive for Daemon {
         std::path::Path::new(&format!("/proc/{}", self.pid())).exists()
     }
 }
+
+/// A `handler_dir` that does not exist is not an error (bare names are
+/// then found beside the daemon, as in a source tree), but it is said: a
+/// typo there would otherwise pass unseen.
+#[test]
+fn a_missing_handler_dir_is_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "[daemon]\nhandler_dir = \"/nonexistent-handlers\"\nlog = \"stderr\"\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{}\"]\nprogram = \"{}\"\n",
+        free_port(),
+        bin_dir().join("tinyinetd-echo").display()
+    );
+    let path = write_conf(&dir, &text);
+    let out = run_tinyinetd(&["--check", "-c", &path], Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("{path}:2:15: daemon: warning: handler_dir \"/nonexistent-handlers\" does not exist; bare program names are looked up beside the tinyinetd executable only\n")
+    );
+    let mut d = Daemon::prepare(
+        &text.replace("log = \"stderr\"", "log = \"stderr\"\nlog_level = \"info\""),
+    );
+    d.spawn(&|_| {});
+    d.ready(Duration::from_secs(10)).expect("ready");
+    assert!(
+        d.log().contains("warn: config-warning warning=\"")
+            && d.log()
+                .contains("handler_dir \\\"/nonexistent-handlers\\\" does not exist"),
+        "{}",
+        d.log()
+    );
+}
