@@ -230,35 +230,29 @@ impl Supervisor {
             .map(|s| (s.addr, (s.backoff, s.retry_at)))
             .collect();
         let mut socks = Vec::new();
-        for (i, st) in self.services.iter().enumerate() {
-            for l in &st.svc.listen {
-                for addr in l.sockets() {
-                    if let Some(listener) = held.by_addr.remove(&addr) {
-                        let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
-                        socks.push(Sock {
-                            addr,
-                            listener,
-                            svc: i,
-                            backoff,
-                            retry_at,
-                        });
-                    }
-                }
-            }
-        }
-        // Old sockets kept for a service whose new address failed (see
-        // `listen`): not in its `listen`, attached by its name.
-        for (addr, name) in held.owner.drain() {
-            let svc = self.services.position(&name);
-            if let (Some(i), Some(listener)) = (svc, held.by_addr.remove(&addr)) {
+        // A held socket becomes service `svc`'s, keeping its back-off.
+        let mut attach = |addr: SocketAddr, svc: usize, held: &mut Sockets| {
+            if let Some(listener) = held.by_addr.remove(&addr) {
                 let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
                 socks.push(Sock {
                     addr,
                     listener,
-                    svc: i,
+                    svc,
                     backoff,
                     retry_at,
                 });
+            }
+        };
+        for (i, st) in self.services.iter().enumerate() {
+            for addr in st.svc.listen.iter().flat_map(|l| l.sockets()) {
+                attach(addr, i, &mut held);
+            }
+        }
+        // Old sockets kept for a service whose new address failed (see
+        // `listen`): not in its `listen`, attached by its name.
+        for (addr, name) in std::mem::take(&mut held.owner) {
+            if let Some(i) = self.services.position(&name) {
+                attach(addr, i, &mut held);
             }
         }
         // Every child holding a slot counts against max_connections, which

@@ -551,3 +551,25 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Runs `cmd` in a private mount namespace whose /dev is a fresh tmpfs with
+/// null/zero/urandom/random bound in and `/dev/log` a symlink to `sock`, so
+/// the test controls the syslog socket without touching the machine's.
+pub fn with_private_dev_log(
+    cmd: &mut std::process::Command,
+    scratch: &std::path::Path,
+    sock: &std::path::Path,
+) {
+    let script = format!(
+        "set -e\nmkdir -p {d}/olddev\nmount --bind /dev {d}/olddev\nmount -t tmpfs tmpfs /dev\n\
+         for n in null zero urandom random; do touch /dev/$n; mount --bind {d}/olddev/$n /dev/$n; done\n\
+         ln -s {s} /dev/log\nexec \"$0\" \"$@\"\n",
+        d = scratch.display(),
+        s = sock.display()
+    );
+    launch_through(
+        cmd,
+        "unshare",
+        &["-m", "--propagation", "private", "sh", "-c", &script],
+    );
+}

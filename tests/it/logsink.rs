@@ -43,26 +43,6 @@ fn can_unshare() -> bool {
             .is_ok_and(|s| s.success())
 }
 
-/// Gives the daemon a private /dev/log (a symlink to `sock`) in a mount namespace.
-fn with_private_dev_log(
-    cmd: &mut std::process::Command,
-    scratch: &std::path::Path,
-    sock: &std::path::Path,
-) {
-    let script = format!(
-        "set -e\nmkdir -p {d}/olddev\nmount --bind /dev {d}/olddev\nmount -t tmpfs tmpfs /dev\n\
-         for n in null zero urandom random; do touch /dev/$n; mount --bind {d}/olddev/$n /dev/$n; done\n\
-         ln -s {s} /dev/log\nexec \"$0\" \"$@\"\n",
-        d = scratch.display(),
-        s = sock.display()
-    );
-    launch_through(
-        cmd,
-        "unshare",
-        &["-m", "--propagation", "private", "sh", "-c", &script],
-    );
-}
-
 #[test]
 fn a_syslog_that_stops_reading_never_stops_serving() {
     if !can_unshare() {
