@@ -516,7 +516,8 @@ fn config_errors_have_file_line_col_and_exit_1() {
         let path = write_conf(&dir, &text);
         for args in [vec!["--check", "-c", &path], vec!["-c", &path]] {
             let out = run_tinyinetd(&args, Duration::from_secs(10));
-            let err = String::from_utf8_lossy(&out.stderr);
+            // The daemon says it in start-failed log lines: their messages.
+            let err = start_failure_messages(&String::from_utf8_lossy(&out.stderr));
             assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
             assert!(err.starts_with(&path), "{args:?}: {err}");
             assert!(err.contains(want), "{args:?}: want {want:?} in:\n{err}");
@@ -603,11 +604,9 @@ fn bind_failure_names_the_address_and_exits_1() {
     let path = write_conf(&dir, &text);
     let out = run_tinyinetd(&["-c", &path], Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = start_failure_messages(&String::from_utf8_lossy(&out.stderr));
     assert!(
-        err.contains(&format!(
-            "error: start-failed error=\"binding 127.0.0.1:{port}: Address already in use\""
-        )),
+        err.contains(&format!("binding 127.0.0.1:{port}: Address already in use")),
         "{err}"
     );
 }

@@ -573,3 +573,35 @@ pub fn with_private_dev_log(
         &["-m", "--propagation", "private", "sh", "-c", &script],
     );
 }
+
+/// The messages of a failed start's `error: start-failed error="..."`
+/// lines, unescaped, one per line: the text `--check` prints for the same
+/// problems. A line of another form is kept as it is.
+pub fn start_failure_messages(stderr: &str) -> String {
+    let mut out = String::new();
+    for line in stderr.lines() {
+        let Some(v) = line.strip_prefix("error: start-failed error=") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
+        let v = if quoted { &v[1..v.len() - 1] } else { v };
+        let mut chars = v.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

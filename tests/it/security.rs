@@ -127,10 +127,10 @@ fn a_root_daemon_refuses_files_others_can_change() {
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     std::fs::set_permissions(&echo, std::fs::Permissions::from_mode(0o757)).expect("chmod");
     let out = run_tinyinetd(&["-c", &conf_s], Duration::from_secs(10));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = start_failure_messages(&String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(":4:11: service \\\"echo\\\": program")
+        err.contains(":4:11: service \"echo\": program")
             && err.contains("writable by others (mode 0757)"),
         "{err}"
     );
@@ -260,7 +260,8 @@ fn refused(conf: &std::path::Path, needles: &[&str]) {
     let conf = conf.to_string_lossy().into_owned();
     for args in [vec!["--check", "-c", &conf], vec!["-c", &conf]] {
         let out = run_tinyinetd(&args, Duration::from_secs(5));
-        let err = String::from_utf8_lossy(&out.stderr);
+        // The daemon says it in start-failed log lines: their messages.
+        let err = start_failure_messages(&String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         for n in needles {
             assert!(err.contains(n), "{args:?}: no {n:?} in: {err}");

@@ -95,10 +95,13 @@ fn code_lines(text: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The part of a file that is not unit tests: up to its `#[cfg(test)]`
-/// module; nothing of a `tests.rs` file. Tests may build their fixtures
-/// from any layer.
+/// module; nothing of a `tests.rs` file or of a `tests/` folder's files.
+/// Tests may build their fixtures from any layer.
 fn non_test_code(file: &Path, text: &str) -> String {
-    if file.file_name().is_some_and(|n| n == "tests.rs") {
+    let inside = file.strip_prefix(root().join("src")).unwrap_or(file);
+    let in_tests = inside.components().any(|c| c.as_os_str() == "tests")
+        || file.file_name().is_some_and(|n| n == "tests.rs");
+    if in_tests {
         return String::new();
     }
     match text.find("#[cfg(test)]") {
