@@ -18,6 +18,7 @@ mod check;
 mod daemon;
 mod describe;
 mod fields;
+mod hardening;
 mod lookups;
 mod resolve;
 mod service;

@@ -388,6 +388,8 @@ pub(super) fn exec_image(
         argv,
         env,
         umask,
+        hardening: crate::plan::Hardening::default(),
+        interpreter: None,
     })
 }
 

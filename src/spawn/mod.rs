@@ -428,6 +428,10 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
             .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
         reset: d.reset.as_ptr(),
         reset_len: d.reset.len(),
+        rlimits: img.hardening.rlimits.as_ptr(),
+        rlimits_len: img.hardening.rlimits.len(),
+        nice: img.hardening.nice,
+        no_new_privs: img.hardening.no_new_privs,
     };
     d.failed_step.store(0, Ordering::Relaxed);
     d.failed_errno.store(0, Ordering::Relaxed);

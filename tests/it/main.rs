@@ -8,6 +8,7 @@ mod core;
 mod daytime;
 mod examples;
 mod faults;
+mod hardening;
 mod logformat;
 mod logsink;
 mod lookups;
