@@ -450,14 +450,24 @@ impl Checker<'_> {
             span,
         );
         let (name, name_span) = d.name?;
-        let (program, _) = d.program?;
+        let (program, pspan) = d.program?;
         let (path, fd) = resolved?;
         let cred = cred.ok()?;
+        let interpreter = match fd {
+            None => {
+                let prog = (program.as_str(), &pspan);
+                let found =
+                    self.script_interpreter(prog, &path, cred.as_ref(), &d.env, &d.ctx, sys);
+                found.ok()?
+            }
+            Some(_) => None,
+        };
         if !d.ok {
             return None;
         }
         let mut image = exec_image(&name, &program, &path, fd, &d.args, &d.env, d.umask)?;
         image.hardening = d.hardening;
+        image.interpreter = interpreter;
         let listen_spans = d.listen.iter().map(|(_, s)| s.clone()).collect();
         Some(Checked {
             service: Service {

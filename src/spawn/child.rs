@@ -341,6 +341,17 @@ unsafe fn exec(d: &SlotData, a: &ChildArgs) -> ! {
     } else {
         sys::call(libc::SYS_execve, [a.path as usize, argv, envp, 0, 0, 0])
     };
+    // A script that is there but cannot be exec'd for "not found" or
+    // "permission denied": its interpreter is missing or not executable
+    // for this user. One more call, on the failure path only.
+    let (enoent, eacces) = (-(libc::ENOENT as isize), -(libc::EACCES as isize));
+    if a.exec_fd < 0 && (rc == enoent || rc == eacces) {
+        let (cwd, f_ok) = (libc::AT_FDCWD as isize as usize, libc::F_OK as usize);
+        let there = sys::call(libc::SYS_faccessat, [cwd, a.path as usize, f_ok, 0, 0, 0]);
+        if there == 0 {
+            fail(d, Step::ExecInterpreter, rc)
+        }
+    }
     fail(d, Step::Exec, rc)
 }
 

@@ -36,6 +36,10 @@ pub enum Step {
     RlimitCpu = 15,
     Nice = 16,
     NoNewPrivs = 17,
+    /// `execve` of a script that exists failed with ENOENT or EACCES: its
+    /// interpreter is the cause (named as `step=execve`, with the
+    /// interpreter the load found).
+    ExecInterpreter = 18,
 }
 
 impl Step {
@@ -58,6 +62,7 @@ impl Step {
             15 => Step::RlimitCpu,
             16 => Step::Nice,
             17 => Step::NoNewPrivs,
+            18 => Step::ExecInterpreter,
             _ => return None,
         })
     }
@@ -75,7 +80,7 @@ impl Step {
             Step::Setgid => "setgid",
             Step::Setuid => "setuid",
             Step::VerifyCred => "verify-credentials",
-            Step::Exec => "execve",
+            Step::Exec | Step::ExecInterpreter => "execve",
             Step::RlimitNofile => "rlimit_nofile",
             Step::RlimitNproc => "rlimit_nproc",
             Step::RlimitCore => "rlimit_core",

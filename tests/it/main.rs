@@ -9,6 +9,7 @@ mod daytime;
 mod examples;
 mod faults;
 mod hardening;
+mod interpreter;
 mod logformat;
 mod logsink;
 mod lookups;
