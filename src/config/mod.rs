@@ -33,7 +33,9 @@ use crate::plan::Plan;
 use crate::trust::{self, Refusal};
 
 pub use describe::describe;
-pub use fields::{check_env_name, parse_duration, parse_listen, parse_net, valid_name};
+pub use fields::{
+    check_env_name, parse_duration, parse_limit, parse_listen, parse_net, valid_name, MAX_DURATION,
+};
 pub use lookups::{Accounts, Answer, Question, Record};
 
 /// The default configuration file.
