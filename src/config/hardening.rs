@@ -27,8 +27,16 @@ pub(super) const HARDENING_KEYS: &[&str] = &[
 const NOFILE_MAX: u64 = 2_147_483_584;
 
 impl Checker<'_> {
-    /// One hardening key (one of [`HARDENING_KEYS`]) into `h`.
-    pub(super) fn hardening(&mut self, k: &str, value: &Value<'_>, ctx: &str, h: &mut Hardening) {
+    /// One hardening key (one of [`HARDENING_KEYS`]) into `h`; `euid` is
+    /// the daemon's, which decides whether a limit may be raised.
+    pub(super) fn hardening(
+        &mut self,
+        k: &str,
+        value: &Value<'_>,
+        ctx: &str,
+        h: &mut Hardening,
+        euid: u32,
+    ) {
         match k {
             "nice" => self.nice(value, ctx, h),
             "no_new_privs" => match value.get_ref() {
@@ -48,7 +56,9 @@ impl Checker<'_> {
                     return;
                 };
                 if let Some(v) = self.rlimit(value, ctx, resource) {
-                    h.set(resource, v);
+                    if euid == 0 || self.within_hard_limit(value, ctx, resource, v) {
+                        h.set(resource, v);
+                    }
                 }
             }
         }
@@ -115,6 +125,33 @@ impl Checker<'_> {
         if let Some(d) = self.duration(value, ctx, "rlimit_cpu", false) {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
             h.set(Resource::Cpu, secs);
+        }
+    }
+
+    /// For a daemon that is not root: whether `v` is within the daemon's
+    /// own hard limit, which only root may raise (every child would fail
+    /// its exec otherwise). The limit is the daemon's as it is now; one
+    /// that cannot be read is left to the child to find out.
+    fn within_hard_limit(&mut self, value: &Value<'_>, ctx: &str, r: Resource, v: u64) -> bool {
+        use nix::sys::resource::{getrlimit, Resource as R};
+        let which = match r {
+            Resource::Nofile => R::RLIMIT_NOFILE,
+            Resource::Nproc => R::RLIMIT_NPROC,
+            Resource::Core => R::RLIMIT_CORE,
+            Resource::Fsize => R::RLIMIT_FSIZE,
+            Resource::As => R::RLIMIT_AS,
+            Resource::Cpu => R::RLIMIT_CPU,
+        };
+        match getrlimit(which) {
+            Ok((_, hard)) if hard != nix::sys::resource::RLIM_INFINITY && v > hard => {
+                let m = format!(
+                    "\"{}\" is above the daemon's own hard limit ({hard}), which only a daemon running as root can raise",
+                    r.key()
+                );
+                self.problem(value.span(), ctx, m);
+                false
+            }
+            _ => true,
         }
     }
 }
@@ -244,6 +281,69 @@ mod tests {
                 16,
                 "\"rlimit_nproc\" must be an integer or a string like \"512M\" or \"infinity\", not float"
             )
+        );
+    }
+
+    /// The real system, seen by a daemon that is not root.
+    struct NotRoot;
+
+    impl config::System for NotRoot {
+        fn identity(&self) -> (u32, u32) {
+            (1000, 1000)
+        }
+        fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
+            config::RealSystem.user(name)
+        }
+        fn user_name(&self, uid: u32) -> Result<Option<String>, String> {
+            config::RealSystem.user_name(uid)
+        }
+        fn group(&self, name: &str) -> Result<Option<u32>, String> {
+            config::RealSystem.group(name)
+        }
+        fn group_name(&self, gid: u32) -> Result<Option<String>, String> {
+            config::RealSystem.group_name(gid)
+        }
+        fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
+            config::RealSystem.group_list(user, gid)
+        }
+        fn exe_dir(&self) -> Option<std::path::PathBuf> {
+            None
+        }
+        fn program(
+            &self,
+            path: &Path,
+            mode: crate::trust::Mode,
+        ) -> Result<Option<std::os::fd::OwnedFd>, crate::trust::Refusal> {
+            config::RealSystem.program(path, mode)
+        }
+    }
+
+    #[test]
+    fn a_daemon_that_is_not_root_cannot_raise_its_hard_limits() {
+        use config::System as _;
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .expect("getrlimit");
+        if hard >= super::NOFILE_MAX {
+            eprintln!("SKIPPED: the descriptor hard limit is at Linux's ceiling");
+            return;
+        }
+        let text = |v: u64| {
+            format!("[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:9000\"]\nprogram = \"/bin/sh\"\nrlimit_nofile = {v}\n")
+        };
+        let e = config::parse(Path::new("t.toml"), &text(hard + 1), &NotRoot)
+            .expect_err("above the hard limit")
+            .to_string();
+        assert_eq!(
+            e.lines().next(),
+            Some(format!("t.toml:5:17: service \"s\": \"rlimit_nofile\" is above the daemon's own hard limit ({hard}), which only a daemon running as root can raise").as_str())
+        );
+        let plan = config::parse(Path::new("t.toml"), &text(hard), &NotRoot).expect("at the limit");
+        let h = &plan.services[0].image.hardening;
+        assert!(h.rlimits.contains(&limit(Resource::Nofile, hard)));
+        // A root daemon may raise it.
+        assert!(
+            config::RealSystem.identity().0 != 0
+                || config::parse(Path::new("t.toml"), &text(hard + 1), &config::RealSystem).is_ok()
         );
     }
 

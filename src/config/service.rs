@@ -199,7 +199,7 @@ impl Checker<'_> {
                 "enabled" => self.enabled(value, &mut d),
                 "umask" => self.umask(value, &mut d),
                 k if HARDENING_KEYS.contains(&k) => {
-                    self.hardening(k, value, &ctx, &mut d.hardening)
+                    self.hardening(k, value, &ctx, &mut d.hardening, identity_uid)
                 }
                 _ => self.unknown_key(key, &ctx, SERVICE_KEYS, RESERVED_SERVICE_KEYS),
             }
