@@ -212,3 +212,36 @@ fn a_setuid_root_helper_gains_nothing_under_no_new_privs() {
         "no_new_privs = false: the setuid bit works"
     );
 }
+
+/// A reload applies a changed limit to the next connection; a bad value
+/// keeps the old plan.
+#[test]
+fn a_reload_applies_the_new_limits_or_keeps_the_old_ones() {
+    let conf = |extra: &str| format!("{DAEMON}{}", service("s", extra));
+    let mut d = start(&conf("rlimit_nofile = 77"));
+    let both = |v: &str| (v.to_string(), v.to_string());
+    assert_eq!(limit(&facts(&d, "s"), "Max open files"), both("77"));
+    let reload = |d: &mut Daemon, needle: &str| {
+        let before = d.log_lines(needle).len();
+        d.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(5), || d.log_lines(needle).len()
+                > before),
+            "no {needle:?}: {}",
+            d.log()
+        );
+    };
+    d.rewrite(&conf("rlimit_nofile = 78\nno_new_privs = false"));
+    reload(&mut d, "info: reload ");
+    let f = facts(&d, "s");
+    assert_eq!(limit(&f, "Max open files"), both("78"));
+    assert_eq!(status(&f, "NoNewPrivs"), "0", "{f}");
+    d.rewrite(&conf("rlimit_nofile = -1"));
+    reload(&mut d, "reload-failed");
+    assert!(
+        d.log().contains("rlimit_nofile\\\" cannot be negative"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(limit(&facts(&d, "s"), "Max open files"), both("78"));
+}
