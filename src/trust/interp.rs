@@ -108,6 +108,23 @@ pub fn interpreter(
     let Some(line) = shebang_line(&opened).map_err(|e: Refusal| e.to_string())? else {
         return Ok(None);
     };
+    // The kernel checks the script's execute bits for the user, and the
+    // interpreter then opens it by path: it must be readable too.
+    if let Some(why) = cannot_execute(script, r) {
+        return Err(format!("the script {why}"));
+    }
+    if let Ok(m) = std::fs::metadata(script) {
+        if !permits(m.mode(), m.uid(), m.gid(), 0o4, r) {
+            return Err(format!(
+                "the script cannot be read by {} (uid {}), and its interpreter must read it: it is mode {:04o}, owner uid {}, group gid {}",
+                r.name,
+                r.uid,
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ));
+        }
+    }
     let mut words = line
         .split(|&b| b == b' ' || b == b'\t')
         .filter(|w| !w.is_empty());

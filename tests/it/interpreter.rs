@@ -188,3 +188,24 @@ fn an_interpreter_removed_after_load_is_named_by_exec_failed() {
     assert!(line.contains("step=execve"), "{line}");
     assert!(line.contains("No such file or directory"), "{line}");
 }
+
+#[test]
+fn a_script_the_handlers_user_cannot_run_or_read_fails_check() {
+    if !is_root() {
+        eprintln!("SKIPPED: a root-owned script and a handler as nobody need root");
+        return;
+    }
+    let dir = root_tree();
+    let script = dir.path().join("script.sh");
+    write_file(&script, "#!/bin/sh\necho hi\n", 0o700);
+    let conf = config(dir.path(), &script, "");
+    check_fails(
+        &conf,
+        &["the script cannot be run by user \"nobody\" (uid 65534): it is mode 0700, owner uid 0, group gid 0"],
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    check_fails(
+        &conf,
+        &["the script cannot be read by user \"nobody\" (uid 65534), and its interpreter must read it: it is mode 0711"],
+    );
+}
