@@ -21,6 +21,20 @@ pub(super) const HARDENING_KEYS: &[&str] = &[
     "rlimit_cpu",
 ];
 
+/// The daemon's own nice value and the lowest one RLIMIT_NICE lets a
+/// process that is not root set (`20 - soft limit`, the kernel's
+/// `can_nice`), or `None` when either cannot be read (the child then
+/// reports the failure as `step=nice`).
+fn lowest_nice() -> Option<(i32, i32)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let own: i32 = after.split_whitespace().nth(16)?.parse().ok()?;
+    let (soft, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NICE).ok()?;
+    let lowest = 20 - i32::try_from(soft.min(40)).ok()?;
+    Some((own, lowest))
+}
+
 /// The most descriptors Linux lets any process have (`fs.nr_open` cannot
 /// be set higher): a larger `rlimit_nofile`, `"infinity"` included, would
 /// fail in every child, so it is refused at load.
@@ -38,7 +52,7 @@ impl Checker<'_> {
         euid: u32,
     ) {
         match k {
-            "nice" => self.nice(value, ctx, h),
+            "nice" => self.nice(value, ctx, h, euid),
             "no_new_privs" => match value.get_ref() {
                 DeValue::Boolean(b) => h.no_new_privs = *b,
                 other => self.problem(
@@ -64,7 +78,7 @@ impl Checker<'_> {
         }
     }
 
-    fn nice(&mut self, value: &Value<'_>, ctx: &str, h: &mut Hardening) {
+    fn nice(&mut self, value: &Value<'_>, ctx: &str, h: &mut Hardening, euid: u32) {
         let n = match value.get_ref() {
             DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix()).ok(),
             other => {
@@ -74,7 +88,15 @@ impl Checker<'_> {
             }
         };
         match n {
-            Some(n @ -20..=19) => h.nice = Some(n as i32),
+            Some(n @ -20..=19) => match (euid, lowest_nice()) {
+                (1.., Some((own, lowest))) if (n as i32) < own && (n as i32) < lowest => {
+                    let m = format!(
+                        "\"nice\" = {n} is below what the daemon may set (it runs at {own}; RLIMIT_NICE allows down to {lowest}): only a daemon running as root can"
+                    );
+                    self.problem(value.span(), ctx, m);
+                }
+                _ => h.nice = Some(n as i32),
+            },
             _ => self.problem(value.span(), ctx, "\"nice\" must be between -20 and 19"),
         }
     }
@@ -345,6 +367,32 @@ mod tests {
             config::RealSystem.identity().0 != 0
                 || config::parse(Path::new("t.toml"), &text(hard + 1), &config::RealSystem).is_ok()
         );
+    }
+
+    #[test]
+    fn a_daemon_that_is_not_root_cannot_lower_nice_past_its_limit() {
+        let Some((own, lowest)) = super::lowest_nice() else {
+            eprintln!("SKIPPED: /proc/self/stat or RLIMIT_NICE cannot be read");
+            return;
+        };
+        let below = own.min(lowest) - 1;
+        if below < -20 {
+            eprintln!("SKIPPED: RLIMIT_NICE allows every nice value here");
+            return;
+        }
+        let text = |n: i32| {
+            format!("[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:9000\"]\nprogram = \"/bin/sh\"\nnice = {n}\n")
+        };
+        let e = config::parse(Path::new("t.toml"), &text(below), &NotRoot)
+            .expect_err("below the limit")
+            .to_string();
+        assert_eq!(
+            e.lines().next(),
+            Some(format!("t.toml:5:8: service \"s\": \"nice\" = {below} is below what the daemon may set (it runs at {own}; RLIMIT_NICE allows down to {lowest}): only a daemon running as root can").as_str())
+        );
+        let plan =
+            config::parse(Path::new("t.toml"), &text(own.min(19)), &NotRoot).expect("own nice");
+        assert_eq!(plan.services[0].image.hardening.nice, Some(own.min(19)));
     }
 
     #[test]
