@@ -163,6 +163,94 @@ pub struct Access {
     pub deny: Vec<IpNet>,
 }
 
+/// A resource a handler's limit is set on (`rlimit_*`, SPEC §10.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Resource {
+    /// `rlimit_nofile`: open descriptors.
+    Nofile,
+    /// `rlimit_nproc`: processes of the handler's user.
+    Nproc,
+    /// `rlimit_core`: core file size in bytes.
+    Core,
+    /// `rlimit_fsize`: the largest file it may write, in bytes.
+    Fsize,
+    /// `rlimit_as`: address space in bytes.
+    As,
+    /// `rlimit_cpu`: CPU time in seconds.
+    Cpu,
+}
+
+impl Resource {
+    /// Every resource, in the order the child sets them.
+    pub const ALL: [Resource; 6] = [
+        Resource::Nofile,
+        Resource::Nproc,
+        Resource::Core,
+        Resource::Fsize,
+        Resource::As,
+        Resource::Cpu,
+    ];
+
+    /// The config key (and the `step` an exec-failed line names).
+    pub fn key(self) -> &'static str {
+        match self {
+            Resource::Nofile => "rlimit_nofile",
+            Resource::Nproc => "rlimit_nproc",
+            Resource::Core => "rlimit_core",
+            Resource::Fsize => "rlimit_fsize",
+            Resource::As => "rlimit_as",
+            Resource::Cpu => "rlimit_cpu",
+        }
+    }
+}
+
+/// One limit the child sets, soft and hard alike, before its exec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    /// Which resource.
+    pub resource: Resource,
+    /// The limit (`u64::MAX`: `RLIM_INFINITY`, no limit).
+    pub value: u64,
+}
+
+/// What the child does to its own process before exec beyond the
+/// descriptors and credentials (`nice`, `no_new_privs`, `rlimit_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hardening {
+    /// `setpriority` value (-20..19); `None` keeps the daemon's.
+    pub nice: Option<i32>,
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` just before exec: a setuid or
+    /// file-capability program cannot raise the handler's privileges.
+    pub no_new_privs: bool,
+    /// The limits set, one per resource at most, in [`Resource::ALL`]
+    /// order; a resource not listed keeps the daemon's own limit.
+    pub rlimits: Vec<Rlimit>,
+}
+
+impl Default for Hardening {
+    /// `no_new_privs = true`, `rlimit_core = 0` (no core dumps of handlers
+    /// that may hold client data), nothing else.
+    fn default() -> Self {
+        Hardening {
+            nice: None,
+            no_new_privs: true,
+            rlimits: vec![Rlimit {
+                resource: Resource::Core,
+                value: 0,
+            }],
+        }
+    }
+}
+
+impl Hardening {
+    /// Sets `resource` to `value`, keeping the list in order.
+    pub fn set(&mut self, resource: Resource, value: u64) {
+        self.rlimits.retain(|r| r.resource != resource);
+        self.rlimits.push(Rlimit { resource, value });
+        self.rlimits.sort_by_key(|r| r.resource);
+    }
+}
+
 /// Everything `execve` needs that does not depend on the connection, built
 /// once at load as C strings.
 #[derive(Debug)]
@@ -183,6 +271,12 @@ pub struct ExecImage {
     pub env: Vec<CString>,
     /// The file-creation mask set in the child.
     pub umask: u32,
+    /// `nice`, `no_new_privs` and the `rlimit_*` keys, set in the child.
+    pub hardening: Hardening,
+    /// A script's `#!` interpreter as the load found it (for `env`, the
+    /// program found in the handler's `PATH`), named by an exec-failed
+    /// line whose cause it is; `None` for a binary.
+    pub interpreter: Option<PathBuf>,
 }
 
 /// One `[[service]]`, validated and resolved. Running handlers hold an

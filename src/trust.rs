@@ -193,11 +193,29 @@ fn program_at_depth(path: &Path, mode: Mode, depth: usize) -> Result<Program, Re
     })
 }
 
-/// The interpreter named on the program's `#!` line, if it has one. Read
+/// The interpreter named on the program's `#!` line, if it has one.
+fn shebang(opened: &Opened) -> Result<Option<OsString>, Refusal> {
+    let Some(line) = shebang_line(opened)? else {
+        return Ok(None);
+    };
+    let interpreter = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .find(|w| !w.is_empty())
+        .unwrap_or_default();
+    if interpreter.is_empty() {
+        return Err(Refusal::Unusable(
+            "its #! line names no interpreter".into(),
+            None,
+        ));
+    }
+    Ok(Some(OsStr::from_bytes(interpreter).to_os_string()))
+}
+
+/// What follows `#!` on the program's first line, if it starts so. Read
 /// through a second descriptor of the same file (opened relative to the
 /// same verified directory, and compared by device and inode), since an
 /// `O_PATH` descriptor cannot be read.
-fn shebang(opened: &Opened) -> Result<Option<OsString>, Refusal> {
+fn shebang_line(opened: &Opened) -> Result<Option<Vec<u8>>, Refusal> {
     let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
     let fd = match openat(
         opened.dir.as_fd(),
@@ -227,17 +245,7 @@ fn shebang(opened: &Opened) -> Result<Option<OsString>, Refusal> {
         return Ok(None);
     };
     let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
-    let interpreter = line
-        .split(|&b| b == b' ' || b == b'\t')
-        .find(|w| !w.is_empty())
-        .unwrap_or_default();
-    if interpreter.is_empty() {
-        return Err(Refusal::Unusable(
-            "its #! line names no interpreter".into(),
-            None,
-        ));
-    }
-    Ok(Some(OsStr::from_bytes(interpreter).to_os_string()))
+    Ok(Some(line.to_vec()))
 }
 
 /// A regular file opened by [`open`], and where it was found.
@@ -526,5 +534,8 @@ fn who_writes(mode: u32) -> &'static str {
     }
 }
 
+mod interp;
 #[cfg(test)]
 mod tests;
+
+pub use interp::{interpreter, permits, Runner};

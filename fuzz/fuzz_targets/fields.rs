@@ -1,5 +1,6 @@
 //! The small parsers and the log escaper: listen addresses, allow/deny
-//! entries, env names, service names, durations, and escaping any text
+//! entries, env names, service names, durations, rlimit values, and
+//! escaping any text
 //! into one bounded log value.
 #![no_main]
 
@@ -13,11 +14,15 @@ fuzz_target!(|data: &[u8]| {
     for m in [
         config::check_env_name(&text).err(),
         config::parse_duration(&text, "timeout", false).err(),
+        config::parse_limit(&text, "rlimit_as").err(),
     ]
     .into_iter()
     .flatten()
     {
         assert!(!m.contains('\n'), "{m:?}");
+    }
+    if let Ok(d) = config::parse_duration(&text, "timeout", true) {
+        assert!(d <= config::MAX_DURATION, "{d:?}");
     }
     if config::valid_name(&text) {
         assert!(!text.is_empty() && text.len() <= 64);

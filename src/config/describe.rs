@@ -77,6 +77,24 @@ fn service(out: &mut String, s: &Service) {
         s.image.umask,
         if s.enabled { "enabled" } else { "disabled" }
     );
+    hardening(out, &s.image.hardening);
+}
+
+/// The hardening keys, after every older field (which stay as they were,
+/// for scripts that read the line): `nice` when set, `no_new_privs`, and
+/// each limit set (`rlimit_core=0` by default).
+fn hardening(out: &mut String, h: &crate::plan::Hardening) {
+    if let Some(n) = h.nice {
+        let _ = write!(out, " nice={n}");
+    }
+    let _ = write!(out, " no_new_privs={}", h.no_new_privs);
+    for r in &h.rlimits {
+        let _ = match (r.value, r.resource) {
+            (u64::MAX, _) => write!(out, " {}=infinity", r.resource.key()),
+            (v, crate::plan::Resource::Cpu) => write!(out, " {}={v}s", r.resource.key()),
+            (v, _) => write!(out, " {}={v}", r.resource.key()),
+        };
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +113,30 @@ mod tests {
             ));
         }
         config::parse(Path::new("t.toml"), &text, &config::RealSystem).expect("valid")
+    }
+
+    #[test]
+    fn the_hardening_keys_are_appended() {
+        let line = |extra: &str| {
+            let text = format!("[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:9000\"]\nprogram = \"/bin/sh\"\n{extra}\n");
+            let plan =
+                config::parse(Path::new("t.toml"), &text, &config::RealSystem).expect("valid");
+            describe(&plan)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            line("").ends_with(" umask=022 enabled no_new_privs=true rlimit_core=0"),
+            "{}",
+            line("")
+        );
+        let all = line("nice = -3\nno_new_privs = false\nrlimit_nofile = 64\nrlimit_as = \"infinity\"\nrlimit_cpu = \"90s\"");
+        assert!(
+            all.ends_with(" enabled nice=-3 no_new_privs=false rlimit_nofile=64 rlimit_core=0 rlimit_as=infinity rlimit_cpu=90s"),
+            "{all}"
+        );
     }
 
     #[test]

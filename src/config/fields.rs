@@ -128,15 +128,171 @@ pub fn check_env_name(var: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest duration the file may give (SPEC §10.1): 100 days. Past
+/// it a value is a mistake (a unit slip), and the kernel's and the
+/// loop's arithmetic on it could overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 24 * 3600);
+
 /// A duration such as `"250ms"` or `"10s"` for `key`; zero only when
-/// `zero_ok`.
+/// `zero_ok`; at most [`MAX_DURATION`]. The messages say what is wrong
+/// in the config's words, not the parser's (`expected number at 0`).
 pub fn parse_duration(s: &str, key: &str, zero_ok: bool) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() && !zero_ok => Err(format!("\"{key}\" must be longer than zero")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!(
-            "\"{key}\": invalid duration \"{}\" ({e}); write e.g. \"250ms\", \"10s\", \"5m\"",
+    let invalid = |why: &str| format!("\"{key}\": invalid duration \"{}\": {why}", esc(s));
+    let example = "write e.g. \"250ms\", \"10s\", \"5m\"";
+    if s.trim_start().starts_with('-') {
+        return Err(invalid("negative durations are not allowed"));
+    }
+    let too_long = || {
+        format!(
+            "\"{key}\": duration \"{}\" is too long: the most is 100 days (\"100d\")",
             esc(s)
-        )),
+        )
+    };
+    let d = match humantime::parse_duration(s) {
+        Ok(d) => d,
+        Err(humantime::DurationError::Empty) => {
+            return Err(invalid(&format!("it is empty; {example}")))
+        }
+        Err(humantime::DurationError::UnknownUnit { unit, .. }) if unit.is_empty() => {
+            return Err(invalid(&format!("a number needs a unit; {example}")))
+        }
+        Err(humantime::DurationError::UnknownUnit { unit, .. }) => {
+            return Err(invalid(&format!(
+                "unknown unit \"{}\"; the units are ms, s, m, h and d (also msec, sec, min, hours, days ...)",
+                esc(&unit)
+            )))
+        }
+        Err(humantime::DurationError::NumberOverflow) => return Err(too_long()),
+        Err(_) => {
+            return Err(invalid(&format!(
+                "expected numbers each followed by a unit; {example}"
+            )))
+        }
+    };
+    if d > MAX_DURATION {
+        return Err(too_long());
+    }
+    if d.is_zero() && !zero_ok {
+        return Err(format!("\"{key}\" must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// `RLIM_INFINITY` as a value of [`parse_limit`]: no limit.
+pub const UNLIMITED: u64 = u64::MAX;
+
+/// An `rlimit_*` value given as a string: a number, a number of bytes
+/// with a binary suffix (`"512K"`, `"512M"`, `"2G"`, `"1T"`: 1024-based),
+/// or `"infinity"` ([`UNLIMITED`]). Integers in the file are read by the
+/// checker and never come here.
+pub fn parse_limit(s: &str, key: &str) -> Result<u64, String> {
+    let invalid = || {
+        format!(
+            "\"{key}\" must be a number, a size like \"512M\" or \"2G\" (K, M, G, T: 1024-based), or \"infinity\", not \"{}\"",
+            esc(s)
+        )
+    };
+    if s == "infinity" || s == "unlimited" {
+        return Ok(UNLIMITED);
+    }
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        Some(b'T' | b't') => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let too_big = || {
+        format!(
+            "\"{key}\": \"{}\" is too large; write \"infinity\" for no limit",
+            esc(s)
+        )
+    };
+    let n: u64 = digits.parse().map_err(|_| too_big())?;
+    match n.checked_mul(1u64 << shift) {
+        Some(v) if v < UNLIMITED => Ok(v),
+        _ => Err(too_big()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_say_what_is_wrong() {
+        let e = |s: &str| parse_duration(s, "timeout", false).unwrap_err();
+        assert_eq!(
+            e("-5s"),
+            "\"timeout\": invalid duration \"-5s\": negative durations are not allowed"
+        );
+        assert_eq!(
+            e("5 parsecs"),
+            "\"timeout\": invalid duration \"5 parsecs\": unknown unit \"parsecs\"; the units are ms, s, m, h and d (also msec, sec, min, hours, days ...)"
+        );
+        assert_eq!(
+            e("10"),
+            "\"timeout\": invalid duration \"10\": a number needs a unit; write e.g. \"250ms\", \"10s\", \"5m\""
+        );
+        assert_eq!(
+            e(""),
+            "\"timeout\": invalid duration \"\": it is empty; write e.g. \"250ms\", \"10s\", \"5m\""
+        );
+        assert_eq!(
+            e("ten s"),
+            "\"timeout\": invalid duration \"ten s\": expected numbers each followed by a unit; write e.g. \"250ms\", \"10s\", \"5m\""
+        );
+        assert_eq!(e("0s"), "\"timeout\" must be longer than zero");
+    }
+
+    #[test]
+    fn durations_are_capped_at_100_days() {
+        let too_long = |s: &str| {
+            format!("\"timeout\": duration \"{s}\" is too long: the most is 100 days (\"100d\")")
+        };
+        assert_eq!(parse_duration("100d", "timeout", false), Ok(MAX_DURATION));
+        assert_eq!(
+            parse_duration("100d 1s", "timeout", false),
+            Err(too_long("100d 1s"))
+        );
+        assert_eq!(
+            parse_duration("100000000000h", "timeout", false),
+            Err(too_long("100000000000h"))
+        );
+        let huge = "99999999999999999999999s";
+        assert_eq!(parse_duration(huge, "timeout", false), Err(too_long(huge)));
+        assert_eq!(
+            parse_duration("250ms", "timeout", false),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("0s", "t", true), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn limits_are_counts_sizes_or_infinity() {
+        let ok = |s: &str| parse_limit(s, "rlimit_as");
+        assert_eq!(ok("0"), Ok(0));
+        assert_eq!(ok("1024"), Ok(1024));
+        assert_eq!(ok("512K"), Ok(512 << 10));
+        assert_eq!(ok("512M"), Ok(512 << 20));
+        assert_eq!(ok("2G"), Ok(2 << 30));
+        assert_eq!(ok("2g"), Ok(2 << 30));
+        assert_eq!(ok("1T"), Ok(1 << 40));
+        assert_eq!(ok("infinity"), Ok(UNLIMITED));
+        let bad = |s: &str| {
+            format!("\"rlimit_as\" must be a number, a size like \"512M\" or \"2G\" (K, M, G, T: 1024-based), or \"infinity\", not \"{s}\"")
+        };
+        for s in ["", "M", "-1", "1.5G", "2GB", "2 G", "lots", " 5"] {
+            assert_eq!(parse_limit(s, "rlimit_as"), Err(bad(s)), "{s:?}");
+        }
+        let big = |s: &str| {
+            format!("\"rlimit_as\": \"{s}\" is too large; write \"infinity\" for no limit")
+        };
+        for s in ["99999999999999999999", "16777216T", "18446744073709551615"] {
+            assert_eq!(parse_limit(s, "rlimit_as"), Err(big(s)), "{s:?}");
+        }
     }
 }

@@ -157,4 +157,12 @@ impl System for Accounts<'_> {
     ) -> Result<Option<OwnedFd>, crate::trust::Refusal> {
         self.sys.program(path, mode)
     }
+    fn interpreter(
+        &self,
+        script: &Path,
+        runner: &crate::trust::Runner<'_>,
+        path_var: &str,
+    ) -> Result<Option<PathBuf>, String> {
+        self.sys.interpreter(script, runner, path_var)
+    }
 }

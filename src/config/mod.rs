@@ -18,6 +18,7 @@ mod check;
 mod daemon;
 mod describe;
 mod fields;
+mod hardening;
 mod lookups;
 mod resolve;
 mod service;
@@ -32,7 +33,9 @@ use crate::plan::Plan;
 use crate::trust::{self, Refusal};
 
 pub use describe::describe;
-pub use fields::{check_env_name, parse_duration, parse_listen, parse_net, valid_name};
+pub use fields::{
+    check_env_name, parse_duration, parse_limit, parse_listen, parse_net, valid_name, MAX_DURATION,
+};
 pub use lookups::{Accounts, Answer, Question, Record};
 
 /// The default configuration file.
@@ -109,6 +112,18 @@ pub trait System {
     /// on the way to it and to a script's interpreter. Gives the descriptor
     /// to exec, or `None` to exec by path (a script: see `RealSystem`).
     fn program(&self, path: &Path, mode: trust::Mode) -> Result<Option<OwnedFd>, Refusal>;
+    /// For a script, its `#!` interpreter checked for the user its
+    /// handler runs as (`trust::interpreter`), `env`'s program looked up
+    /// in `path_var`; `Ok(None)` for a binary. What is wrong, naming the
+    /// interpreter, otherwise. The default checks nothing (test systems).
+    fn interpreter(
+        &self,
+        _script: &Path,
+        _runner: &trust::Runner<'_>,
+        _path_var: &str,
+    ) -> Result<Option<PathBuf>, String> {
+        Ok(None)
+    }
 }
 
 /// The real system: users and groups through NSS (`accounts`: getent),
@@ -171,6 +186,14 @@ impl System for RealSystem {
     fn program(&self, path: &Path, mode: trust::Mode) -> Result<Option<OwnedFd>, Refusal> {
         let p = trust::program(path, mode)?;
         Ok((!p.script).then_some(p.fd))
+    }
+    fn interpreter(
+        &self,
+        script: &Path,
+        runner: &trust::Runner<'_>,
+        path_var: &str,
+    ) -> Result<Option<PathBuf>, String> {
+        trust::interpreter(script, runner, path_var)
     }
 }
 

@@ -292,6 +292,55 @@ impl Checker<'_> {
     }
 }
 
+impl Checker<'_> {
+    /// A script's interpreter, checked for the user its handler runs as
+    /// (`cred`, or the daemon's own identity when `None`) and with the
+    /// handler's `PATH` (the service's `env` one, or the default):
+    /// `Ok(None)` for a binary, `Err` once the problem is recorded at
+    /// `program`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn script_interpreter(
+        &mut self,
+        (program, pspan): (&str, &Range<usize>),
+        path: &Path,
+        cred: Option<&Cred>,
+        env: &[(String, String)],
+        ctx: &str,
+        sys: &dyn System,
+    ) -> Result<Option<PathBuf>, ()> {
+        let own_groups: Vec<u32>;
+        let (name, uid, gid, groups) = match cred {
+            Some(c) => (
+                format!("user \"{}\"", esc(&c.user)),
+                c.uid,
+                c.gid,
+                &c.groups[..],
+            ),
+            None => {
+                let (uid, gid) = sys.identity();
+                own_groups = nix::unistd::getgroups()
+                    .map(|g| g.iter().map(|g| g.as_raw()).collect())
+                    .unwrap_or_default();
+                ("the daemon's user".to_string(), uid, gid, &own_groups[..])
+            }
+        };
+        let runner = trust::Runner {
+            name: &name,
+            uid,
+            gid,
+            groups,
+        };
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_HANDLER_PATH, |(_, v)| v.as_str());
+        sys.interpreter(path, &runner, path_var).map_err(|why| {
+            let m = format!("program \"{}\": {why}", esc(program));
+            self.problem(pspan.clone(), ctx, m);
+        })
+    }
+}
+
 /// Finds and opens the program: an absolute path as is, or a bare name in
 /// `handler_dir`, then beside the daemon's own executable. A file found but
 /// refused as one others can change ends the search (it is an error to
@@ -388,6 +437,8 @@ pub(super) fn exec_image(
         argv,
         env,
         umask,
+        hardening: crate::plan::Hardening::default(),
+        interpreter: None,
     })
 }
 

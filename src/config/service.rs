@@ -11,9 +11,10 @@ use toml::de::{DeTable, DeValue};
 
 use super::check::{esc, Checker, Value};
 use super::fields::{check_env_name, parse_listen, valid_name};
+use super::hardening::HARDENING_KEYS;
 use super::resolve::{exec_image, resolve_program};
 use super::{line_col, System};
-use crate::plan::{Access, Daemon, Limits, ListenAddr, Service};
+use crate::plan::{Access, Daemon, Hardening, Limits, ListenAddr, Service};
 use crate::trust;
 
 pub(super) const SERVICE_KEYS: &[&str] = &[
@@ -34,17 +35,20 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "source_prefix_v4",
     "source_prefix_v6",
     "umask",
+    "nice",
+    "no_new_privs",
+    "rlimit_nofile",
+    "rlimit_nproc",
+    "rlimit_core",
+    "rlimit_fsize",
+    "rlimit_as",
+    "rlimit_cpu",
 ];
 
 /// Keys reserved for later versions (tinyinetd.toml(5), README.md). They are refused
 /// with a message that says so, rather than accepted and ignored: a
 /// setting that silently does nothing is worse than an error.
 const RESERVED_SERVICE_KEYS: &[&str] = &[
-    "nice",
-    "rlimit_nofile",
-    "rlimit_as",
-    "rlimit_cpu",
-    "no_new_privs",
     "stderr",
     "proxy_protocol",
     "trusted_proxies",
@@ -94,6 +98,8 @@ struct Draft {
     enabled: bool,
     /// `umask`, 022 unless given.
     umask: u32,
+    /// `nice`, `no_new_privs`, `rlimit_*`; their defaults where not given.
+    hardening: Hardening,
     /// False once a required part is unusable: the service is not built.
     ok: bool,
 }
@@ -114,6 +120,7 @@ impl Draft {
             access: Access::default(),
             enabled: true,
             umask: 0o022,
+            hardening: Hardening::default(),
             ok: true,
         }
     }
@@ -191,6 +198,9 @@ impl Checker<'_> {
                 "deny" => d.access.deny = self.nets(value, &ctx, k),
                 "enabled" => self.enabled(value, &mut d),
                 "umask" => self.umask(value, &mut d),
+                k if HARDENING_KEYS.contains(&k) => {
+                    self.hardening(k, value, &ctx, &mut d.hardening, identity_uid)
+                }
                 _ => self.unknown_key(key, &ctx, SERVICE_KEYS, RESERVED_SERVICE_KEYS),
             }
         }
@@ -440,13 +450,24 @@ impl Checker<'_> {
             span,
         );
         let (name, name_span) = d.name?;
-        let (program, _) = d.program?;
+        let (program, pspan) = d.program?;
         let (path, fd) = resolved?;
         let cred = cred.ok()?;
+        let interpreter = match fd {
+            None => {
+                let prog = (program.as_str(), &pspan);
+                let found =
+                    self.script_interpreter(prog, &path, cred.as_ref(), &d.env, &d.ctx, sys);
+                found.ok()?
+            }
+            Some(_) => None,
+        };
         if !d.ok {
             return None;
         }
-        let image = exec_image(&name, &program, &path, fd, &d.args, &d.env, d.umask)?;
+        let mut image = exec_image(&name, &program, &path, fd, &d.args, &d.env, d.umask)?;
+        image.hardening = d.hardening;
+        image.interpreter = interpreter;
         let listen_spans = d.listen.iter().map(|(_, s)| s.clone()).collect();
         Some(Checked {
             service: Service {

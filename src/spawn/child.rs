@@ -10,6 +10,7 @@
 use std::sync::atomic::Ordering;
 
 use super::slot::{ChildArgs, SlotData, Step};
+use crate::plan::{Resource, Rlimit};
 
 /// Raw system calls for the child: they return the result or `-errno` and
 /// write nothing else (libc's wrappers store errno, which the child shares
@@ -91,8 +92,11 @@ pub(super) extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 
 /// The child half: runs between clone and exec, one step per line, in
 /// this order: signal dispositions and mask, session, the connection on
-/// 0–2, close-on-exec for the rest, working directory and umask,
-/// credentials, exec. Never returns: it execs, or a step fails and the
+/// 0–2, close-on-exec for the rest, working directory and umask, limits
+/// and nice, credentials, no_new_privs, exec. The limits and nice come
+/// before the credentials are dropped, because raising a hard limit or
+/// lowering nice below 0 needs root; no_new_privs comes last, just
+/// before the exec, so that it only governs what the exec may gain. Never returns: it execs, or a step fails and the
 /// child exits 127 with the step recorded in its slot.
 ///
 /// # Safety
@@ -106,8 +110,12 @@ unsafe fn child_main(d: &SlotData) -> ! {
     connection_on_stdio(d, a.conn as usize);
     close_on_exec_from_3(d);
     root_and_umask(d, a.umask);
+    limits_and_nice(d, a);
     if let Some(cred) = a.cred {
         drop_privileges(d, cred);
+    }
+    if a.no_new_privs {
+        no_new_privs(d);
     }
     exec(d, a)
 }
@@ -226,6 +234,61 @@ unsafe fn root_and_umask(d: &SlotData, umask: libc::mode_t) {
     sys::call(libc::SYS_umask, [umask as usize, 0, 0, 0, 0, 0]);
 }
 
+/// The service's `rlimit_*` (soft and hard limit alike, with prlimit64 on
+/// the child itself: one call per limit) and `nice` (setpriority). The
+/// kernel's `struct rlimit64` is two u64s, built on the child's stack.
+///
+/// # Safety
+/// Only in the child; `a.rlimits` points at `a.rlimits_len` limits.
+#[inline(always)]
+unsafe fn limits_and_nice(d: &SlotData, a: &ChildArgs) {
+    for i in 0..a.rlimits_len {
+        let r: &Rlimit = &*a.rlimits.add(i);
+        let (resource, step) = rlimit_of(r.resource);
+        let lim = [r.value, r.value];
+        let new = lim.as_ptr() as usize;
+        let rc = sys::call(libc::SYS_prlimit64, [0, resource, new, 0, 0, 0]);
+        check(d, step, rc);
+    }
+    if let Some(n) = a.nice {
+        // The raw call takes the nice value itself (-20..19); `which` and
+        // `who` 0 are this process. A negative value is sign-extended,
+        // and the kernel reads the low 32 bits as an int.
+        let which = libc::PRIO_PROCESS as usize;
+        let rc = sys::call(
+            libc::SYS_setpriority,
+            [which, 0, n as isize as usize, 0, 0, 0],
+        );
+        check(d, Step::Nice, rc);
+    }
+}
+
+/// The kernel's number for `r` and the step a failure names.
+#[inline(always)]
+fn rlimit_of(r: Resource) -> (usize, Step) {
+    match r {
+        Resource::Nofile => (libc::RLIMIT_NOFILE as usize, Step::RlimitNofile),
+        Resource::Nproc => (libc::RLIMIT_NPROC as usize, Step::RlimitNproc),
+        Resource::Core => (libc::RLIMIT_CORE as usize, Step::RlimitCore),
+        Resource::Fsize => (libc::RLIMIT_FSIZE as usize, Step::RlimitFsize),
+        Resource::As => (libc::RLIMIT_AS as usize, Step::RlimitAs),
+        Resource::Cpu => (libc::RLIMIT_CPU as usize, Step::RlimitCpu),
+    }
+}
+
+/// `PR_SET_NO_NEW_PRIVS`: from the exec on, a setuid, setgid or
+/// file-capability program cannot raise this process's privileges (and
+/// the flag is inherited by everything the handler starts).
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn no_new_privs(d: &SlotData) {
+    let opt = libc::PR_SET_NO_NEW_PRIVS as usize;
+    let rc = sys::call(libc::SYS_prctl, [opt, 1, 0, 0, 0, 0]);
+    check(d, Step::NoNewPrivs, rc);
+}
+
 /// Drops privileges: supplementary groups, then gid, then uid (after
 /// setuid we could no longer change groups), then verifies that none of
 /// the real, effective or saved ids kept the old value. The raw calls
@@ -278,6 +341,17 @@ unsafe fn exec(d: &SlotData, a: &ChildArgs) -> ! {
     } else {
         sys::call(libc::SYS_execve, [a.path as usize, argv, envp, 0, 0, 0])
     };
+    // A script that is there but cannot be exec'd for "not found" or
+    // "permission denied": its interpreter is missing or not executable
+    // for this user. One more call, on the failure path only.
+    let (enoent, eacces) = (-(libc::ENOENT as isize), -(libc::EACCES as isize));
+    if a.exec_fd < 0 && (rc == enoent || rc == eacces) {
+        let (cwd, f_ok) = (libc::AT_FDCWD as isize as usize, libc::F_OK as usize);
+        let there = sys::call(libc::SYS_faccessat, [cwd, a.path as usize, f_ok, 0, 0, 0]);
+        if there == 0 {
+            fail(d, Step::ExecInterpreter, rc)
+        }
+    }
     fail(d, Step::Exec, rc)
 }
 

@@ -119,11 +119,15 @@
 //! signalfd `read` and one `wait4` loop serve every exit between two
 //! turns. The small `poll` stands in for the accept that would fail with
 //! EAGAIN, which costs the kernel a socket and a file allocated and freed
-//! again.
+//! again. The child's own path (on the child's time, not the daemon's)
+//! has two calls for the defaults of §10.1: one `prlimit64` for
+//! `rlimit_core = 0` and one `prctl` for `no_new_privs`; each other
+//! `rlimit_*` or `nice` set adds one.
 //!
 //! Everything that does not depend on the connection — the exec path,
-//! argv, the service's environment, credentials, the list of signals to
-//! reset — is built at load time; only the connection's own variables
+//! argv, the service's environment, credentials, the limits, nice and
+//! `no_new_privs` (`plan::Hardening`), the list of signals to reset — is
+//! built at load time; only the connection's own variables
 //! (`TCPREMOTEIP` and friends) are formatted per connection, into the
 //! slot's reused buffers. What the daemon is still charged for is mostly
 //! the kernel's work in `clone` and in reaping; BENCHMARKS.md compares it
@@ -428,6 +432,10 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
             .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
         reset: d.reset.as_ptr(),
         reset_len: d.reset.len(),
+        rlimits: img.hardening.rlimits.as_ptr(),
+        rlimits_len: img.hardening.rlimits.len(),
+        nice: img.hardening.nice,
+        no_new_privs: img.hardening.no_new_privs,
     };
     d.failed_step.store(0, Ordering::Relaxed);
     d.failed_errno.store(0, Ordering::Relaxed);

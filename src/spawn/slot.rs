@@ -13,7 +13,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use crate::plan::Service;
+use crate::plan::{Rlimit, Service};
 
 /// The step of the child contract that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,18 @@ pub enum Step {
     Setuid = 7,
     VerifyCred = 8,
     Exec = 9,
+    RlimitNofile = 10,
+    RlimitNproc = 11,
+    RlimitCore = 12,
+    RlimitFsize = 13,
+    RlimitAs = 14,
+    RlimitCpu = 15,
+    Nice = 16,
+    NoNewPrivs = 17,
+    /// `execve` of a script that exists failed with ENOENT or EACCES: its
+    /// interpreter is the cause (named as `step=execve`, with the
+    /// interpreter the load found).
+    ExecInterpreter = 18,
 }
 
 impl Step {
@@ -42,10 +54,22 @@ impl Step {
             7 => Step::Setuid,
             8 => Step::VerifyCred,
             9 => Step::Exec,
+            10 => Step::RlimitNofile,
+            11 => Step::RlimitNproc,
+            12 => Step::RlimitCore,
+            13 => Step::RlimitFsize,
+            14 => Step::RlimitAs,
+            15 => Step::RlimitCpu,
+            16 => Step::Nice,
+            17 => Step::NoNewPrivs,
+            18 => Step::ExecInterpreter,
             _ => return None,
         })
     }
 
+    /// The step's name in an exec-failed line: the system call for the
+    /// descriptor and credential steps, and for the hardening steps the
+    /// config key that asked for it (which is what there is to fix).
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Setsid => "setsid",
@@ -56,7 +80,15 @@ impl Step {
             Step::Setgid => "setgid",
             Step::Setuid => "setuid",
             Step::VerifyCred => "verify-credentials",
-            Step::Exec => "execve",
+            Step::Exec | Step::ExecInterpreter => "execve",
+            Step::RlimitNofile => "rlimit_nofile",
+            Step::RlimitNproc => "rlimit_nproc",
+            Step::RlimitCore => "rlimit_core",
+            Step::RlimitFsize => "rlimit_fsize",
+            Step::RlimitAs => "rlimit_as",
+            Step::RlimitCpu => "rlimit_cpu",
+            Step::Nice => "nice",
+            Step::NoNewPrivs => "no_new_privs",
         }
     }
 }
@@ -201,6 +233,14 @@ pub(super) struct ChildArgs {
     pub(super) reset: *const libc::c_int,
     /// How many signals `reset` points at.
     pub(super) reset_len: usize,
+    /// The limits to set (the service's `Hardening::rlimits`).
+    pub(super) rlimits: *const Rlimit,
+    /// How many limits `rlimits` points at.
+    pub(super) rlimits_len: usize,
+    /// The `setpriority` value, if the service sets `nice`.
+    pub(super) nice: Option<i32>,
+    /// Whether to set `PR_SET_NO_NEW_PRIVS` just before exec.
+    pub(super) no_new_privs: bool,
 }
 
 impl Slot {
@@ -219,6 +259,10 @@ impl Slot {
                 cred: None,
                 reset: std::ptr::null(),
                 reset_len: 0,
+                rlimits: std::ptr::null(),
+                rlimits_len: 0,
+                nice: None,
+                no_new_privs: false,
             },
             vars: Vec::new(),
             offsets: Vec::new(),

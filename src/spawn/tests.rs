@@ -222,3 +222,54 @@ fn free_slot_never_waits() {
     assert_eq!(spawner.free_slot(), Ok(a));
     spawner.slots[b].data().busy.store(0, Ordering::Release);
 }
+
+/// A hardening step that fails is reported as its own step: Linux
+/// refuses more descriptors than fs.nr_open, root or not.
+#[test]
+fn a_failed_limit_is_reported_as_its_own_step() {
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .expect("nr_open")
+        .trim()
+        .parse()
+        .expect("number");
+    let (svc, conn, _peer) = fixture("/bin/true");
+    let mut svc = Arc::try_unwrap(svc).expect("sole owner");
+    svc.image
+        .hardening
+        .set(crate::plan::Resource::Nofile, nr_open + 1);
+    let svc = Arc::new(svc);
+    let mut spawner = Spawner::new();
+    let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
+    assert_eq!(
+        waitpid(pid, None).expect("waitpid"),
+        WaitStatus::Exited(pid, 127)
+    );
+    assert_eq!(
+        spawner.take_failure(pid),
+        Some(Failure {
+            step: Step::RlimitNofile,
+            errno: Errno::EPERM
+        })
+    );
+    assert_eq!(Step::RlimitNofile.as_str(), "rlimit_nofile");
+}
+
+/// A script that is there, whose exec fails with ENOENT, blames its
+/// interpreter; a path that names nothing does not.
+#[test]
+fn a_missing_interpreter_is_told_from_a_missing_program() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("s.sh");
+    std::fs::write(&script, "#!/nonexistent/interp\n").expect("write");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (mut spawner, pid) = spawn_and_reap(script.to_str().expect("utf8"), 127);
+    assert_eq!(
+        spawner.take_failure(pid),
+        Some(Failure {
+            step: Step::ExecInterpreter,
+            errno: Errno::ENOENT
+        })
+    );
+    assert_eq!(Step::ExecInterpreter.as_str(), "execve");
+}

@@ -10,7 +10,7 @@ use super::{Drain, Supervisor};
 use crate::children::{Child, Status, Termination};
 use crate::notify;
 use crate::plan::Level;
-use crate::spawn::Failure;
+use crate::spawn::{Failure, Step};
 
 /// Connections taken from one listener at SIGTERM at most: what the kernel
 /// had already queued (its default `somaxconn` is 4096), served before the
@@ -30,6 +30,12 @@ impl Supervisor {
             _ => Level::Error,
         };
         let retry = noted.and_then(|n| n.retry);
+        // The script is there: the kernel's ENOENT or EACCES was about its
+        // interpreter, which the line names (as the load found it).
+        let interpreter = match (f.step, &svc.image.interpreter) {
+            (Step::ExecInterpreter, Some(i)) => Some(i.display().to_string()),
+            _ => None,
+        };
         self.log
             .event(level, "exec-failed")
             .kv("service", &svc.name)
@@ -39,6 +45,7 @@ impl Supervisor {
             .kv("program", svc.image.path.to_string_lossy())
             .kv("step", f.step.as_str())
             .kv("error", crate::text::os_error(f.errno))
+            .opt("interpreter", interpreter)
             .opt("retry_ms", retry.map(|d| d.as_millis()))
             .send();
     }

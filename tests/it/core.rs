@@ -545,11 +545,12 @@ fn check_prints_each_service_and_exits_0() {
     assert!(
         lines[0].starts_with("echo listen=127.0.0.1:9 program=")
             && lines[0].contains("max_instances=3")
-            && lines[0].ends_with(" enabled"),
+            && lines[0].contains(" enabled ")
+            && lines[0].ends_with(" no_new_privs=true rlimit_core=0"),
         "{stdout}"
     );
     assert!(
-        lines[1].starts_with("off ") && lines[1].ends_with(" disabled"),
+        lines[1].starts_with("off ") && lines[1].contains(" disabled "),
         "{stdout}"
     );
 }

@@ -8,6 +8,8 @@ mod core;
 mod daytime;
 mod examples;
 mod faults;
+mod hardening;
+mod interpreter;
 mod logformat;
 mod logsink;
 mod lookups;
