@@ -18,6 +18,7 @@ mod check;
 mod daemon;
 mod describe;
 mod fields;
+mod include;
 mod lookups;
 mod resolve;
 mod service;
@@ -44,6 +45,9 @@ pub const DEFAULT_HANDLER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// One problem in a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// The included file it is in; `None`: the main file
+    /// ([`ConfigError::path`]).
+    pub file: Option<PathBuf>,
     /// 1-based; 0 when the problem has no place in the file (it could not be read).
     pub line: usize,
     /// 1-based, in characters; 0 with `line`.
@@ -69,7 +73,8 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:", self.path.display())?;
+            let file = p.file.as_deref().unwrap_or(&self.path);
+            write!(f, "{}:", file.display())?;
             if p.line > 0 {
                 write!(f, "{}:{}:", p.line, p.col)?;
             }
@@ -194,6 +199,7 @@ pub fn load_with(path: &Path, default_path: bool, sys: &dyn System) -> Result<Pl
     let whole = |message: String| ConfigError {
         path: path.to_path_buf(),
         problems: vec![Problem {
+            file: None,
             line: 0,
             col: 0,
             context: String::new(),
@@ -220,6 +226,7 @@ pub fn load_with(path: &Path, default_path: bool, sys: &dyn System) -> Result<Pl
         ConfigError {
             path: path.to_path_buf(),
             problems: vec![Problem {
+                file: None,
                 line,
                 col,
                 context: String::new(),
@@ -239,8 +246,16 @@ pub fn parse(path: &Path, text: &str, sys: &dyn System) -> Result<Plan, ConfigEr
             return Ok(plan);
         }
     }
-    ck.problems
-        .sort_by_key(|p| (p.line == 0, p.line, p.col, p.message.clone()));
+    // The main file's problems first, then each drop-in's (by name).
+    ck.problems.sort_by_key(|p| {
+        (
+            p.file.clone(),
+            p.line == 0,
+            p.line,
+            p.col,
+            p.message.clone(),
+        )
+    });
     Err(ConfigError {
         path: path.to_path_buf(),
         problems: ck.problems,
