@@ -12,7 +12,11 @@ pub fn describe(plan: &Plan) -> String {
         // A service of a drop-in says which; the main file's lines stay
         // as they were.
         if let Some(file) = plan.origin.get(&s.name) {
-            let _ = write!(out, " file={}", crate::text::escape(&file.to_string_lossy()));
+            let _ = write!(
+                out,
+                " file={}",
+                crate::text::escape(&file.to_string_lossy())
+            );
         }
         out.push('\n');
     }

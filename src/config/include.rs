@@ -283,7 +283,9 @@ impl Checker<'_> {
             });
             if let Some((other, wrote, at)) = clash {
                 let m = if wrote == *addr {
-                    format!("listen address \"{addr}\" is already used by service \"{other}\" at {at}")
+                    format!(
+                        "listen address \"{addr}\" is already used by service \"{other}\" at {at}"
+                    )
                 } else {
                     format!(
                         "listen address \"{addr}\" conflicts with \"{wrote}\" of service \"{other}\" at {at}"
@@ -433,14 +435,24 @@ mod tests {
 
     #[test]
     fn include_values_are_checked() {
-        let (_dir, path) = tree(
-            "[daemon]\ninclude = [\"a/[*.toml\", \"\", 3]\n",
-            &[],
-        );
+        let (_dir, path) = tree("[daemon]\ninclude = [\"a/[*.toml\", \"\", 3]\n", &[]);
         let err = load(&path).unwrap_err();
         let p = path.display();
-        assert!(err.contains(&format!("{p}:2:12: daemon: \"include\": \"a/[*.toml\" is not a valid glob")), "{err}");
-        assert!(err.contains(&format!("{p}:2:25: daemon: \"include\": an empty pattern")), "{err}");
-        assert!(err.contains(&format!("{p}:2:29: daemon: \"include\" must be a string, not integer")), "{err}");
+        assert!(
+            err.contains(&format!(
+                "{p}:2:12: daemon: \"include\": \"a/[*.toml\" is not a valid glob"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{p}:2:25: daemon: \"include\": an empty pattern")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "{p}:2:29: daemon: \"include\" must be a string, not integer"
+            )),
+            "{err}"
+        );
     }
 }

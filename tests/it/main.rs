@@ -8,6 +8,7 @@ mod core;
 mod daytime;
 mod examples;
 mod faults;
+mod include;
 mod logformat;
 mod logsink;
 mod lookups;
