@@ -8,6 +8,7 @@ mod core;
 mod daytime;
 mod examples;
 mod faults;
+mod import;
 mod include;
 mod logformat;
 mod logsink;
