@@ -459,3 +459,63 @@ pub fn run(
     };
     Ok(render(entries, &shown.join(", ")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_files_give_ports_by_name_alias_and_protocol() {
+        let p = Ports::parse(
+            "# comment\nauth\t113/tcp\t\tident tap # trailing\ntftp 69/udp\nbad x/tcp\n",
+        );
+        assert_eq!(p.port("auth", "tcp"), Some(113));
+        assert_eq!(p.port("ident", "tcp"), Some(113));
+        assert_eq!(p.port("tftp", "tcp"), None);
+        assert_eq!(p.port("2323", "tcp"), Some(2323));
+        assert_eq!(p.port("0", "tcp"), None);
+        assert_eq!(p.port("bad", "tcp"), None);
+    }
+
+    fn entry(name: &str, listen: &str) -> Entry {
+        Entry {
+            origin: format!("t:{name}"),
+            text: vec![format!("{name} line")],
+            outcome: Outcome::Mapped(Box::new(Mapped {
+                name: name.into(),
+                listen: vec![listen.into()],
+                program: "tinyinetd-echo".into(),
+                ..Mapped::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn names_are_made_valid_and_unique_and_an_address_used_twice_is_not_mapped() {
+        let r = render(
+            vec![
+                entry("Echo.Svc", "127.0.0.1:7"),
+                entry("echo-svc", "127.0.0.2:7"),
+                entry("other", "7"),
+            ],
+            "t",
+        );
+        assert!(r.toml.contains("name = \"echo-svc\"\n"), "{}", r.toml);
+        assert!(r.toml.contains("name = \"echo-svc-2\"\n"), "{}", r.toml);
+        assert!(
+            r.toml.contains("# t:other: not mapped: listen address \"7\" is already used by service \"echo-svc\" above\n#   other line\n"),
+            "{}",
+            r.toml
+        );
+        assert!(!r.complete);
+        assert_eq!(
+            r.summary[0],
+            "tinyinetd import: 3 entries from t: 2 mapped, 0 partly mapped, 1 not mapped"
+        );
+    }
+
+    #[test]
+    fn strings_are_toml_strings() {
+        assert_eq!(q("a\"b\\c\td"), "\"a\\\"b\\\\c\\u0009d\"");
+    }
+}
