@@ -75,7 +75,7 @@ mandoc_out=$(mandoc -T lint -W warning man/*.[58] 2>&1 || true)
 dpkg -i "$deb" >/dev/null && ok "dpkg -i" || die "dpkg -i failed"
 for f in /usr/sbin/tinyinetd /usr/libexec/tinyinetd/tinyinetd-echo /usr/libexec/tinyinetd/tinyinetd-sum \
          /usr/libexec/tinyinetd/tinyinetd-daytime /usr/share/man/man8/tinyinetd-daytime.8.gz \
-         /etc/tinyinetd.toml /usr/lib/systemd/system/tinyinetd.service \
+         /etc/tinyinetd.toml /etc/tinyinetd.d /usr/lib/systemd/system/tinyinetd.service \
          /usr/share/man/man8/tinyinetd.8.gz /usr/share/man/man5/tinyinetd.toml.5.gz \
          /usr/share/doc/tinyinetd/copyright /usr/share/doc/tinyinetd/changelog.Debian.gz; do
   [ -e "$f" ] || fail "not installed: $f"
@@ -132,7 +132,7 @@ grep -q 'info: exit service=sum' "$work/log" && ok "the daemon logged the sessio
 # --- Purge -------------------------------------------------------------------
 dpkg --purge tinyinetd >/dev/null && ok "dpkg --purge" || fail "dpkg --purge failed"
 left=""
-for f in /usr/sbin/tinyinetd /usr/libexec/tinyinetd /etc/tinyinetd.toml /usr/lib/systemd/system/tinyinetd.service \
+for f in /usr/sbin/tinyinetd /usr/libexec/tinyinetd /etc/tinyinetd.toml /etc/tinyinetd.d /usr/lib/systemd/system/tinyinetd.service \
          /lib/systemd/system/tinyinetd.service /etc/systemd/system/multi-user.target.wants/tinyinetd.service \
          /usr/share/man/man8/tinyinetd.8.gz /usr/share/man/man5/tinyinetd.toml.5.gz /usr/share/doc/tinyinetd; do
   if [ -e "$f" ] || [ -L "$f" ]; then left="$left $f"; fi

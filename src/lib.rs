@@ -15,6 +15,7 @@ pub mod admit;
 pub mod children;
 pub mod config;
 pub mod handler;
+pub mod import;
 pub mod listen;
 pub mod log;
 pub mod notify;

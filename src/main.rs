@@ -12,6 +12,8 @@ use tinyinetd::Options;
 const USAGE: &str = "\
 usage: tinyinetd [-c PATH | --config PATH]          run in the foreground
        tinyinetd --check [-c PATH | --config PATH]  validate the config and print the services
+       tinyinetd import inetd [--services PATH] FILE       print an inetd.conf as tinyinetd.toml
+       tinyinetd import xinetd [--services PATH] PATH...   print xinetd files or directories as tinyinetd.toml
        tinyinetd --version | --help";
 
 const HELP: &str = "\
@@ -24,6 +26,13 @@ Options:
   -V, --version       print the version and exit
   -h, --help          print this help and exit
 
+import: reads an inetd.conf, or xinetd files and directories (such as
+/etc/xinetd.conf and /etc/xinetd.d), and prints the equivalent services on
+stdout: each mapped one with a comment naming the line it came from, each
+other one commented out with the reason. Ports of service names come from
+/etc/services (--services PATH names another file). A summary goes to
+stderr; the exit status is 0 when everything mapped, 1 when anything did not.
+
 Signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads, SIGUSR1 logs status.
 See tinyinetd(8) and tinyinetd.toml(5).";
 
@@ -33,13 +42,84 @@ enum Mode {
     Check,
 }
 
-fn parse() -> Result<Option<(Mode, Options)>, lexopt::Error> {
+/// `tinyinetd import FORMAT [--services PATH] PATH...`, parsed.
+struct Import {
+    format: tinyinetd::import::Format,
+    paths: Vec<PathBuf>,
+    services: PathBuf,
+}
+
+/// The `import` command line after the word `import`.
+fn parse_import(mut p: lexopt::Parser) -> Result<Import, lexopt::Error> {
+    use lexopt::prelude::*;
+    use tinyinetd::import::Format;
+    let format = match p.next()? {
+        Some(Value(v)) if v == "inetd" => Format::Inetd,
+        Some(Value(v)) if v == "xinetd" => Format::Xinetd,
+        Some(Value(v)) => {
+            return Err(format!(
+                "import reads \"inetd\" or \"xinetd\", not {:?}",
+                v.to_string_lossy()
+            )
+            .into())
+        }
+        Some(other) => return Err(other.unexpected()),
+        None => return Err("import needs a format: inetd or xinetd".into()),
+    };
+    let mut services = PathBuf::from(tinyinetd::import::SERVICES_PATH);
+    let mut paths = Vec::new();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("services") => services = p.value()?.into(),
+            Value(v) => paths.push(PathBuf::from(v)),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    match (format, paths.len()) {
+        (_, 0) => Err("import needs a file to read".into()),
+        (Format::Inetd, n) if n > 1 => Err("import inetd reads one file".into()),
+        _ => Ok(Import {
+            format,
+            paths,
+            services,
+        }),
+    }
+}
+
+/// Runs `import`: the configuration on stdout, the summary on stderr.
+fn import(i: &Import) -> ExitCode {
+    match tinyinetd::import::run(i.format, &i.paths, &i.services) {
+        Ok(report) => {
+            print!("{}", report.toml);
+            for line in &report.summary {
+                eprintln!("{line}");
+            }
+            ExitCode::from(u8::from(!report.complete))
+        }
+        Err(e) => {
+            eprintln!("tinyinetd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What the command line asks for.
+enum Command {
+    Daemon(Mode, Options),
+    Import(Import),
+}
+
+fn parse() -> Result<Option<Command>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut mode = Mode::Run;
     let mut config: Option<PathBuf> = None;
     let mut p = lexopt::Parser::from_env();
+    let mut first = true;
     while let Some(arg) = p.next()? {
         match arg {
+            Value(v) if first && v == "import" => {
+                return parse_import(p).map(|i| Some(Command::Import(i)))
+            }
             Short('c') | Long("config") => config = Some(p.value()?.into()),
             Short('t') | Long("check") => mode = Mode::Check,
             Short('V') | Long("version") => {
@@ -52,10 +132,11 @@ fn parse() -> Result<Option<(Mode, Options)>, lexopt::Error> {
             }
             _ => return Err(arg.unexpected()),
         }
+        first = false;
     }
     let default_config = config.is_none();
     let config = config.unwrap_or_else(|| tinyinetd::default_config().to_path_buf());
-    Ok(Some((
+    Ok(Some(Command::Daemon(
         mode,
         Options {
             config,
@@ -66,7 +147,8 @@ fn parse() -> Result<Option<(Mode, Options)>, lexopt::Error> {
 
 fn main() -> ExitCode {
     let (mode, opts) = match parse() {
-        Ok(Some(x)) => x,
+        Ok(Some(Command::Daemon(mode, opts))) => (mode, opts),
+        Ok(Some(Command::Import(i))) => return import(&i),
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tinyinetd: {e}\n{USAGE}");

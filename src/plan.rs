@@ -5,6 +5,7 @@
 //! anything. Users, groups, program paths and the exec image are resolved
 //! here once, at load, so that nothing between `fork` and `exec` has to.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -312,6 +313,9 @@ pub struct Plan {
     /// `PATH:LINE:COL: CONTEXT: warning: MESSAGE` line each, for `--check`
     /// and the log to say.
     pub warnings: Vec<String>,
+    /// The drop-in (`[daemon] include`) each service came from, by service
+    /// name; a service of the main file has no entry.
+    pub origin: HashMap<String, PathBuf>,
 }
 
 impl Plan {

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ pub(super) struct Checker<'t> {
     pub(super) problems: Vec<Problem>,
     /// What is valid but likely a mistake; said, never refused.
     pub(super) warnings: Vec<Problem>,
+    /// The included file being checked; `None` for the main file.
+    pub(super) file: Option<PathBuf>,
+    /// `[daemon] include` as written: each glob with the span of its entry.
+    pub(super) include: Vec<(String, Range<usize>)>,
 }
 
 /// A value of the document with its byte span.
@@ -37,6 +41,8 @@ impl<'t> Checker<'t> {
             text,
             problems: Vec::new(),
             warnings: Vec::new(),
+            file: None,
+            include: Vec::new(),
         }
     }
 
@@ -48,6 +54,7 @@ impl<'t> Checker<'t> {
     ) {
         let (line, col) = line_col(self.text, span.start);
         self.problems.push(Problem {
+            file: self.file.clone(),
             line,
             col,
             context: context.to_string(),
@@ -59,6 +66,7 @@ impl<'t> Checker<'t> {
     pub(super) fn warning(&mut self, span: Range<usize>, context: &str, message: String) {
         let (line, col) = line_col(self.text, span.start);
         self.warnings.push(Problem {
+            file: self.file.clone(),
             line,
             col,
             context: context.to_string(),
@@ -83,18 +91,28 @@ impl<'t> Checker<'t> {
             Some(t) => self.daemon(t),
             None => Daemon::default(),
         };
-        let services = match service_array {
-            None => {
-                self.problem(
-                    0..0,
-                    "",
-                    "no [[service]] is defined: there is nothing to serve",
-                );
-                Vec::new()
-            }
+        let mut services = match service_array {
+            None => Vec::new(),
             Some(array) => self.services(array, &daemon, sys),
         };
         self.cross_check(&services);
+        // The drop-ins are read whatever the main file's state, so that one
+        // run reports every problem of the whole set.
+        let dropins = self.includes(path, &services, &daemon, sys);
+        if service_array.is_none() && dropins.defined == 0 {
+            self.problem(
+                0..0,
+                "",
+                "no [[service]] is defined: there is nothing to serve",
+            );
+        }
+        let mut origin = std::collections::HashMap::new();
+        for (file, checked) in dropins.files {
+            for c in checked {
+                origin.insert(c.service.name.clone(), file.clone());
+                services.push(c);
+            }
+        }
         let warnings = ConfigError {
             path: path.to_path_buf(),
             problems: std::mem::take(&mut self.warnings),
@@ -104,6 +122,7 @@ impl<'t> Checker<'t> {
             daemon,
             services: services.into_iter().map(|c| Arc::new(c.service)).collect(),
             warnings: warnings.to_string().lines().map(String::from).collect(),
+            origin,
         })
     }
 

@@ -15,6 +15,7 @@ pub(super) const DAEMON_KEYS: &[&str] = &[
     "max_connections",
     "shutdown_timeout",
     "handler_dir",
+    "include",
 ];
 
 /// Keys reserved for later work: refused with a message that says so.
@@ -42,6 +43,7 @@ impl Checker<'_> {
                     }
                 }
                 "handler_dir" => self.handler_dir(value, &mut d),
+                "include" => self.include_key(value),
                 _ => self.unknown_key(key, CTX, DAEMON_KEYS, RESERVED_DAEMON_KEYS),
             }
         }

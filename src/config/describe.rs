@@ -9,6 +9,15 @@ pub fn describe(plan: &Plan) -> String {
     let mut out = String::new();
     for s in &plan.services {
         service(&mut out, s);
+        // A service of a drop-in says which; the main file's lines stay
+        // as they were.
+        if let Some(file) = plan.origin.get(&s.name) {
+            let _ = write!(
+                out,
+                " file={}",
+                crate::text::escape(&file.to_string_lossy())
+            );
+        }
         out.push('\n');
     }
     let enabled = plan.enabled().count();

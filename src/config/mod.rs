@@ -19,6 +19,7 @@ mod daemon;
 mod describe;
 mod fields;
 mod hardening;
+mod include;
 mod lookups;
 mod resolve;
 mod service;
@@ -47,6 +48,9 @@ pub const DEFAULT_HANDLER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// One problem in a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// The included file it is in; `None`: the main file
+    /// ([`ConfigError::path`]).
+    pub file: Option<PathBuf>,
     /// 1-based; 0 when the problem has no place in the file (it could not be read).
     pub line: usize,
     /// 1-based, in characters; 0 with `line`.
@@ -72,7 +76,8 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:", self.path.display())?;
+            let file = p.file.as_deref().unwrap_or(&self.path);
+            write!(f, "{}:", file.display())?;
             if p.line > 0 {
                 write!(f, "{}:{}:", p.line, p.col)?;
             }
@@ -217,6 +222,7 @@ pub fn load_with(path: &Path, default_path: bool, sys: &dyn System) -> Result<Pl
     let whole = |message: String| ConfigError {
         path: path.to_path_buf(),
         problems: vec![Problem {
+            file: None,
             line: 0,
             col: 0,
             context: String::new(),
@@ -243,6 +249,7 @@ pub fn load_with(path: &Path, default_path: bool, sys: &dyn System) -> Result<Pl
         ConfigError {
             path: path.to_path_buf(),
             problems: vec![Problem {
+                file: None,
                 line,
                 col,
                 context: String::new(),
@@ -262,8 +269,16 @@ pub fn parse(path: &Path, text: &str, sys: &dyn System) -> Result<Plan, ConfigEr
             return Ok(plan);
         }
     }
-    ck.problems
-        .sort_by_key(|p| (p.line == 0, p.line, p.col, p.message.clone()));
+    // The main file's problems first, then each drop-in's (by name).
+    ck.problems.sort_by_key(|p| {
+        (
+            p.file.clone(),
+            p.line == 0,
+            p.line,
+            p.col,
+            p.message.clone(),
+        )
+    });
     Err(ConfigError {
         path: path.to_path_buf(),
         problems: ck.problems,

@@ -64,9 +64,9 @@ pub(super) struct Checked {
     /// The service itself, ready for the plan.
     pub(super) service: Service,
     /// Where the name was written, for the duplicate-name message.
-    name_span: Range<usize>,
+    pub(super) name_span: Range<usize>,
     /// Where each listen entry was written, in `service.listen` order.
-    listen_spans: Vec<Range<usize>>,
+    pub(super) listen_spans: Vec<Range<usize>>,
 }
 
 /// What one `[[service]]` table says, key by key, before anything is
