@@ -609,3 +609,17 @@ pub fn start_failure_messages(stderr: &str) -> String {
     }
     out
 }
+
+/// Sends SIGHUP and waits for the reload to finish (the next `reload` or
+/// `reload-failed` log line).
+pub fn reload(d: &mut Daemon) {
+    let before = d.log_lines("info: reload ").len() + d.log_lines("reload-failed").len();
+    d.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            d.log_lines("info: reload ").len() + d.log_lines("reload-failed").len() > before
+        }),
+        "reload did not finish: {}",
+        d.log()
+    );
+}

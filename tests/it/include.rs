@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 use crate::harness::*;
 
 const INCLUDE: &str = "include = [\"tinyinetd.d/*.toml\"]\n";
@@ -35,19 +33,6 @@ fn write_dropin(d: &mut Daemon, name: &str, template: &str) -> PathBuf {
     let path = dir.join(name);
     fs::rename(&tmp, &path).expect("rename drop-in");
     path
-}
-
-/// Sends SIGHUP and waits for the reload to finish.
-fn reload(d: &mut Daemon) {
-    let before = d.log_lines("info: reload ").len() + d.log_lines("reload-failed").len();
-    d.signal(Signal::SIGHUP);
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            d.log_lines("info: reload ").len() + d.log_lines("reload-failed").len() > before
-        }),
-        "reload did not finish: {}",
-        d.log()
-    );
 }
 
 /// The inode of the socket listening on 127.0.0.1:`port` (/proc/net/tcp):

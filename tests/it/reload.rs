@@ -15,20 +15,6 @@ fn echo_service(name: &str) -> String {
     format!("\n[[service]]\nname = \"{name}\"\nlisten = [\"127.0.0.1:{{port:{name}}}\"]\nprogram = \"tinyinetd-echo\"\n")
 }
 
-/// Sends SIGHUP and waits for the reload to finish (the next `reload` or
-/// `reload-failed` log line).
-fn reload(d: &mut Daemon) {
-    let before = d.log_lines("info: reload ").len() + d.log_lines("reload-failed").len();
-    d.signal(Signal::SIGHUP);
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            d.log_lines("info: reload ").len() + d.log_lines("reload-failed").len() > before
-        }),
-        "reload did not finish: {}",
-        d.log()
-    );
-}
-
 #[test]
 fn add_remove_and_change_services() {
     let base = format!("{DAEMON}{}", echo_service("echo"));
