@@ -298,6 +298,31 @@ pub struct Service {
     pub access: Access,
     /// `false`: validated, never bound (`enabled = false`).
     pub enabled: bool,
+    /// Where the handler's fd 2 goes (`stderr`, SPEC §10.2).
+    pub stderr: Stderr,
+}
+
+/// The `stderr` key: what a handler's fd 2 is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stderr {
+    /// The connection, like fds 0 and 1 (the inetd convention).
+    #[default]
+    Socket,
+    /// A pipe the daemon reads and logs line by line.
+    Log,
+    /// `/dev/null`.
+    Null,
+}
+
+impl Stderr {
+    /// The key's value as written in the file and shown by `--check`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stderr::Socket => "socket",
+            Stderr::Log => "log",
+            Stderr::Null => "null",
+        }
+    }
 }
 
 /// A whole validated configuration.

@@ -87,6 +87,7 @@ fn service(out: &mut String, s: &Service) {
         if s.enabled { "enabled" } else { "disabled" }
     );
     hardening(out, &s.image.hardening);
+    let _ = write!(out, " stderr={}", s.stderr.as_str());
 }
 
 /// The hardening keys, after every older field (which stay as they were,
@@ -137,13 +138,13 @@ mod tests {
                 .to_string()
         };
         assert!(
-            line("").ends_with(" umask=022 enabled no_new_privs=true rlimit_core=0"),
+            line("").ends_with(" umask=022 enabled no_new_privs=true rlimit_core=0 stderr=socket"),
             "{}",
             line("")
         );
         let all = line("nice = -3\nno_new_privs = false\nrlimit_nofile = 64\nrlimit_as = \"infinity\"\nrlimit_cpu = \"90s\"");
         assert!(
-            all.ends_with(" enabled nice=-3 no_new_privs=false rlimit_nofile=64 rlimit_core=0 rlimit_as=infinity rlimit_cpu=90s"),
+            all.ends_with(" enabled nice=-3 no_new_privs=false rlimit_nofile=64 rlimit_core=0 rlimit_as=infinity rlimit_cpu=90s stderr=socket"),
             "{all}"
         );
     }

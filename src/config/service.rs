@@ -14,7 +14,7 @@ use super::fields::{check_env_name, parse_listen, valid_name};
 use super::hardening::HARDENING_KEYS;
 use super::resolve::{exec_image, resolve_program};
 use super::{line_col, System};
-use crate::plan::{Access, Daemon, Hardening, Limits, ListenAddr, Service};
+use crate::plan::{Access, Daemon, Hardening, Limits, ListenAddr, Service, Stderr};
 use crate::trust;
 
 pub(super) const SERVICE_KEYS: &[&str] = &[
@@ -43,13 +43,13 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "rlimit_fsize",
     "rlimit_as",
     "rlimit_cpu",
+    "stderr",
 ];
 
 /// Keys reserved for later versions (tinyinetd.toml(5), README.md). They are refused
 /// with a message that says so, rather than accepted and ignored: a
 /// setting that silently does nothing is worse than an error.
 const RESERVED_SERVICE_KEYS: &[&str] = &[
-    "stderr",
     "proxy_protocol",
     "trusted_proxies",
     "protocol",
@@ -100,6 +100,8 @@ struct Draft {
     umask: u32,
     /// `nice`, `no_new_privs`, `rlimit_*`; their defaults where not given.
     hardening: Hardening,
+    /// `stderr`, `"socket"` unless given.
+    stderr: Stderr,
     /// False once a required part is unusable: the service is not built.
     ok: bool,
 }
@@ -121,6 +123,7 @@ impl Draft {
             enabled: true,
             umask: 0o022,
             hardening: Hardening::default(),
+            stderr: Stderr::default(),
             ok: true,
         }
     }
@@ -198,6 +201,7 @@ impl Checker<'_> {
                 "deny" => d.access.deny = self.nets(value, &ctx, k),
                 "enabled" => self.enabled(value, &mut d),
                 "umask" => self.umask(value, &mut d),
+                "stderr" => self.stderr(value, &mut d),
                 k if HARDENING_KEYS.contains(&k) => {
                     self.hardening(k, value, &ctx, &mut d.hardening, identity_uid)
                 }
@@ -407,6 +411,26 @@ impl Checker<'_> {
         }
     }
 
+    /// `stderr = "socket" | "log" | "null"`.
+    fn stderr(&mut self, value: &Value<'_>, d: &mut Draft) {
+        let ctx = d.ctx.clone();
+        if let Some(s) = self.string(value, &ctx, "stderr") {
+            match s {
+                "socket" => d.stderr = Stderr::Socket,
+                "log" => d.stderr = Stderr::Log,
+                "null" => d.stderr = Stderr::Null,
+                _ => self.problem(
+                    value.span(),
+                    &ctx,
+                    format!(
+                        "\"stderr\" must be \"socket\", \"log\" or \"null\", not \"{}\"",
+                        esc(s)
+                    ),
+                ),
+            }
+        }
+    }
+
     /// A missing `name`, `listen` or `program` is reported at the table.
     fn required(&mut self, t: &DeTable<'_>, d: &Draft, span: &Range<usize>) {
         let has = |key: &str| t.iter().any(|(k, _)| k.get_ref() == key);
@@ -478,6 +502,7 @@ impl Checker<'_> {
                 limits: d.limits,
                 access: d.access,
                 enabled: d.enabled,
+                stderr: d.stderr,
             },
             name_span,
             listen_spans,

@@ -7,6 +7,7 @@
 //! code, with the same system calls in the same order, as one long
 //! function would; a failed step ends the child through [`fail`].
 
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
 use super::slot::{ChildArgs, SlotData, Step};
@@ -107,7 +108,7 @@ unsafe fn child_main(d: &SlotData) -> ! {
     reset_signals(a);
     empty_signal_mask();
     own_session(d);
-    connection_on_stdio(d, a.conn as usize);
+    connection_on_stdio(d, a.conn as usize, a.err);
     close_on_exec_from_3(d);
     root_and_umask(d, a.umask);
     limits_and_nice(d, a);
@@ -179,30 +180,46 @@ unsafe fn own_session(d: &SlotData) {
     check(d, Step::Setsid, sys::call(libc::SYS_setsid, [0; 6]));
 }
 
-/// The connection on 0, 1, 2. dup3 clears FD_CLOEXEC on the copies. The
-/// accepted socket is never 0–2 (std reopens closed stdio on /dev/null at
-/// start), but if it were, it would be overwritten (and dup3 refuses
+/// The connection on 0, 1, 2 (on 0 and 1 when `err` is a descriptor: it
+/// goes on 2). dup3 clears FD_CLOEXEC on the copies. Neither the accepted
+/// socket nor `err` is ever 0–2 (std reopens closed stdio on /dev/null at
+/// start), but if one were, it would be overwritten (and dup3 refuses
 /// equal descriptors), so it is moved out of the way first.
 ///
 /// # Safety
 /// Only in the child.
 #[inline(always)]
-unsafe fn connection_on_stdio(d: &SlotData, mut conn: usize) {
-    if conn <= 2 {
-        let dupfd = libc::F_DUPFD_CLOEXEC as usize;
-        conn = check(
-            d,
-            Step::Dup,
-            sys::call(libc::SYS_fcntl, [conn, dupfd, 3, 0, 0, 0]),
-        );
-    }
-    for target in 0..3 {
+unsafe fn connection_on_stdio(d: &SlotData, conn: usize, err: RawFd) {
+    let conn = above_stdio(d, conn);
+    let err = if err < 0 {
+        conn
+    } else {
+        above_stdio(d, err as usize)
+    };
+    for (target, fd) in [(0, conn), (1, conn), (2, err)] {
         check(
             d,
             Step::Dup,
-            sys::call(libc::SYS_dup3, [conn, target, 0, 0, 0, 0]),
+            sys::call(libc::SYS_dup3, [fd, target, 0, 0, 0, 0]),
         );
     }
+}
+
+/// `fd`, or a close-on-exec copy of it at 3 or above when it is 0–2.
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn above_stdio(d: &SlotData, fd: usize) -> usize {
+    if fd > 2 {
+        return fd;
+    }
+    let dupfd = libc::F_DUPFD_CLOEXEC as usize;
+    check(
+        d,
+        Step::Dup,
+        sys::call(libc::SYS_fcntl, [fd, dupfd, 3, 0, 0, 0]),
+    )
 }
 
 /// Nothing else may reach the handler: marks every descriptor from 3 up

@@ -151,7 +151,7 @@ mod tests;
 use std::ffi::c_char;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -176,6 +176,10 @@ pub struct Conn {
     /// Unique within this run of the daemon; in the handler's environment
     /// and in every log line about the connection.
     pub id: u64,
+    /// The handler's fd 2 when it is not the connection (`stderr = "log"`:
+    /// a pipe's write end; `"null"`: `/dev/null`). Borrowed: the caller
+    /// owns it and closes its copy once `spawn` has returned.
+    pub err: Option<RawFd>,
 }
 
 /// Why a child could not be started at all (nothing was cloned).
@@ -425,6 +429,7 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
         argv: d.argv.as_ptr(),
         envp: d.envp.as_ptr(),
         conn: conn.stream.as_raw_fd(),
+        err: conn.err.unwrap_or(-1),
         umask: img.umask as libc::mode_t,
         cred: svc
             .cred

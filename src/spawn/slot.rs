@@ -225,6 +225,10 @@ pub(super) struct ChildArgs {
     pub(super) envp: *const *const c_char,
     /// The connection, which the child puts on its fds 0–2.
     pub(super) conn: RawFd,
+    /// What the child puts on fd 2 instead of the connection (a pipe's
+    /// write end or `/dev/null`, `stderr = "log" | "null"`); -1: the
+    /// connection.
+    pub(super) err: RawFd,
     /// The handler's file-creation mask.
     pub(super) umask: libc::mode_t,
     /// uid, gid, groups pointer and length.
@@ -255,6 +259,7 @@ impl Slot {
                 argv: std::ptr::null(),
                 envp: std::ptr::null(),
                 conn: -1,
+                err: -1,
                 umask: 0,
                 cred: None,
                 reset: std::ptr::null(),

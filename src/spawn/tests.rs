@@ -27,6 +27,7 @@ fn fixture(program: &str) -> (Arc<Service>, Conn, UnixStream) {
         peer: "127.0.0.1:40000".parse().expect("addr"),
         local: "127.0.0.1:9".parse().expect("addr"),
         id: 1,
+        err: None,
     };
     (Arc::new(svc), conn, ours)
 }

@@ -2,19 +2,21 @@
 //! the classification of accept errors (go on, back off, unexpected).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::Pid;
 
+use super::stderr::StderrPipe;
 use super::Supervisor;
 use crate::admit::{self, Decision, Reason};
 use crate::children::Child;
-use crate::plan::{Level, Service};
+use crate::plan::{Level, Service, Stderr};
 use crate::spawn::{self, Conn, Room, SpawnError};
 
 /// How long the listeners rest when every spawn slot is busy: children
@@ -164,6 +166,7 @@ impl Supervisor {
             peer,
             local,
             id,
+            err: None,
         }
     }
 
@@ -191,7 +194,7 @@ impl Supervisor {
     }
 
     /// Admits or refuses one accepted connection, and spawns its handler.
-    fn serve(&mut self, svc_i: usize, conn: Conn, now: Instant) {
+    fn serve(&mut self, svc_i: usize, mut conn: Conn, now: Instant) {
         self.services.accepted(svc_i);
         let st = self.services.get(svc_i);
         let source = match admit::decide(
@@ -208,8 +211,17 @@ impl Supervisor {
         };
         self.services.take_token(svc_i, now);
         let svc = Arc::clone(&self.services.get(svc_i).svc);
-        match spawn::spawn(&svc, &conn, &mut self.spawner) {
+        let Ok(pipe) = self.stderr_for(svc_i, &svc, &mut conn, now) else {
+            return; // dropping `conn` closes it: no fork happened
+        };
+        let spawned = spawn::spawn(&svc, &conn, &mut self.spawner);
+        // The write end is the child's alone now (or nobody's).
+        let read_end = pipe.map(|(r, _w)| r);
+        match spawned {
             Ok(pid) => {
+                if let Some(r) = read_end {
+                    self.watch_stderr(r, &svc, conn.id, pid);
+                }
                 self.services.started(svc_i, source, now);
                 self.log
                     .event(Level::Debug, "start")
@@ -232,6 +244,66 @@ impl Supervisor {
                     .kv("retry_ms", delay.as_millis())
                     .send();
             }
+        }
+    }
+
+    /// Sets the handler's fd 2 for `svc`'s `stderr`: `"null"` is the
+    /// daemon's `/dev/null`; `"log"` a new pipe, returned as (read end,
+    /// write end). A pipe that cannot be made (EMFILE, ENFILE) is handled
+    /// like a failed fork: the connection is closed (by the caller), the
+    /// failure logged and the service backed off. It never falls back to
+    /// the socket.
+    fn stderr_for(
+        &mut self,
+        svc_i: usize,
+        svc: &Service,
+        conn: &mut Conn,
+        now: Instant,
+    ) -> Result<Option<(OwnedFd, OwnedFd)>, ()> {
+        match svc.stderr {
+            Stderr::Socket => Ok(None),
+            Stderr::Null => {
+                conn.err = Some(self.devnull.as_raw_fd());
+                Ok(None)
+            }
+            Stderr::Log => match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
+                Ok((r, w)) => {
+                    conn.err = Some(w.as_raw_fd());
+                    Ok(Some((r, w)))
+                }
+                Err(e) => {
+                    let delay = self.services.fork_failed(svc_i, now);
+                    self.log
+                        .event(Level::Error, "stderr-pipe-failed")
+                        .kv("service", &svc.name)
+                        .kv("conn", conn.id)
+                        .kv("peer", conn.peer)
+                        .kv("error", crate::text::os_error(e))
+                        .kv("retry_ms", delay.as_millis())
+                        .send();
+                    Err(())
+                }
+            },
+        }
+    }
+
+    /// Makes a started handler's stderr pipe a poll source.
+    fn watch_stderr(&mut self, read_end: OwnedFd, svc: &Arc<Service>, conn: u64, pid: Pid) {
+        match StderrPipe::new(read_end, Arc::clone(svc), conn, pid) {
+            Ok(p) => {
+                self.stderr_pipes.insert(pid, p);
+            }
+            // F_SETFL on a descriptor just made cannot fail; were it to,
+            // the pipe is closed (the handler's writes to fd 2 then fail)
+            // rather than read in a way that could block the loop.
+            Err(e) => self
+                .log
+                .event(Level::Error, "stderr-pipe-failed")
+                .kv("service", &svc.name)
+                .kv("conn", conn)
+                .kv("pid", pid)
+                .kv("error", crate::text::os_error(e))
+                .send(),
         }
     }
 

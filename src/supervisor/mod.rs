@@ -17,11 +17,12 @@ mod reap;
 mod reload;
 mod services;
 mod status;
+mod stderr;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -38,6 +39,7 @@ use crate::signals::Signals;
 use crate::spawn::Spawner;
 
 use services::ServiceTable;
+use stderr::StderrPipe;
 
 /// Connections accepted from one listener in one loop turn at most.
 const ACCEPT_BUDGET: usize = 64;
@@ -77,6 +79,8 @@ enum Source {
     Listener(usize),
     /// The pipe of a pending reload's resolver child.
     Resolver,
+    /// The stderr pipe of a handler (`stderr = "log"`), by its pid.
+    Stderr(nix::unistd::Pid),
 }
 
 /// Why the daemon could not start.
@@ -128,6 +132,11 @@ pub struct Supervisor {
     status_sent: String,
     /// Starts handlers; owns the spawn slots.
     spawner: Spawner,
+    /// `/dev/null`, opened once: fd 2 of `stderr = "null"` handlers.
+    devnull: OwnedFd,
+    /// The stderr pipes of `stderr = "log"` handlers, by pid; each is
+    /// closed when its handler is reaped.
+    stderr_pipes: HashMap<nix::unistd::Pid, StderrPipe>,
     /// Reaped handlers, a buffer reused every turn.
     exits: Vec<Exit>,
     /// Signals sent to handlers, a buffer reused every turn.
@@ -179,6 +188,10 @@ impl Supervisor {
                 | Change::Lost { .. } => {}
             }
         }
+        // std opens it close-on-exec.
+        let devnull = std::fs::File::open("/dev/null")
+            .map_err(|e| StartError::Io("opening /dev/null", e))?
+            .into();
         let mut sup = Supervisor {
             plan: Plan::default(),
             services: ServiceTable::default(),
@@ -193,6 +206,8 @@ impl Supervisor {
             watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
             status_sent: String::new(),
             spawner: Spawner::new(),
+            devnull,
+            stderr_pipes: HashMap::new(),
             slot_retry: None,
             exits: Vec::new(),
             fired: Vec::new(),
@@ -317,6 +332,8 @@ impl Supervisor {
                 Source::Resolver => resolver_ready = true,
                 // Served last, after the reaping and the deadlines.
                 Source::Listener(_) => {}
+                // Read below, before the reaping.
+                Source::Stderr(_) => {}
             }
         }
         let sig = if signals_ready {
@@ -344,6 +361,7 @@ impl Supervisor {
             self.log_status();
         }
 
+        self.read_stderr(now);
         // Children are reaped when SIGCHLD says one changed state: the
         // signal is blocked and queued, so none can be missed, and any number
         // of exits between two polls cost one read and one waitpid loop.
@@ -378,6 +396,10 @@ impl Supervisor {
         if let Some(p) = &self.reloading {
             fds.push(PollFd::new(p.fd(), PollFlags::POLLIN));
             self.sources.push(Source::Resolver);
+        }
+        for (pid, p) in &self.stderr_pipes {
+            fds.push(PollFd::new(p.fd.as_fd(), PollFlags::POLLIN));
+            self.sources.push(Source::Stderr(*pid));
         }
         let now = Instant::now();
         if self.drain.is_none() {
@@ -445,6 +467,7 @@ impl Supervisor {
         }
         for i in 0..self.services.len() {
             consider(self.services.refusal_deadline(i));
+            consider(self.services.stderr_deadline(i));
         }
         consider(self.watchdog.map(|(_, t)| t));
         consider(self.reloading.as_ref().map(|p| p.deadline));
@@ -487,9 +510,38 @@ impl Supervisor {
                     .kv("count", count)
                     .send();
             }
+            if let Some(count) = self.services.stderr_summary_due(i, now) {
+                stderr::suppressed(&mut self.log, &self.services.get(i).svc.name, count);
+            }
         }
         if changed {
             self.send_status();
+        }
+    }
+}
+
+impl Supervisor {
+    /// Reads every stderr pipe the poll found ready; one whose writers
+    /// have all closed it is finished and closed.
+    fn read_stderr(&mut self, now: Instant) {
+        for i in 0..self.ready.len() {
+            let Source::Stderr(pid) = self.ready[i].0 else {
+                continue;
+            };
+            let Some(p) = self.stderr_pipes.get_mut(&pid) else {
+                continue;
+            };
+            if p.read(&mut self.log, &mut self.services, now) == stderr::Read::Closed {
+                self.finish_stderr(pid, now);
+            }
+        }
+    }
+
+    /// Logs what is left in `pid`'s stderr pipe, if it has one, and closes
+    /// it (see `stderr` on the handler's children).
+    fn finish_stderr(&mut self, pid: nix::unistd::Pid, now: Instant) {
+        if let Some(mut p) = self.stderr_pipes.remove(&pid) {
+            p.finish(&mut self.log, &mut self.services, now);
         }
     }
 }

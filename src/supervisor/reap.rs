@@ -79,6 +79,8 @@ impl Supervisor {
             if let Some(i) = svc_i {
                 self.services.exited(i, c.source);
             }
+            // Its last stderr lines come before its `exit` line.
+            self.finish_stderr(c.pid, now);
             let (status, signal) = match exit.status {
                 Status::Code(n) => (Some(n), None),
                 Status::Signal(s) => (None, Some(s.as_str())),

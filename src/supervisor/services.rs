@@ -80,6 +80,8 @@ pub struct SvcState {
     pub pause_now: Option<Pause>,
     /// Limits the refusal lines logged.
     refusals: Limiter,
+    /// Limits the handlers' stderr lines logged (`stderr = "log"`).
+    stderr_lines: Limiter,
 }
 
 impl SvcState {
@@ -96,6 +98,7 @@ impl SvcState {
             paused: None,
             pause_now: None,
             refusals: Limiter::default(),
+            stderr_lines: Limiter::default(),
         }
     }
 }
@@ -123,9 +126,10 @@ struct ExecEpisode {
     stepped_at: Instant,
 }
 
-/// Rate limit for refusal log lines: a window of one second.
+/// Rate limit for log lines of one kind (refusals, a service's handlers'
+/// stderr): a window of one second.
 #[derive(Default)]
-struct Limiter {
+pub(super) struct Limiter {
     /// When the current window ends; `None` before the first refusal.
     window_end: Option<Instant>,
     /// Lines logged in the window.
@@ -134,7 +138,52 @@ struct Limiter {
     suppressed: u64,
 }
 
-/// What to log for one refusal.
+impl Limiter {
+    /// One more line at `now`, `per_second` at most: says whether it is
+    /// logged, and carries the summary of a window that just ended.
+    pub(super) fn note(&mut self, now: Instant, per_second: u32) -> RefusalLog {
+        let mut summary = None;
+        if self.window_end.is_none_or(|t| t <= now) {
+            summary = (self.suppressed > 0).then_some(self.suppressed);
+            *self = Limiter {
+                window_end: Some(now + Duration::from_secs(1)),
+                lines: 0,
+                suppressed: 0,
+            };
+        }
+        let line = self.lines < per_second;
+        if line {
+            self.lines += 1;
+        } else {
+            self.suppressed += 1;
+        }
+        RefusalLog { summary, line }
+    }
+
+    /// The count of lines not logged, once their window has ended (and the
+    /// window is closed then).
+    pub(super) fn summary_due(&mut self, now: Instant) -> Option<u64> {
+        if self.suppressed > 0 && self.window_end.is_some_and(|t| t <= now) {
+            let n = self.suppressed;
+            *self = Limiter::default();
+            return Some(n);
+        }
+        None
+    }
+
+    /// The count not logged, whatever the window (the end of a source).
+    pub(super) fn take_suppressed(&mut self) -> Option<u64> {
+        let n = std::mem::take(&mut self.suppressed);
+        (n > 0).then_some(n)
+    }
+
+    /// When a summary is due, if one is.
+    fn deadline(&self) -> Option<Instant> {
+        self.window_end.filter(|_| self.suppressed > 0)
+    }
+}
+
+/// What to log for one refusal (or one rate-limited line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefusalLog {
     /// The summary of the window that just ended (`refused-suppressed`).
@@ -269,41 +318,33 @@ impl ServiceTable {
     pub fn refused(&mut self, i: usize, reason: Reason, now: Instant) -> RefusalLog {
         let st = &mut self.list[i];
         st.counters.refused.count(reason);
-        let lim = &mut st.refusals;
-        let mut summary = None;
-        if lim.window_end.is_none_or(|t| t <= now) {
-            summary = (lim.suppressed > 0).then_some(lim.suppressed);
-            *lim = Limiter {
-                window_end: Some(now + Duration::from_secs(1)),
-                lines: 0,
-                suppressed: 0,
-            };
-        }
-        let line = lim.lines < REFUSAL_LINES_PER_SECOND;
-        if line {
-            lim.lines += 1;
-        } else {
-            lim.suppressed += 1;
-        }
-        RefusalLog { summary, line }
+        st.refusals.note(now, REFUSAL_LINES_PER_SECOND)
     }
 
     /// The count of refusals not logged, once their window has ended (and
     /// the window is closed then).
     pub fn refusal_summary_due(&mut self, i: usize, now: Instant) -> Option<u64> {
-        let lim = &mut self.list[i].refusals;
-        if lim.suppressed > 0 && lim.window_end.is_some_and(|t| t <= now) {
-            let n = lim.suppressed;
-            *lim = Limiter::default();
-            return Some(n);
-        }
-        None
+        self.list[i].refusals.summary_due(now)
     }
 
     /// When a refusal summary is due, if one is.
     pub fn refusal_deadline(&self, i: usize) -> Option<Instant> {
-        let lim = &self.list[i].refusals;
-        lim.window_end.filter(|_| lim.suppressed > 0)
+        self.list[i].refusals.deadline()
+    }
+
+    /// A stderr line of one of service `i`'s handlers: whether to log it.
+    pub fn stderr_line(&mut self, i: usize, now: Instant, per_second: u32) -> RefusalLog {
+        self.list[i].stderr_lines.note(now, per_second)
+    }
+
+    /// The count of stderr lines not logged, once their window has ended.
+    pub fn stderr_summary_due(&mut self, i: usize, now: Instant) -> Option<u64> {
+        self.list[i].stderr_lines.summary_due(now)
+    }
+
+    /// When a stderr summary is due, if one is.
+    pub fn stderr_deadline(&self, i: usize) -> Option<Instant> {
+        self.list[i].stderr_lines.deadline()
     }
 
     /// Spends a `max_rate` token of service `i` for a connection it admitted

@@ -546,7 +546,7 @@ fn check_prints_each_service_and_exits_0() {
         lines[0].starts_with("echo listen=127.0.0.1:9 program=")
             && lines[0].contains("max_instances=3")
             && lines[0].contains(" enabled ")
-            && lines[0].ends_with(" no_new_privs=true rlimit_core=0"),
+            && lines[0].ends_with(" no_new_privs=true rlimit_core=0 stderr=socket"),
         "{stdout}"
     );
     assert!(

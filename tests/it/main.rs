@@ -18,6 +18,7 @@ mod lookups;
 mod platform;
 mod reload;
 mod security;
+mod stderr;
 mod stress;
 mod structure;
 mod sum;
