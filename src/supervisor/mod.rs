@@ -520,32 +520,6 @@ impl Supervisor {
     }
 }
 
-impl Supervisor {
-    /// Reads every stderr pipe the poll found ready; one whose writers
-    /// have all closed it is finished and closed.
-    fn read_stderr(&mut self, now: Instant) {
-        for i in 0..self.ready.len() {
-            let Source::Stderr(pid) = self.ready[i].0 else {
-                continue;
-            };
-            let Some(p) = self.stderr_pipes.get_mut(&pid) else {
-                continue;
-            };
-            if p.read(&mut self.log, &mut self.services, now) == stderr::Read::Closed {
-                self.finish_stderr(pid, now);
-            }
-        }
-    }
-
-    /// Logs what is left in `pid`'s stderr pipe, if it has one, and closes
-    /// it (see `stderr` on the handler's children).
-    fn finish_stderr(&mut self, pid: nix::unistd::Pid, now: Instant) {
-        if let Some(mut p) = self.stderr_pipes.remove(&pid) {
-            p.finish(&mut self.log, &mut self.services, now);
-        }
-    }
-}
-
 /// A bare `"PORT"`'s IPv6 half skipped on a host without IPv6.
 fn log_no_ipv6(log: &mut Logger, addr: SocketAddr) {
     log.event(Level::Warn, "listen-skipped")

@@ -25,6 +25,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::Pid;
 
 use super::services::{Limiter, ServiceTable};
+use super::{Source, Supervisor};
 use crate::log::Logger;
 use crate::plan::{Level, Service};
 
@@ -222,6 +223,32 @@ pub(super) fn suppressed(log: &mut Logger, service: &str, count: u64) {
         .kv("service", service)
         .kv("count", count)
         .send();
+}
+
+impl Supervisor {
+    /// Reads every stderr pipe the poll found ready; one whose writers
+    /// have all closed it is finished and closed.
+    pub(super) fn read_stderr(&mut self, now: Instant) {
+        for i in 0..self.ready.len() {
+            let Source::Stderr(pid) = self.ready[i].0 else {
+                continue;
+            };
+            let Some(p) = self.stderr_pipes.get_mut(&pid) else {
+                continue;
+            };
+            if p.read(&mut self.log, &mut self.services, now) == Read::Closed {
+                self.finish_stderr(pid, now);
+            }
+        }
+    }
+
+    /// Logs what is left in `pid`'s stderr pipe, if it has one, and closes
+    /// it (see `stderr` on the handler's children).
+    pub(super) fn finish_stderr(&mut self, pid: Pid, now: Instant) {
+        if let Some(mut p) = self.stderr_pipes.remove(&pid) {
+            p.finish(&mut self.log, &mut self.services, now);
+        }
+    }
 }
 
 #[cfg(test)]
