@@ -17,9 +17,15 @@ Config snippet:
     listen = ["127.0.0.1:9880"]
     program = "/usr/local/libexec/tinyinetd/kv.py"
     timeout = "5m"
+    stderr = "log"        # stderr lines go to the daemon's log
 
 Every reply is written and flushed at once, so an interactive client sees it
 immediately; the session ends cleanly on EOF or when the client goes away.
+
+Buffering: Python buffers sys.stdout when it is not a terminal (a socket is
+not one), and tinyinetd's clean environment drops PYTHONUNBUFFERED, so a
+plain print() would reach the client only at exit. Write with os.write (as
+below), print(..., flush=True), or run the interpreter as `python3 -u`.
 """
 import os
 import sys
@@ -34,6 +40,8 @@ def main():
     store = {}
     peer = "%s:%s" % (os.environ.get("TCPREMOTEIP", "?"), os.environ.get("TCPREMOTEPORT", "?"))
     stdin = sys.stdin.buffer
+    # To the daemon's log with stderr = "log" (flush: stderr may be a pipe).
+    print("kv: session from %s" % peer, file=sys.stderr, flush=True)
     while True:
         raw = stdin.readline(65536)
         if not raw:

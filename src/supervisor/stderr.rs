@@ -255,7 +255,10 @@ impl Supervisor {
 mod tests {
     use super::*;
 
-    fn cut(chunks: &[&[u8]]) -> (Vec<(Vec<u8>, Option<u32>)>, Vec<u8>) {
+    /// Each emitted piece: its bytes and its part number.
+    type Pieces = Vec<(Vec<u8>, Option<u32>)>;
+
+    fn cut(chunks: &[&[u8]]) -> (Pieces, Vec<u8>) {
         let mut b = LineBuf::default();
         let mut out = Vec::new();
         for c in chunks {
@@ -268,7 +271,7 @@ mod tests {
     #[test]
     fn lines_are_cut_at_newlines_across_reads() {
         let (out, rest) = cut(&[b"one\ntw", b"o\n\nthr", b"ee"]);
-        let want: Vec<(Vec<u8>, Option<u32>)> = vec![
+        let want: Pieces = vec![
             (b"one".to_vec(), None),
             (b"two".to_vec(), None),
             (b"".to_vec(), None),
