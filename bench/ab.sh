@@ -4,23 +4,29 @@
 # handler and generator as compare.sh.
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [--rounds N] [--conc C] [--duration SECS]
+#               [--new-keys 'KEY = VALUE']
+#
+# --new-keys appends a line to the service of the NEW binary's config only
+# (the service is the file's last table): `--new-keys 'stderr = "log"'`
+# measures a "log" service against the old "socket" one. OLD may equal NEW.
 #
 # Build the old one from a worktree of the earlier commit (cargo build
 # --release there). Uses what compare.sh built under bench/out (run it
 # first, even with --quick). Prints each round's conns/s and the daemon's
 # CPU per 1,000 connections, then the medians and the ratio new/old. Every
 # process started here is stopped by PID. Loopback only.
-[ $# -ge 2 ] || { echo "usage: bench/ab.sh OLD_BINARY NEW_BINARY [--rounds N] [--conc C] [--duration SECS]" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: bench/ab.sh OLD_BINARY NEW_BINARY [--rounds N] [--conc C] [--duration SECS] [--new-keys 'KEY = VALUE']" >&2; exit 2; }
 # Before common.sh moves into bench/: the paths are the caller's.
 OLD=$(realpath "$1"); NEW=$(realpath "$2"); shift 2
 # shellcheck source=bench/common.sh
 . "$(dirname "$0")/common.sh"
-ROUNDS=6; CONC=8; DURATION=5
+ROUNDS=6; CONC=8; DURATION=5; NEW_KEYS=
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift ;;
     --conc) CONC=$2; shift ;;
     --duration) DURATION=$2; shift ;;
+    --new-keys) NEW_KEYS=$2; shift ;;
     *) echo "bench/ab.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,6 +42,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 for x in old new; do
   sed "s/127\.0\.0\.1:$base/127.0.0.1:${PORT[$x]}/" "$OUT/run/tinyinetd.toml" >"$OUT/run/ab-$x.toml"
+  if [ "$x" = new ] && [ -n "$NEW_KEYS" ]; then printf '%s\n' "$NEW_KEYS" >>"$OUT/run/ab-$x.toml"; fi
   "${BIN[$x]}" --config "$OUT/run/ab-$x.toml" 2>"$OUT/run/ab-$x.err" &
   PID[$x]=$!; PIDS+=($!)
 done
