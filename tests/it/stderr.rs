@@ -261,3 +261,73 @@ fn check_shows_and_validates_stderr() {
         );
     }
 }
+
+/// Sets the daemon's soft RLIMIT_NOFILE with prlimit(1) (the hard one
+/// stays: raising it back needs CAP_SYS_RESOURCE).
+fn set_nofile(d: &Daemon, n: usize) {
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", d.pid()))
+        .arg(format!("--nofile={n}:"))
+        .status()
+        .expect("run prlimit");
+    assert!(st.success(), "prlimit failed");
+}
+
+#[test]
+fn a_failed_pipe_closes_the_connection_and_backs_off() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no prlimit(1) on this machine");
+        return;
+    }
+    let d = start_with_scripts(&block("echo", "tinyinetd-echo", "stderr = \"log\""), &[]);
+    let addr = d.addr("echo");
+    assert_eq!(roundtrip(addr, b"1"), b"1");
+    assert!(wait_until(Duration::from_secs(5), || d
+        .children()
+        .is_empty()));
+    // Room for the accepted connection and one more descriptor: the
+    // accept succeeds and the pipe (two descriptors) cannot be made.
+    // The limit counts descriptor numbers: free numbers below it are what
+    // an open can use.
+    let fds: Vec<usize> = fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .expect("fd dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let limit = (0..)
+        .filter(|n| !fds.contains(n))
+        .nth(1)
+        .expect("free numbers")
+        + 1;
+    set_nofile(&d, limit);
+    // Nothing written: a connection closed with unread data is reset.
+    let mut s = connect(addr);
+    assert_eq!(read_all(&mut s), b"", "served without its stderr pipe");
+    assert!(
+        d.wait_log("stderr-pipe-failed service=echo", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let line = &d.log_lines("stderr-pipe-failed")[0];
+    assert!(
+        line.contains("Too many open files") && line.contains("retry_ms="),
+        "{line}"
+    );
+    assert!(d.log_lines("fork-failed").is_empty());
+    set_nofile(&d, 1024);
+    let t0 = Instant::now();
+    let served = loop {
+        if roundtrip(addr, b"3") == b"3" {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(served, "not served again: {}", d.log());
+    assert_eq!(d.log_lines("stderr-pipe-failed").len(), 1, "{}", d.log());
+}
