@@ -90,9 +90,13 @@
 //!   line: no report pipe, no descriptor per child, and the accept loop
 //!   never waits for a child.
 //! * **Descriptors.** The child has its own copy of the descriptor table
-//!   (no CLONE_FILES); it puts the connection on 0–2 and marks every
-//!   descriptor from 3 up close-on-exec; nothing else survives the exec.
-//!   The daemon closes its copy of the connection as soon as clone returns.
+//!   (no CLONE_FILES); it puts the connection on 0–2 (on 0–1 and
+//!   [`Conn::err`] on 2 for `stderr = "log" | "null"`: a pipe's write end
+//!   or the daemon's one `/dev/null`, put there by the same raw `dup3`; the
+//!   child opens nothing) and marks every descriptor from 3 up
+//!   close-on-exec; nothing else survives the exec. The daemon closes its
+//!   copy of the connection (and of a pipe's write end) as soon as clone
+//!   returns.
 //!   A program that is not a script is exec'd through the `O_PATH`
 //!   descriptor its check opened at load (`execveat` with `AT_EMPTY_PATH`),
 //!   so the file that runs is the file that was checked; that descriptor
@@ -117,7 +121,9 @@
 //! the exit is read from the signalfd. The listener is drained up to a
 //! budget per loop turn, so one full `poll` serves a burst, and one
 //! signalfd `read` and one `wait4` loop serve every exit between two
-//! turns. The small `poll` stands in for the accept that would fail with
+//! turns. A `stderr = "log"` service adds `pipe2`, an `fcntl` and a
+//! `close` per connection, and the pipe's read at end-of-file and its
+//! `close` at reap; `"null"` and `"socket"` add nothing. The small `poll` stands in for the accept that would fail with
 //! EAGAIN, which costs the kernel a socket and a file allocated and freed
 //! again. The child's own path (on the child's time, not the daemon's)
 //! has two calls for the defaults of §10.1: one `prlimit64` for

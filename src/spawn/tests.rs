@@ -274,3 +274,34 @@ fn a_missing_interpreter_is_told_from_a_missing_program() {
     );
     assert_eq!(Step::ExecInterpreter.as_str(), "execve");
 }
+
+/// With `err`, fd 2 is that descriptor and fds 0 and 1 stay the
+/// connection; without it, fd 2 is the connection (`stderr = "socket"`).
+#[test]
+fn err_goes_on_fd_2_and_the_connection_on_0_and_1() {
+    use std::io::Read;
+    let mut spawner = Spawner::new();
+    let (mut svc, mut conn, mut peer) = fixture("/bin/sh");
+    let img = &mut Arc::get_mut(&mut svc).expect("sole owner").image;
+    img.argv = ["sh", "-c", "echo out; echo err >&2"]
+        .iter()
+        .map(|a| CString::new(*a).expect("arg"))
+        .collect();
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    conn.err = Some(w.as_raw_fd());
+    let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
+    drop(w);
+    drop(conn);
+    assert_eq!(
+        waitpid(pid, None).expect("waitpid"),
+        WaitStatus::Exited(pid, 0)
+    );
+    let mut got = String::new();
+    std::fs::File::from(r)
+        .read_to_string(&mut got)
+        .expect("read pipe");
+    assert_eq!(got, "err\n");
+    let mut out = String::new();
+    peer.read_to_string(&mut out).expect("read socket");
+    assert_eq!(out, "out\n", "only stdout on the connection");
+}
