@@ -331,3 +331,28 @@ fn a_failed_pipe_closes_the_connection_and_backs_off() {
     assert!(served, "not served again: {}", d.log());
     assert_eq!(d.log_lines("stderr-pipe-failed").len(), 1, "{}", d.log());
 }
+
+#[test]
+fn a_reload_switches_a_service_from_socket_to_log() {
+    let sh = "#!/bin/sh\necho diag >&2\necho out\n";
+    let conf = |extra: &str| format!("{DAEMON}\n{}", block("sw", "sw.sh", extra));
+    let mut d = start_with_scripts(&block("sw", "sw.sh", ""), &[("sw.sh", sh)]);
+    let mut s = connect(d.addr("sw"));
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    assert_eq!(
+        read_all(&mut s),
+        b"diag\nout\n",
+        "socket: fd 2 is the client"
+    );
+    d.rewrite(&conf("stderr = \"log\""));
+    reload(&mut d);
+    assert!(d.log_lines("reload-failed").is_empty(), "{}", d.log());
+    let mut s = connect(d.addr("sw"));
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    assert_eq!(read_all(&mut s), b"out\n", "log: fd 2 is the pipe");
+    assert!(
+        d.wait_log("stderr service=sw conn=2 ", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+}
