@@ -74,18 +74,24 @@ impl<'t> Checker<'t> {
         });
     }
 
+    /// The text as a spanned TOML tree; `None`, with every syntax error
+    /// recorded, when it is not TOML.
+    pub(super) fn toml(&mut self) -> Option<DeTable<'t>> {
+        let (root, errors) = DeTable::parse_recoverable(self.text);
+        if errors.is_empty() {
+            return Some(root.into_inner());
+        }
+        for e in errors {
+            let span = e.span().unwrap_or(0..0);
+            let message = format!("TOML syntax error: {}", e.message().trim());
+            self.problem(span, "", message);
+        }
+        None
+    }
+
     /// Checks the whole document; `None` when it is not even TOML.
     pub(super) fn document(&mut self, path: &Path, sys: &dyn System) -> Option<Plan> {
-        let (root, errors) = DeTable::parse_recoverable(self.text);
-        if !errors.is_empty() {
-            for e in errors {
-                let span = e.span().unwrap_or(0..0);
-                let message = format!("TOML syntax error: {}", e.message().trim());
-                self.problem(span, "", message);
-            }
-            return None;
-        }
-        let root = root.into_inner();
+        let root = self.toml()?;
         let (daemon_table, service_array) = self.top_level(&root);
         let daemon = match daemon_table {
             Some(t) => self.daemon(t),

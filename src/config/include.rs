@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeValue;
 
 use super::check::{esc, Checker, Value};
 use super::service::{conflicts, Checked};
@@ -213,16 +213,9 @@ impl Checker<'_> {
         daemon: &Daemon,
         sys: &dyn System,
     ) -> (usize, Vec<Checked>) {
-        let (root, errors) = DeTable::parse_recoverable(self.text);
-        if !errors.is_empty() {
-            for e in errors {
-                let span = e.span().unwrap_or(0..0);
-                let message = format!("TOML syntax error: {}", e.message().trim());
-                self.problem(span, "", message);
-            }
+        let Some(root) = self.toml() else {
             return (0, Vec::new());
-        }
-        let root = root.into_inner();
+        };
         let mut array: &[Value<'_>] = &[];
         for (key, value) in root.iter() {
             match (key.get_ref().as_ref(), value.get_ref()) {
