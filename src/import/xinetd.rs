@@ -252,13 +252,14 @@ fn merged(defaults: &[Attr], own: &[Attr]) -> Vec<(String, Vec<String>)> {
         .filter(|a| !defaults_only.contains(&a.name.as_str()))
         .chain(own)
     {
-        let slot = match out.iter().position(|(n, _)| *n == a.name) {
-            Some(i) => &mut out[i].1,
+        let i = match out.iter().position(|(n, _)| *n == a.name) {
+            Some(i) => i,
             None => {
                 out.push((a.name.clone(), Vec::new()));
-                &mut out.last_mut().expect("pushed").1
+                out.len() - 1
             }
         };
+        let slot = &mut out[i].1;
         match a.op {
             Op::Set => *slot = a.values.clone(),
             Op::Add => slot.extend(a.values.iter().cloned()),
