@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod admit;
 pub mod children;
+pub mod client;
 pub mod config;
 pub mod handler;
 pub mod import;
@@ -20,6 +21,7 @@ pub mod listen;
 pub mod log;
 pub mod notify;
 pub mod plan;
+pub mod report;
 pub mod resolver;
 pub mod signals;
 pub mod spawn;

@@ -14,6 +14,8 @@ usage: tinyinetd [-c PATH | --config PATH]          run in the foreground
        tinyinetd --check [-c PATH | --config PATH]  validate the config and print the services
        tinyinetd import inetd [--services PATH] FILE       print an inetd.conf as tinyinetd.toml
        tinyinetd import xinetd [--services PATH] PATH...   print xinetd files or directories as tinyinetd.toml
+       tinyinetd status [-c PATH] [--json | --prometheus]  show the running daemon's services and connections
+       tinyinetd reload [-c PATH]                          reload the running daemon and report the result
        tinyinetd --version | --help";
 
 const HELP: &str = "\
@@ -32,6 +34,13 @@ stdout: each mapped one with a comment naming the line it came from, each
 other one commented out with the reason. Ports of service names come from
 /etc/services (--services PATH names another file). A summary goes to
 stderr; the exit status is 0 when everything mapped, 1 when anything did not.
+
+status and reload talk to the running daemon through its control socket
+(control_socket in the configuration file's [daemon] table, default
+/run/tinyinetd/control.sock for a root daemon). status prints a table,
+--json one JSON document, --prometheus the Prometheus text format. reload
+prints what changed and exits 0, or prints the configuration errors as
+--check does and exits 1 (the daemon keeps its previous configuration).
 
 Signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads, SIGUSR1 logs status.
 See tinyinetd(8) and tinyinetd.toml(5).";
@@ -107,6 +116,57 @@ fn import(i: &Import) -> ExitCode {
 enum Command {
     Daemon(Mode, Options),
     Import(Import),
+    /// `status`, with the config to find the socket in.
+    Status(PathBuf, tinyinetd::client::Format),
+    /// `reload`.
+    Reload(PathBuf),
+}
+
+/// The `status` or `reload` command line after its word.
+fn parse_control(mut p: lexopt::Parser, status: bool) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    use tinyinetd::client::Format;
+    let mut config = tinyinetd::default_config().to_path_buf();
+    let mut format = Format::Table;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('c') | Long("config") => config = p.value()?.into(),
+            Long("json") if status && format == Format::Table => format = Format::Json,
+            Long("prometheus") if status && format == Format::Table => format = Format::Prometheus,
+            Long("json" | "prometheus") if status => {
+                return Err("status takes one of --json and --prometheus".into())
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(if status {
+        Command::Status(config, format)
+    } else {
+        Command::Reload(config)
+    })
+}
+
+/// Runs `status` or `reload`: the answer on stdout, or the problems as
+/// `--check` prints them and one message on stderr, exit status 1.
+fn control(cmd: &Command) -> ExitCode {
+    let result = match cmd {
+        Command::Status(config, format) => tinyinetd::client::status(config, *format),
+        Command::Reload(config) => tinyinetd::client::reload(config),
+        _ => return ExitCode::from(2),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            if let Some(problems) = &f.problems {
+                eprintln!("{}", problems.trim_end());
+            }
+            eprintln!("tinyinetd: {}", f.message);
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn parse() -> Result<Option<Command>, lexopt::Error> {
@@ -119,6 +179,9 @@ fn parse() -> Result<Option<Command>, lexopt::Error> {
         match arg {
             Value(v) if first && v == "import" => {
                 return parse_import(p).map(|i| Some(Command::Import(i)))
+            }
+            Value(v) if first && (v == "status" || v == "reload") => {
+                return parse_control(p, v == "status").map(Some)
             }
             Short('c') | Long("config") => config = Some(p.value()?.into()),
             Short('t') | Long("check") => mode = Mode::Check,
@@ -149,6 +212,7 @@ fn main() -> ExitCode {
     let (mode, opts) = match parse() {
         Ok(Some(Command::Daemon(mode, opts))) => (mode, opts),
         Ok(Some(Command::Import(i))) => return import(&i),
+        Ok(Some(cmd)) => return control(&cmd),
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tinyinetd: {e}\n{USAGE}");

@@ -59,7 +59,73 @@ pub struct Daemon {
     pub shutdown_timeout: Duration,
     /// Where bare program names are looked up first.
     pub handler_dir: PathBuf,
+    /// The control socket (`control_socket`), §10.7.
+    pub control_socket: ControlSocket,
+    /// Who may read the control socket besides root and the daemon's own
+    /// user (`control_group`).
+    pub control_group: ControlGroup,
 }
+
+/// `[daemon] control_socket`: where `tinyinetd status` and `reload` reach
+/// the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlSocket {
+    /// `control_socket = ""`, or no default applies (a daemon that is not
+    /// root and has no `XDG_RUNTIME_DIR`).
+    Off,
+    /// The default path: when it cannot be used (held by another live
+    /// daemon, no directory) the daemon warns and runs without one.
+    Default(PathBuf),
+    /// A path written in the config: when it cannot be used the daemon
+    /// does not start.
+    Explicit(PathBuf),
+}
+
+impl ControlSocket {
+    /// The path, when there is a socket.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            ControlSocket::Off => None,
+            ControlSocket::Default(p) | ControlSocket::Explicit(p) => Some(p),
+        }
+    }
+}
+
+/// `[daemon] control_group`, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlGroup {
+    /// As written (or `root`), for messages.
+    pub name: String,
+    /// Its gid: the socket file's group, and the group a peer must be in.
+    pub gid: u32,
+}
+
+impl Default for ControlGroup {
+    fn default() -> Self {
+        ControlGroup {
+            name: "root".into(),
+            gid: 0,
+        }
+    }
+}
+
+/// The control socket's default path (§10.7): `/run/tinyinetd/control.sock`
+/// for a root daemon, `$XDG_RUNTIME_DIR/tinyinetd/control.sock` otherwise,
+/// none when that is unset or empty.
+pub fn default_control_socket(
+    euid: u32,
+    xdg_runtime_dir: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    if euid == 0 {
+        return Some(PathBuf::from(ROOT_CONTROL_SOCKET));
+    }
+    let dir = xdg_runtime_dir.filter(|d| !d.is_empty())?;
+    Some(PathBuf::from(dir).join("tinyinetd/control.sock"))
+}
+
+/// The control socket of a root daemon by default; the shipped unit's
+/// `RuntimeDirectory=tinyinetd` creates its directory.
+pub const ROOT_CONTROL_SOCKET: &str = "/run/tinyinetd/control.sock";
 
 /// Where the package installs the handlers; `handler_dir`'s default.
 pub const DEFAULT_HANDLER_DIR: &str = "/usr/libexec/tinyinetd";
@@ -72,6 +138,8 @@ impl Default for Daemon {
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(10),
             handler_dir: PathBuf::from(DEFAULT_HANDLER_DIR),
+            control_socket: ControlSocket::Off,
+            control_group: ControlGroup::default(),
         }
     }
 }

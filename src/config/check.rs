@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use super::fields::{parse_duration, parse_net};
 use super::{line_col, ConfigError, Problem, System};
-use crate::plan::{Daemon, Plan};
+use crate::plan::Plan;
 pub(super) use crate::text::escape as esc;
 
 /// Walks the document, collecting problems.
@@ -94,8 +94,8 @@ impl<'t> Checker<'t> {
         let root = self.toml()?;
         let (daemon_table, service_array) = self.top_level(&root);
         let daemon = match daemon_table {
-            Some(t) => self.daemon(t),
-            None => Daemon::default(),
+            Some(t) => self.daemon(t, sys),
+            None => self.daemon(&DeTable::default(), sys),
         };
         let mut services = match service_array {
             None => Vec::new(),

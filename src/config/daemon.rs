@@ -7,7 +7,8 @@ use toml::de::DeTable;
 
 use super::check::{esc, Checker, Value};
 use super::fields::parse_level;
-use crate::plan::{Daemon, LogTarget, DEFAULT_HANDLER_DIR};
+use super::System;
+use crate::plan::{ControlGroup, ControlSocket, Daemon, LogTarget, DEFAULT_HANDLER_DIR};
 
 pub(super) const DAEMON_KEYS: &[&str] = &[
     "log",
@@ -16,17 +17,20 @@ pub(super) const DAEMON_KEYS: &[&str] = &[
     "shutdown_timeout",
     "handler_dir",
     "include",
+    "control_socket",
+    "control_group",
 ];
 
 /// Keys reserved for later work: refused with a message that says so.
-const RESERVED_DAEMON_KEYS: &[&str] = &["control_socket"];
+const RESERVED_DAEMON_KEYS: &[&str] = &[];
 
 /// Every message about the table has this context.
 const CTX: &str = "daemon";
 
 impl Checker<'_> {
-    pub(super) fn daemon(&mut self, t: &DeTable<'_>) -> Daemon {
+    pub(super) fn daemon(&mut self, t: &DeTable<'_>, sys: &dyn System) -> Daemon {
         let mut d = Daemon::default();
+        let mut control_socket = None;
         for (key, value) in t.iter() {
             let k = key.get_ref().as_ref();
             match k {
@@ -44,10 +48,79 @@ impl Checker<'_> {
                 }
                 "handler_dir" => self.handler_dir(value, &mut d),
                 "include" => self.include_key(value),
+                "control_socket" => control_socket = Some(self.control_socket(value)),
+                "control_group" => self.control_group(value, &mut d, sys),
                 _ => self.unknown_key(key, CTX, DAEMON_KEYS, RESERVED_DAEMON_KEYS),
             }
         }
+        d.control_socket = match control_socket {
+            Some(Some(c)) => c,
+            // Invalid: reported; the value is never used.
+            Some(None) => ControlSocket::Off,
+            None => {
+                let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+                crate::plan::default_control_socket(sys.identity().0, xdg.as_deref())
+                    .map_or(ControlSocket::Off, ControlSocket::Default)
+            }
+        };
         d
+    }
+
+    /// `control_socket`: `""` (off) or an absolute path that fits a
+    /// `sockaddr_un`.
+    fn control_socket(&mut self, value: &Value<'_>) -> Option<ControlSocket> {
+        let s = self.string(value, CTX, "control_socket")?;
+        if s.is_empty() {
+            return Some(ControlSocket::Off);
+        }
+        // sun_path holds 108 bytes, the terminating NUL included.
+        let why = if !s.starts_with('/') {
+            "must be an absolute path, or \"\" to turn the control socket off"
+        } else if s.len() > 107 {
+            "is longer than a Unix socket path may be (107 bytes)"
+        } else if s.ends_with('/') {
+            "names a directory; name the socket file, like \"/run/tinyinetd/control.sock\""
+        } else {
+            return Some(ControlSocket::Explicit(PathBuf::from(s)));
+        };
+        self.problem(
+            value.span(),
+            CTX,
+            format!("\"control_socket\" \"{}\" {why}", esc(s)),
+        );
+        None
+    }
+
+    /// `control_group`: a group name (looked up) or a gid.
+    fn control_group(&mut self, value: &Value<'_>, d: &mut Daemon, sys: &dyn System) {
+        let Some(s) = self.string(value, CTX, "control_group") else {
+            return;
+        };
+        if let Ok(gid) = s.parse::<u32>() {
+            d.control_group = ControlGroup {
+                name: s.to_string(),
+                gid,
+            };
+            return;
+        }
+        match sys.group(s) {
+            Ok(Some(gid)) => {
+                d.control_group = ControlGroup {
+                    name: s.to_string(),
+                    gid,
+                }
+            }
+            Ok(None) => self.problem(
+                value.span(),
+                CTX,
+                format!("\"control_group\": unknown group \"{}\"", esc(s)),
+            ),
+            Err(why) => self.problem(
+                value.span(),
+                CTX,
+                format!("\"control_group\": group \"{}\": {why}", esc(s)),
+            ),
+        }
     }
 
     fn log_target(&mut self, value: &Value<'_>, d: &mut Daemon) {

@@ -22,12 +22,25 @@ pub fn describe(plan: &Plan) -> String {
     }
     let enabled = plan.enabled().count();
     let n = plan.services.len();
+    let control = match plan.daemon.control_socket.path() {
+        Some(p) => crate::text::escape(&p.to_string_lossy()),
+        None => "off".into(),
+    };
     let _ = writeln!(
         out,
-        "{}: OK, {n} service{} ({enabled} enabled)",
+        "{}: OK, {n} service{} ({enabled} enabled), control_socket={control} control_group={}",
         plan.path.display(),
         if n == 1 { "" } else { "s" },
+        crate::text::escape(&plan.daemon.control_group.name),
     );
+    out
+}
+
+/// One service's `--check` line (without the drop-in's `file=`): the
+/// reload compares them to tell a changed service from a kept one.
+pub fn describe_service(s: &Service) -> String {
+    let mut out = String::new();
+    service(&mut out, s);
     out
 }
 
@@ -152,20 +165,27 @@ mod tests {
     #[test]
     fn the_check_summary_counts_in_words() {
         let last = |n| describe(&plan_of(n)).lines().last().map(String::from);
-        assert_eq!(
-            last(1).as_deref(),
-            Some("t.toml: OK, 1 service (1 enabled)")
+        let tail = if nix::unistd::geteuid().is_root() {
+            "control_socket=/run/tinyinetd/control.sock control_group=root"
+        } else {
+            "control_socket="
+        };
+        let one = last(1).unwrap_or_default();
+        assert!(
+            one.starts_with("t.toml: OK, 1 service (1 enabled), ") && one.contains(tail),
+            "{one}"
         );
-        assert_eq!(
-            last(2).as_deref(),
-            Some("t.toml: OK, 2 services (2 enabled)")
+        let two = last(2).unwrap_or_default();
+        assert!(
+            two.starts_with("t.toml: OK, 2 services (2 enabled), "),
+            "{two}"
         );
         assert_eq!(
             describe(&Plan {
                 path: "t.toml".into(),
                 ..Plan::default()
             }),
-            "t.toml: OK, 0 services (0 enabled)\n"
+            "t.toml: OK, 0 services (0 enabled), control_socket=off control_group=root\n"
         );
     }
 }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use crate::plan::Plan;
 use crate::trust::{self, Refusal};
 
-pub use describe::describe;
+pub use describe::{describe, describe_service};
 pub use fields::{
     check_env_name, parse_duration, parse_limit, parse_listen, parse_net, valid_name, MAX_DURATION,
 };

@@ -140,3 +140,39 @@ pub fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
     // once, at start, and each number is adopted once.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// The supplementary groups of a Unix socket's peer, as the kernel saw them
+/// when it connected (`SO_PEERGROUPS`, Linux 4.13; nix has no wrapper). A
+/// value the kernel holds, unlike `/proc/PID/status`, whose pid may have
+/// been reused by the time it is read.
+pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    // NGROUPS_MAX is 65536; start small and grow to what the kernel asks.
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` has room for `len` bytes; the kernel writes at
+        // most that many and sets `len` to what it wrote, or (ERANGE) to
+        // what it needs.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() {
+            return Err(e);
+        }
+        groups.resize(n, 0);
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ERANGE))
+}

@@ -166,7 +166,7 @@ use nix::unistd::Pid;
 
 use crate::plan::Service;
 use child::{child_entry, sys};
-pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, reset_sigchld};
+pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, peer_groups, reset_sigchld};
 use slot::{ChildArgs, Slot, SlotData};
 pub use slot::{Failure, Step};
 

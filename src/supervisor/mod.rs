@@ -13,6 +13,7 @@
 //! clients and nothing is dropped.
 
 mod conn;
+mod control;
 mod reap;
 mod reload;
 mod services;
@@ -81,6 +82,10 @@ enum Source {
     Resolver,
     /// The stderr pipe of a handler (`stderr = "log"`), by its pid.
     Stderr(nix::unistd::Pid),
+    /// The control socket's listener.
+    Control,
+    /// A control client, by its id (`control`).
+    ControlClient(u64),
 }
 
 /// Why the daemon could not start.
@@ -88,6 +93,8 @@ enum Source {
 pub enum StartError {
     Io(&'static str, io::Error),
     Listen(listen::ListenError),
+    /// The control socket written in the config cannot be used.
+    Control(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -95,6 +102,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Io(doing, e) => write!(f, "{doing}: {}", crate::text::io_reason(e)),
             StartError::Listen(e) => write!(f, "{e}"),
+            StartError::Control(e) => write!(f, "{e}"),
         }
     }
 }
@@ -123,6 +131,8 @@ pub struct Supervisor {
     drain: Option<Drain>,
     /// The reload whose account lookups are being made, if one is.
     reloading: Option<resolver::Pending>,
+    /// The control socket and its clients, when there is one.
+    control: Option<control::Control>,
     /// Every spawn slot is busy: no listener is polled until then (see
     /// `spawn::Room`; no event says when a child reaches its exec).
     slot_retry: Option<Instant>,
@@ -188,6 +198,13 @@ impl Supervisor {
                 | Change::Lost { .. } => {}
             }
         }
+        // After the listeners: a daemon that cannot serve must not take
+        // the socket from one that can.
+        let control = control::open(
+            &plan.daemon.control_socket,
+            &plan.daemon.control_group,
+            &mut log,
+        )?;
         // std opens it close-on-exec.
         let devnull = std::fs::File::open("/dev/null")
             .map_err(|e| StartError::Io("opening /dev/null", e))?
@@ -203,6 +220,7 @@ impl Supervisor {
             next_conn: 1,
             drain: None,
             reloading: None,
+            control,
             watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
             status_sent: String::new(),
             spawner: Spawner::new(),
@@ -334,6 +352,8 @@ impl Supervisor {
                 Source::Listener(_) => {}
                 // Read below, before the reaping.
                 Source::Stderr(_) => {}
+                // Served after the deadlines (`serve_control`).
+                Source::Control | Source::ControlClient(_) => {}
             }
         }
         let sig = if signals_ready {
@@ -345,6 +365,7 @@ impl Supervisor {
             self.terminate(now);
             // A pending reload is abandoned: dropping it kills its resolver.
             self.reloading = None;
+            self.control_stopping();
         }
         if sig.reload {
             self.reload(now);
@@ -369,6 +390,7 @@ impl Supervisor {
             self.reap(now);
         }
         self.fire_deadlines(now);
+        self.serve_control(now);
 
         if self.drain.is_none() {
             for i in 0..self.ready.len() {
@@ -400,6 +422,9 @@ impl Supervisor {
         for (pid, p) in &self.stderr_pipes {
             fds.push(PollFd::new(p.fd.as_fd(), PollFlags::POLLIN));
             self.sources.push(Source::Stderr(*pid));
+        }
+        if let Some(c) = &self.control {
+            c.poll_set(&mut fds, &mut self.sources);
         }
         let now = Instant::now();
         if self.drain.is_none() {
@@ -471,6 +496,11 @@ impl Supervisor {
         }
         consider(self.watchdog.map(|(_, t)| t));
         consider(self.reloading.as_ref().map(|p| p.deadline));
+        consider(
+            self.control
+                .as_ref()
+                .and_then(control::Control::next_deadline),
+        );
         next
     }
 

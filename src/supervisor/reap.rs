@@ -72,12 +72,18 @@ impl Supervisor {
         for exit in exits.drain(..) {
             let c = &exit.child;
             let svc_i = self.services.position(&c.service.name);
-            match self.spawner.take_failure(c.pid) {
-                Some(f) => self.exec_failed(svc_i, c, f, now),
-                None => self.exec_succeeded(svc_i, c, now),
-            }
+            let ran = match self.spawner.take_failure(c.pid) {
+                Some(f) => {
+                    self.exec_failed(svc_i, c, f, now);
+                    None
+                }
+                None => {
+                    self.exec_succeeded(svc_i, c, now);
+                    Some(exit.duration)
+                }
+            };
             if let Some(i) = svc_i {
-                self.services.exited(i, c.source);
+                self.services.exited(i, c.source, ran);
             }
             // Its last stderr lines come before its `exit` line.
             self.finish_stderr(c.pid, now);

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use serde_json::{json, Value};
+
 use super::Supervisor;
 use crate::config;
 use crate::listen::{self, Change, Sockets};
@@ -91,6 +93,12 @@ impl Supervisor {
             self.log_notify_error(e);
         }
         self.status_sent = status;
+        // `why` is the config error as `--check` prints it.
+        self.reload_answer(&json!({
+            "ok": false,
+            "error": "the reload failed; the daemon still serves its previous configuration",
+            "problems": why,
+        }));
     }
 
     /// Makes a loaded plan current: sockets, services, logging.
@@ -127,15 +135,18 @@ impl Supervisor {
         };
         let changes = listen::reconcile(&mut held, &mut self.spare, &plan);
         let tally = self.log_changes(&changes, &owners);
+        let before: Vec<(String, String)> = service_lines(&self.plan);
+        let old_addrs: Vec<SocketAddr> = owners.old.keys().copied().collect();
         self.install(plan, held);
+        let answer = self.changes(&before, &old_addrs, &tally);
         self.spawner.refresh_signals();
         self.log
             .event(Level::Info, "reload")
             .kv("services", self.services.len())
             .kv("sockets", self.socks.len())
-            .kv("opened", tally.opened)
-            .kv("closed", tally.closed)
-            .kv("failed", tally.failed)
+            .kv("opened", tally.opened.len())
+            .kv("closed", tally.closed.len())
+            .kv("failed", tally.failed.len())
             .kv("kept", tally.kept)
             .send();
         let status = self.summary();
@@ -143,6 +154,50 @@ impl Supervisor {
             self.log_notify_error(e);
         }
         self.status_sent = status;
+        self.reload_answer(&json!({ "ok": true, "reload": answer }));
+    }
+
+    /// What a reload changed, for `tinyinetd reload`: services added,
+    /// removed and changed (their `--check` line differs), sockets opened,
+    /// closed, kept (open before and after), and those that failed.
+    fn changes(&self, before: &[(String, String)], old_addrs: &[SocketAddr], t: &Tally) -> Value {
+        let after = service_lines(&self.plan);
+        let names =
+            |v: &[(String, String)]| -> Vec<String> { v.iter().map(|(n, _)| n.clone()).collect() };
+        let has = |v: &[(String, String)], n: &str| {
+            v.iter().find(|(m, _)| m == n).map(|(_, l)| l.clone())
+        };
+        let added: Vec<String> = names(&after)
+            .into_iter()
+            .filter(|n| has(before, n).is_none())
+            .collect();
+        let removed: Vec<String> = names(before)
+            .into_iter()
+            .filter(|n| has(&after, n).is_none())
+            .collect();
+        let changed: Vec<String> = after
+            .iter()
+            .filter(|(n, l)| has(before, n).is_some_and(|old| old != *l))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let addr = |a: &SocketAddr| a.to_string();
+        let kept: Vec<String> = self
+            .socks
+            .iter()
+            .map(|s| s.addr)
+            .filter(|a| old_addrs.contains(a))
+            .map(|a| addr(&a))
+            .collect();
+        json!({
+            "config": self.plan.path.to_string_lossy(),
+            "services_added": added,
+            "services_removed": removed,
+            "services_changed": changed,
+            "sockets_opened": t.opened.iter().map(addr).collect::<Vec<_>>(),
+            "sockets_closed": t.closed.iter().map(addr).collect::<Vec<_>>(),
+            "sockets_kept": kept,
+            "sockets_failed": t.failed,
+        })
     }
 
     /// Opens the new log target if it changed, and sets the level.
@@ -166,7 +221,7 @@ impl Supervisor {
         for c in changes {
             match c {
                 Change::Opened(a) => {
-                    t.opened += 1;
+                    t.opened.push(*a);
                     self.log
                         .event(Level::Info, "listen")
                         .opt("service", owners.new.get(a))
@@ -174,7 +229,7 @@ impl Supervisor {
                         .send();
                 }
                 Change::Closed(a) => {
-                    t.closed += 1;
+                    t.closed.push(*a);
                     self.log
                         .event(Level::Info, "unlisten")
                         .opt("service", owners.old.get(a))
@@ -182,7 +237,7 @@ impl Supervisor {
                         .send();
                 }
                 Change::Failed(e) => {
-                    t.failed += 1;
+                    t.failed.push(format!("{e}"));
                     self.log
                         .event(Level::Error, "listen-failed")
                         .opt("service", owners.new.get(&e.addr))
@@ -204,7 +259,7 @@ impl Supervisor {
                         .send();
                 }
                 Change::Lost { service, error } => {
-                    t.failed += 1;
+                    t.failed.push(format!("{error}"));
                     self.log
                         .event(Level::Error, "listen-lost")
                         .kv("service", service)
@@ -226,15 +281,23 @@ struct Owners {
     new: HashMap<SocketAddr, String>,
 }
 
-/// The socket changes of one reload, for its `reload` line.
+/// Each service's name and `--check` line, in plan order.
+fn service_lines(plan: &Plan) -> Vec<(String, String)> {
+    plan.services
+        .iter()
+        .map(|s| (s.name.clone(), config::describe_service(s)))
+        .collect()
+}
+
+/// The socket changes of one reload, for its `reload` line and answer.
 #[derive(Default)]
 struct Tally {
     /// Addresses bound or adopted.
-    opened: usize,
+    opened: Vec<SocketAddr>,
     /// Addresses closed.
-    closed: usize,
-    /// Addresses that could not be opened, or were lost.
-    failed: usize,
+    closed: Vec<SocketAddr>,
+    /// Why addresses could not be opened, or were lost.
+    failed: Vec<String>,
     /// Old sockets kept for a service whose new address failed.
     kept: usize,
 }

@@ -43,8 +43,9 @@ impl Refused {
     }
 }
 
-/// Per-service counters, reported by SIGUSR1. They survive a reload for
-/// services that still exist.
+/// Per-service counters: the one set of values SIGUSR1's line, `tinyinetd
+/// status` (table and JSON) and the Prometheus text all report. They
+/// survive a reload for services that still exist.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
     /// Every accepted connection, refused ones included.
@@ -53,6 +54,49 @@ pub struct Counters {
     pub refused: Refused,
     /// Fork and exec failures.
     pub failed: u64,
+    /// How long the handlers that reached their exec ran.
+    pub durations: Durations,
+}
+
+/// The handler duration histogram's upper bounds in seconds, 1 ms to 1 h:
+/// a step of about 5 or 2 per bucket, as short protocol exchanges and long
+/// sessions both have their own buckets (docs/RELIABILITY.md, issue 21).
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// A histogram of handler run times.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Durations {
+    /// Handlers per bucket, not cumulative: `per_bucket[i]` ran longer than
+    /// bucket `i - 1`'s bound and at most `DURATION_BUCKETS[i]`.
+    pub per_bucket: [u64; DURATION_BUCKETS.len()],
+    /// Every handler counted, those over the last bound included.
+    pub count: u64,
+    /// Their run times added up.
+    pub sum: Duration,
+}
+
+impl Durations {
+    /// Counts one handler that ran for `d`.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|&b| secs <= b) {
+            self.per_bucket[i] += 1;
+        }
+        self.count += 1;
+        self.sum += d;
+    }
+
+    /// The cumulative counts, one per bound (Prometheus' `le` buckets; the
+    /// `+Inf` bucket is `count`).
+    pub fn cumulative(&self) -> [u64; DURATION_BUCKETS.len()] {
+        let mut out = self.per_bucket;
+        for i in 1..out.len() {
+            out[i] += out[i - 1];
+        }
+        out
+    }
 }
 
 /// Runtime state of one service.
@@ -440,9 +484,13 @@ impl ServiceTable {
         Some((ep.failures, now.saturating_duration_since(ep.began)))
     }
 
-    /// A handler of service `i` that held `source` was reaped.
-    pub fn exited(&mut self, i: usize, source: IpNet) {
+    /// A handler of service `i` that held `source` was reaped; `ran`: how
+    /// long, when it had reached its exec (for the duration histogram).
+    pub fn exited(&mut self, i: usize, source: IpNet, ran: Option<Duration>) {
         let st = &mut self.list[i];
+        if let Some(d) = ran {
+            st.counters.durations.observe(d);
+        }
         st.running = st.running.saturating_sub(1);
         if let Some(n) = st.per_source.get_mut(&source) {
             *n -= 1;

@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 use std::io;
 use std::time::Instant;
 
+use serde_json::{json, Value};
+
+use super::services::DURATION_BUCKETS;
 use super::Supervisor;
 use crate::admit::PauseReason;
 use crate::notify;
@@ -37,6 +40,59 @@ impl Supervisor {
                 .kv("paused", st.paused.map_or("no", PauseReason::as_str))
                 .send();
         }
+    }
+
+    /// The status document the control socket sends (`crate::report`
+    /// describes it): the same counters as SIGUSR1's lines, and the running
+    /// connections by connection id.
+    pub(super) fn document(&self, now: Instant) -> Value {
+        let services: Vec<Value> = self
+            .services
+            .iter()
+            .map(|st| {
+                let c = &st.counters;
+                let listen: Vec<String> = st.svc.listen.iter().map(ToString::to_string).collect();
+                json!({
+                    "name": st.svc.name,
+                    "listen": listen,
+                    "running": st.running,
+                    "accepted": c.accepted,
+                    "refused": {
+                        "deny": c.refused.deny,
+                        "allow": c.refused.allow,
+                        "max_per_source": c.refused.max_per_source,
+                    },
+                    "failed": c.failed,
+                    "paused": st.paused.map(PauseReason::as_str),
+                    "duration_seconds": {
+                        "le": DURATION_BUCKETS.to_vec(),
+                        "cumulative": c.durations.cumulative().to_vec(),
+                        "count": c.durations.count,
+                        "sum": c.durations.sum.as_secs_f64(),
+                    },
+                })
+            })
+            .collect();
+        let mut children: Vec<_> = self.children.iter().collect();
+        children.sort_by_key(|c| c.conn_id);
+        let connections: Vec<Value> = children
+            .iter()
+            .map(|c| {
+                json!({
+                    "conn": c.conn_id,
+                    "service": c.service.name,
+                    "peer": c.peer.to_string(),
+                    "pid": c.pid.as_raw(),
+                    "age_seconds": now.saturating_duration_since(c.started).as_secs_f64(),
+                })
+            })
+            .collect();
+        json!({
+            "pid": std::process::id(),
+            "config": self.plan.path.to_string_lossy(),
+            "services": services,
+            "connections": connections,
+        })
     }
 
     pub(super) fn ping_watchdog(&mut self, now: Instant) {

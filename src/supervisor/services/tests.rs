@@ -64,7 +64,7 @@ fn capacity_pauses_at_max_instances_and_resumes_when_one_exits() {
     assert_eq!(t.capacity(0, 1, 10, now), None);
     t.started(0, src("127.0.0.2/32"), now);
     assert_eq!(t.capacity(0, 2, 10, now), Some(Pause::Instances));
-    t.exited(0, src("127.0.0.1/32"));
+    t.exited(0, src("127.0.0.1/32"), None);
     assert_eq!(t.capacity(0, 1, 10, now), None);
     assert_eq!(t.get(0).per_source.len(), 1);
 }
@@ -170,4 +170,26 @@ fn exec_failures_back_off_once_per_retry_until_a_handler_succeeds() {
     let done = t.exec_succeeded(0, later, later + Duration::from_millis(5));
     assert_eq!(done, Some((3, Duration::from_millis(15))));
     assert_eq!(t.get(0).backoff_until, None);
+}
+
+#[test]
+fn durations_fall_in_their_bucket_and_survive_a_reload() {
+    let mut t = ServiceTable::default();
+    t.install(services(&["a"]).iter(), &[]);
+    let ms = Duration::from_millis;
+    for d in [ms(0), ms(1), ms(2), ms(700), Duration::from_secs(7200)] {
+        t.started(0, src("127.0.0.1/32"), Instant::now());
+        t.exited(0, src("127.0.0.1/32"), Some(d));
+    }
+    // An exec failure is no handler run.
+    t.exited(0, src("127.0.0.1/32"), None);
+    t.install(services(&["a"]).iter(), &[]);
+    let h = &t.get(0).counters.durations;
+    assert_eq!(h.count, 5);
+    assert_eq!(h.sum, ms(703) + Duration::from_secs(7200));
+    let cum = h.cumulative();
+    // 0 and 1 ms are in le=0.001; 2 ms in le=0.005; 700 ms in le=1.
+    assert_eq!(&cum[..7], &[2, 3, 3, 3, 3, 3, 4]);
+    // Two hours is over the last bound: only in +Inf (the count).
+    assert_eq!(cum[DURATION_BUCKETS.len() - 1], 4);
 }
