@@ -1,7 +1,7 @@
 //! One connection's way through the loop: accept → decide → spawn, with
 //! the classification of accept errors (go on, back off, unexpected).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use super::stderr::StderrPipe;
 use super::Supervisor;
 use crate::admit::{self, Decision, Reason};
 use crate::children::Child;
+use crate::listen::Listener;
 use crate::plan::{Level, Service, Stderr};
 use crate::spawn::{self, Conn, Room, SpawnError};
 
@@ -65,7 +66,7 @@ pub fn classify(errno: Errno) -> AcceptError {
 /// Whether a connection is waiting on `listener`, without taking it. Any
 /// error reads as "no": the listener stays in the poll set, so the next
 /// turn looks again.
-fn waiting(listener: &TcpListener) -> bool {
+fn waiting(listener: &impl AsFd) -> bool {
     let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
         && fds[0].revents().is_some_and(|r| !r.is_empty())
@@ -88,7 +89,10 @@ impl Supervisor {
             if !self.may_accept(self.socks[i].svc, now) {
                 return;
             }
-            match self.socks[i].listener.accept() {
+            let accepted = match &self.socks[i].listener {
+                Listener::Tcp(l) => l.accept(),
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     let conn = self.accepted(i, stream, peer);
                     self.serve(self.socks[i].svc, conn, now);
@@ -146,18 +150,18 @@ impl Supervisor {
     fn accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) -> Conn {
         let sock = &mut self.socks[i];
         let failures = sock.backoff.succeed();
-        let addr = sock.addr;
         if failures > 0 {
             self.log
                 .event(Level::Info, "accept-resumed")
-                .kv("addr", addr)
+                .kv("addr", &sock.addr)
                 .kv("failures", failures)
                 .send();
         }
-        let local = if addr.ip().is_unspecified() {
-            stream.local_addr().unwrap_or(addr)
+        let bound = sock.addr.inet().unwrap_or(peer);
+        let local = if bound.ip().is_unspecified() {
+            stream.local_addr().unwrap_or(bound)
         } else {
-            addr
+            bound
         };
         let id = self.next_conn;
         self.next_conn += 1;
@@ -178,7 +182,7 @@ impl Supervisor {
         let delay = sock.backoff.fail();
         sock.retry_at = Some(now + delay);
         if unexpected || sock.backoff.failures == 1 {
-            let addr = sock.addr;
+            let addr = sock.addr.clone();
             let (level, event) = if unexpected {
                 (Level::Error, "accept-failed")
             } else {
@@ -385,7 +389,7 @@ mod tests {
 
     #[test]
     fn waiting_sees_a_queued_connection_without_taking_it() {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.set_nonblocking(true).expect("nonblocking");
         assert!(!waiting(&l), "nothing has connected yet");
         let _c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
