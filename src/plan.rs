@@ -125,6 +125,28 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// Who is at the other end of a connection, as the handler's environment
+/// and the log lines tell it. New kinds of connection are new variants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Client {
+    /// An IP connection: the client's address and the one it connected to.
+    Inet {
+        /// `TCPREMOTEIP`, `TCPREMOTEPORT`.
+        peer: SocketAddr,
+        /// `TCPLOCALIP`, `TCPLOCALPORT`.
+        local: SocketAddr,
+    },
+}
+
+/// The `peer=` of log lines.
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Client::Inet { peer, .. } => write!(f, "{peer}"),
+        }
+    }
+}
+
 impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

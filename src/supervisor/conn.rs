@@ -17,7 +17,7 @@ use super::Supervisor;
 use crate::admit::{self, Decision, Reason};
 use crate::children::Child;
 use crate::listen::Listener;
-use crate::plan::{Level, Service, Stderr};
+use crate::plan::{Client, Level, Service, Stderr};
 use crate::spawn::{self, Conn, Room, SpawnError};
 
 /// How long the listeners rest when every spawn slot is busy: children
@@ -167,8 +167,7 @@ impl Supervisor {
         self.next_conn += 1;
         Conn {
             stream: stream.into(),
-            peer,
-            local,
+            client: Client::Inet { peer, local },
             id,
             err: None,
         }
@@ -201,12 +200,10 @@ impl Supervisor {
     fn serve(&mut self, svc_i: usize, mut conn: Conn, now: Instant) {
         self.services.accepted(svc_i);
         let st = self.services.get(svc_i);
-        let source = match admit::decide(
-            &st.svc.access,
-            &st.svc.limits,
-            &st.per_source,
-            conn.peer.ip(),
-        ) {
+        let ip = match &conn.client {
+            Client::Inet { peer, .. } => peer.ip(),
+        };
+        let source = match admit::decide(&st.svc.access, &st.svc.limits, &st.per_source, ip) {
             Decision::Admit(source) => source,
             Decision::Refuse(reason) => {
                 self.log_refusal(svc_i, &conn, reason, now);
@@ -232,7 +229,7 @@ impl Supervisor {
                     .kv("service", &svc.name)
                     .kv("conn", conn.id)
                     .kv("pid", pid)
-                    .kv("peer", conn.peer)
+                    .kv("peer", &conn.client)
                     .send();
                 self.insert_child(svc, &conn, pid, source, now);
             }
@@ -243,7 +240,7 @@ impl Supervisor {
                     .event(Level::Error, "fork-failed")
                     .kv("service", &svc.name)
                     .kv("conn", conn.id)
-                    .kv("peer", conn.peer)
+                    .kv("peer", &conn.client)
                     .kv("error", e)
                     .kv("retry_ms", delay.as_millis())
                     .send();
@@ -281,7 +278,7 @@ impl Supervisor {
                         .event(Level::Error, "stderr-pipe-failed")
                         .kv("service", &svc.name)
                         .kv("conn", conn.id)
-                        .kv("peer", conn.peer)
+                        .kv("peer", &conn.client)
                         .kv("error", crate::text::os_error(e))
                         .kv("retry_ms", delay.as_millis())
                         .send();
@@ -325,7 +322,7 @@ impl Supervisor {
             pid,
             service,
             conn_id: conn.id,
-            peer: conn.peer,
+            peer: conn.client.clone(),
             source,
             started: now,
             term_at,
@@ -349,7 +346,7 @@ impl Supervisor {
                 .event(Level::Info, "refused")
                 .kv("service", name)
                 .kv("conn", conn.id)
-                .kv("peer", conn.peer)
+                .kv("peer", &conn.client)
                 .kv("reason", reason)
                 .send();
         }
