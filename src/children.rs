@@ -34,7 +34,6 @@
 //! the unit's cgroup.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,7 +43,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::plan::Service;
+use crate::plan::{Client, Service};
 
 /// Why the daemon terminated a handler or its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +80,7 @@ pub struct Child {
     /// The connection id the log lines of this handler carry.
     pub conn_id: u64,
     /// The client, for the `exit` line.
-    pub peer: SocketAddr,
+    pub peer: Client,
     /// The `max_per_source` slot it holds, released when it is reaped.
     pub source: IpNet,
     /// When it was started, for `duration_ms` and the exec back-off.

@@ -28,6 +28,7 @@ pub mod spawn;
 pub mod supervisor;
 pub mod text;
 pub mod trust;
+pub mod unixsock;
 
 use std::path::{Path, PathBuf};
 

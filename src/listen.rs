@@ -30,20 +30,36 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage,
 };
 
-use crate::plan::Plan;
+use crate::plan::{Endpoint, Plan};
+
+/// One socket the daemon listens on, of any kind; `plan::Endpoint` says
+/// what it is bound to. Every one is non-blocking and close-on-exec.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listening socket.
+    Tcp(TcpListener),
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+        }
+    }
+}
 
 /// Why a socket could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenError {
     /// The address being opened.
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     /// What we were doing: `creating a socket for`, `binding`, `listening on`.
     pub doing: &'static str,
     /// What the kernel said.
@@ -61,7 +77,7 @@ impl fmt::Display for ListenError {
         )?;
         // The kernel's own word for it (ip_unprivileged_port_start, 1024 by
         // default) gives no hint of the cause.
-        if self.errno == Errno::EACCES && self.addr.port() < 1024 {
+        if self.errno == Errno::EACCES && self.addr.inet().is_some_and(|a| a.port() < 1024) {
             f.write_str(" (ports below 1024 need root or CAP_NET_BIND_SERVICE)")?;
         }
         Ok(())
@@ -70,11 +86,22 @@ impl fmt::Display for ListenError {
 
 impl std::error::Error for ListenError {}
 
-/// Opens one listening socket: SO_REUSEADDR (a restart must not wait out
-/// TIME_WAIT), IPV6_V6ONLY on IPv6 (so `"PORT"`'s two sockets and an
+/// Opens the socket for one endpoint.
+pub fn bind(end: &Endpoint) -> Result<Listener, ListenError> {
+    match end {
+        Endpoint::Tcp(a) => bind_tcp(*a).map(Listener::Tcp),
+    }
+}
+
+/// Opens one TCP listening socket: SO_REUSEADDR (a restart must not wait
+/// out TIME_WAIT), IPV6_V6ONLY on IPv6 (so `"PORT"`'s two sockets and an
 /// explicit IPv4 address never collide), non-blocking, close-on-exec.
-pub fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    let err = |doing, errno| ListenError { addr, doing, errno };
+fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    let err = |doing, errno| ListenError {
+        addr: Endpoint::Tcp(addr),
+        doing,
+        errno,
+    };
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -101,8 +128,9 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
 /// Whether a failure to open a wildcard IPv6 socket means "this host has no
 /// IPv6", which a bare `"PORT"` tolerates with a warning.
 pub fn no_ipv6(e: &ListenError) -> bool {
-    e.addr.is_ipv6()
-        && e.addr.ip().is_unspecified()
+    e.addr
+        .inet()
+        .is_some_and(|a| a.is_ipv6() && a.ip().is_unspecified())
         && matches!(
             e.errno,
             Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL | Errno::EPROTONOSUPPORT
@@ -135,7 +163,7 @@ pub fn inherited_sockets() -> Vec<Inherited> {
 #[derive(Debug)]
 pub enum Adoption {
     /// Usable; it will serve `addr` if the plan has it.
-    Listening(SocketAddr, TcpListener),
+    Listening(Endpoint, Listener),
     /// Not a listening TCP socket; closed. The string says why.
     Rejected {
         fd: RawFd,
@@ -191,35 +219,35 @@ pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
     if let Err(e) = listener.set_nonblocking(true) {
         return reject(format!("setting O_NONBLOCK: {e}"));
     }
-    Adoption::Listening(addr, listener)
+    Adoption::Listening(Endpoint::Tcp(addr), Listener::Tcp(listener))
 }
 
 /// The sockets the daemon holds, by address.
 #[derive(Debug, Default)]
 pub struct Sockets {
     /// The open sockets.
-    pub by_addr: HashMap<SocketAddr, TcpListener>,
+    pub by_addr: HashMap<Endpoint, Listener>,
     /// Before [`reconcile`]: the service each held socket serves (by name).
     /// After: the old sockets kept for a service whose new address failed
     /// (they are not in the plan's `listen`, so the caller attaches them by
     /// this name).
-    pub owner: HashMap<SocketAddr, String>,
+    pub owner: HashMap<Endpoint, String>,
 }
 
 /// One event of [`reconcile`], for the caller to log.
 #[derive(Debug)]
 pub enum Change {
     /// A new address, bound or adopted from the inherited sockets.
-    Opened(SocketAddr),
+    Opened(Endpoint),
     /// An address the plan no longer has, closed.
-    Closed(SocketAddr),
+    Closed(Endpoint),
     /// A new address that could not be bound; the rest still applies.
     Failed(ListenError),
     /// A bare `"PORT"`'s IPv6 half on a host without IPv6.
-    NoIpv6(SocketAddr),
+    NoIpv6(Endpoint),
     /// An old socket of `service`, which the new plan removed, kept because
     /// one of the service's new addresses failed.
-    Retained { addr: SocketAddr, service: String },
+    Retained { addr: Endpoint, service: String },
     /// Like `Retained`, but the old socket had been closed to make room for
     /// an overlapping new address, and binding it again failed too.
     Lost { service: String, error: ListenError },
@@ -228,7 +256,14 @@ pub enum Change {
 /// Whether two addresses cannot both be bound: the same family and port,
 /// and one of them a wildcard of that family (IPv6 sockets are
 /// IPV6_V6ONLY, so the families never collide).
-fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+fn overlaps(a: &Endpoint, b: &Endpoint) -> bool {
+    match (a, b) {
+        (Endpoint::Tcp(a), Endpoint::Tcp(b)) => overlaps_inet(a, b),
+    }
+}
+
+/// [`overlaps`] for two IP addresses of one protocol.
+fn overlaps_inet(a: &SocketAddr, b: &SocketAddr) -> bool {
     a != b
         && a.is_ipv4() == b.is_ipv4()
         && a.port() == b.port()
@@ -245,41 +280,42 @@ fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
 /// adopted instead of bound.
 pub fn reconcile(
     held: &mut Sockets,
-    spare: &mut HashMap<SocketAddr, TcpListener>,
+    spare: &mut HashMap<Endpoint, Listener>,
     plan: &Plan,
 ) -> Vec<Change> {
     let mut changes = Vec::new();
     let (wanted, optional_v6) = wanted(plan);
     let mut next = HashMap::new();
     let mut to_bind = Vec::new();
-    for &(a, name) in &wanted {
+    for (a, name) in wanted {
         if let Some(sock) = held.by_addr.remove(&a) {
             next.insert(a, sock);
         } else if let Some(sock) = spare.remove(&a) {
-            changes.push(Change::Opened(a));
+            changes.push(Change::Opened(a.clone()));
             next.insert(a, sock);
         } else {
             to_bind.push((a, name));
         }
     }
     // Removed sockets closed to make room, with the service they served.
-    let mut made_room: Vec<(SocketAddr, Option<String>)> = Vec::new();
+    let mut made_room: Vec<(Endpoint, Option<String>)> = Vec::new();
     // Services with a new address that could not be opened.
     let mut failed: Vec<&str> = Vec::new();
     for (a, name) in to_bind {
-        let clashing: Vec<SocketAddr> = held
+        let clashing: Vec<Endpoint> = held
             .by_addr
             .keys()
             .filter(|h| overlaps(h, &a))
-            .copied()
+            .cloned()
             .collect();
         for h in clashing {
             drop(held.by_addr.remove(&h));
-            made_room.push((h, held.owner.remove(&h)));
+            let owner = held.owner.remove(&h);
+            made_room.push((h, owner));
         }
-        match bind(a) {
+        match bind(&a) {
             Ok(sock) => {
-                changes.push(Change::Opened(a));
+                changes.push(Change::Opened(a.clone()));
                 next.insert(a, sock);
             }
             Err(e) if optional_v6.contains(&a) && no_ipv6(&e) => {
@@ -298,10 +334,10 @@ pub fn reconcile(
         match held.owner.remove(&a) {
             Some(service) if failed.contains(&service.as_str()) => {
                 changes.push(Change::Retained {
-                    addr: a,
+                    addr: a.clone(),
                     service: service.clone(),
                 });
-                next.insert(a, sock);
+                next.insert(a.clone(), sock);
                 kept.insert(a, service);
             }
             _ => {
@@ -319,18 +355,15 @@ pub fn reconcile(
 /// The addresses `plan` listens on, with the service of each, and those of
 /// them that are a bare `"PORT"`'s IPv6 half (which a host without IPv6
 /// may skip).
-fn wanted(plan: &Plan) -> (Vec<(SocketAddr, &str)>, Vec<SocketAddr>) {
+fn wanted(plan: &Plan) -> (Vec<(Endpoint, &str)>, Vec<Endpoint>) {
     let mut wanted = Vec::new();
     let mut optional_v6 = Vec::new();
     for s in plan.enabled() {
-        for l in &s.listen {
-            let any = matches!(l, crate::plan::ListenAddr::Any(_));
-            for a in l.sockets() {
-                if any && a.is_ipv6() {
-                    optional_v6.push(a);
-                }
-                wanted.push((a, s.name.as_str()));
+        for (a, optional) in s.endpoints() {
+            if optional {
+                optional_v6.push(a.clone());
             }
+            wanted.push((a, s.name.as_str()));
         }
     }
     (wanted, optional_v6)
@@ -340,22 +373,22 @@ fn wanted(plan: &Plan) -> (Vec<(SocketAddr, &str)>, Vec<SocketAddr>) {
 /// new address failed gets its old one back (bound again), or it is
 /// reported lost; the others stay closed.
 fn rebind_made_room(
-    made_room: Vec<(SocketAddr, Option<String>)>,
+    made_room: Vec<(Endpoint, Option<String>)>,
     failed: &[&str],
-    next: &mut HashMap<SocketAddr, TcpListener>,
-    kept: &mut HashMap<SocketAddr, String>,
+    next: &mut HashMap<Endpoint, Listener>,
+    kept: &mut HashMap<Endpoint, String>,
     changes: &mut Vec<Change>,
 ) {
     for (a, owner) in made_room {
         match owner {
             Some(service) if failed.contains(&service.as_str()) && !next.contains_key(&a) => {
-                match bind(a) {
+                match bind(&a) {
                     Ok(sock) => {
                         changes.push(Change::Retained {
-                            addr: a,
+                            addr: a.clone(),
                             service: service.clone(),
                         });
-                        next.insert(a, sock);
+                        next.insert(a.clone(), sock);
                         kept.insert(a, service);
                     }
                     Err(error) => changes.push(Change::Lost { service, error }),
@@ -372,8 +405,8 @@ mod tests {
 
     #[test]
     fn bind_sets_nonblocking_and_cloexec() {
-        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let fd = l.as_raw_fd();
+        let l = bind(&Endpoint::Tcp("127.0.0.1:0".parse().unwrap())).unwrap();
+        let fd = l.as_fd().as_raw_fd();
         let flags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFL).unwrap();
         assert!(flags & libc::O_NONBLOCK != 0);
         let fdflags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFD).unwrap();
@@ -388,7 +421,7 @@ mod tests {
 
     #[test]
     fn overlapping_addresses_are_same_family_same_port_one_wildcard() {
-        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let a = |s: &str| Endpoint::Tcp(s.parse().unwrap());
         assert!(overlaps(&a("127.0.0.1:80"), &a("0.0.0.0:80")));
         assert!(overlaps(&a("0.0.0.0:80"), &a("127.0.0.2:80")));
         assert!(overlaps(&a("[::]:80"), &a("[::1]:80")));
@@ -401,7 +434,7 @@ mod tests {
     #[test]
     fn a_privileged_port_refused_says_what_it_needs() {
         let e = |port: u16| ListenError {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
             doing: "binding",
             errno: Errno::EACCES,
         };
@@ -417,9 +450,9 @@ mod tests {
 
     #[test]
     fn bind_error_names_the_address() {
-        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = l.local_addr().unwrap();
-        let e = bind(addr).unwrap_err();
+        let e = bind(&Endpoint::Tcp(addr)).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("binding {addr}: Address already in use")

@@ -167,6 +167,54 @@ impl ListenAddr {
     }
 }
 
+/// What one socket of the daemon is bound to: the key by which sockets are
+/// kept across reloads, adopted from `LISTEN_FDS` and named in log lines.
+/// New kinds of socket are new variants here (and in `listen::Listener`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A TCP listening socket.
+    Tcp(SocketAddr),
+}
+
+impl Endpoint {
+    /// The IP address and port, for the kinds that have them.
+    pub fn inet(&self) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Tcp(a) => Some(*a),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// Who is at the other end of a connection, as the handler's environment
+/// and the log lines tell it. New kinds of connection are new variants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Client {
+    /// An IP connection: the client's address and the one it connected to.
+    Inet {
+        /// `TCPREMOTEIP`, `TCPREMOTEPORT`.
+        peer: SocketAddr,
+        /// `TCPLOCALIP`, `TCPLOCALPORT`.
+        local: SocketAddr,
+    },
+}
+
+/// The `peer=` of log lines.
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Client::Inet { peer, .. } => write!(f, "{peer}"),
+        }
+    }
+}
+
 impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -409,6 +457,19 @@ pub struct Plan {
     /// The drop-in (`[daemon] include`) each service came from, by service
     /// name; a service of the main file has no entry.
     pub origin: HashMap<String, PathBuf>,
+}
+
+impl Service {
+    /// The sockets this service listens on, each with whether it is a bare
+    /// `"PORT"`'s IPv6 half (which a host without IPv6 may skip).
+    pub fn endpoints(&self) -> impl Iterator<Item = (Endpoint, bool)> + '_ {
+        self.listen.iter().flat_map(|l| {
+            let any = matches!(l, ListenAddr::Any(_));
+            l.sockets()
+                .into_iter()
+                .map(move |a| (Endpoint::Tcp(a), any && a.is_ipv6()))
+        })
+    }
 }
 
 impl Plan {

@@ -156,7 +156,6 @@ mod tests;
 
 use std::ffi::c_char;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -164,7 +163,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use crate::plan::Service;
+use crate::plan::{Client, Service};
 use child::{child_entry, sys};
 pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, peer_groups, reset_sigchld};
 use slot::{ChildArgs, Slot, SlotData};
@@ -175,10 +174,8 @@ pub struct Conn {
     /// The accepted socket: the child's fds 0–2; the daemon's copy closes
     /// when `Conn` is dropped.
     pub stream: OwnedFd,
-    /// The client's address (`TCPREMOTEIP`, `TCPREMOTEPORT`).
-    pub peer: SocketAddr,
-    /// The address the client connected to (`TCPLOCALIP`, `TCPLOCALPORT`).
-    pub local: SocketAddr,
+    /// Who the client is: the handler's variables are made from it.
+    pub client: Client,
     /// Unique within this run of the daemon; in the handler's environment
     /// and in every log line about the connection.
     pub id: u64,
@@ -500,18 +497,22 @@ fn start_child(slot: &mut Slot) -> Result<Pid, SpawnError> {
 fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) {
     v.clear();
     o.clear();
-    let rip = conn.peer.ip().to_canonical();
-    let lip = conn.local.ip().to_canonical();
     let var = |o: &mut Vec<usize>, v: &mut Vec<u8>, name: &str, val: &dyn std::fmt::Display| {
         o.push(v.len());
         // Writing into a Vec cannot fail.
         let _ = write!(v, "{name}={val}\0");
     };
-    var(o, v, "TCPREMOTEIP", &rip);
-    var(o, v, "TCPREMOTEPORT", &conn.peer.port());
-    var(o, v, "TCPLOCALIP", &lip);
-    var(o, v, "TCPLOCALPORT", &conn.local.port());
-    var(o, v, "REMOTE_ADDR", &rip);
-    var(o, v, "REMOTE_PORT", &conn.peer.port());
+    match &conn.client {
+        Client::Inet { peer, local } => {
+            let rip = peer.ip().to_canonical();
+            let lip = local.ip().to_canonical();
+            var(o, v, "TCPREMOTEIP", &rip);
+            var(o, v, "TCPREMOTEPORT", &peer.port());
+            var(o, v, "TCPLOCALIP", &lip);
+            var(o, v, "TCPLOCALPORT", &local.port());
+            var(o, v, "REMOTE_ADDR", &rip);
+            var(o, v, "REMOTE_PORT", &peer.port());
+        }
+    }
     var(o, v, "TINYINETD_CONN_ID", &conn.id);
 }

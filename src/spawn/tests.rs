@@ -24,8 +24,10 @@ fn fixture(program: &str) -> (Arc<Service>, Conn, UnixStream) {
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let conn = Conn {
         stream: theirs.into(),
-        peer: "127.0.0.1:40000".parse().expect("addr"),
-        local: "127.0.0.1:9".parse().expect("addr"),
+        client: crate::plan::Client::Inet {
+            peer: "127.0.0.1:40000".parse().expect("addr"),
+            local: "127.0.0.1:9".parse().expect("addr"),
+        },
         id: 1,
         err: None,
     };

@@ -1,7 +1,7 @@
 //! One connection's way through the loop: accept → decide → spawn, with
 //! the classification of accept errors (go on, back off, unexpected).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,8 @@ use super::stderr::StderrPipe;
 use super::Supervisor;
 use crate::admit::{self, Decision, Reason};
 use crate::children::Child;
-use crate::plan::{Level, Service, Stderr};
+use crate::listen::Listener;
+use crate::plan::{Client, Level, Service, Stderr};
 use crate::spawn::{self, Conn, Room, SpawnError};
 
 /// How long the listeners rest when every spawn slot is busy: children
@@ -65,7 +66,7 @@ pub fn classify(errno: Errno) -> AcceptError {
 /// Whether a connection is waiting on `listener`, without taking it. Any
 /// error reads as "no": the listener stays in the poll set, so the next
 /// turn looks again.
-fn waiting(listener: &TcpListener) -> bool {
+fn waiting(listener: &impl AsFd) -> bool {
     let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
         && fds[0].revents().is_some_and(|r| !r.is_empty())
@@ -88,7 +89,10 @@ impl Supervisor {
             if !self.may_accept(self.socks[i].svc, now) {
                 return;
             }
-            match self.socks[i].listener.accept() {
+            let accepted = match &self.socks[i].listener {
+                Listener::Tcp(l) => l.accept(),
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     let conn = self.accepted(i, stream, peer);
                     self.serve(self.socks[i].svc, conn, now);
@@ -146,25 +150,24 @@ impl Supervisor {
     fn accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) -> Conn {
         let sock = &mut self.socks[i];
         let failures = sock.backoff.succeed();
-        let addr = sock.addr;
         if failures > 0 {
             self.log
                 .event(Level::Info, "accept-resumed")
-                .kv("addr", addr)
+                .kv("addr", &sock.addr)
                 .kv("failures", failures)
                 .send();
         }
-        let local = if addr.ip().is_unspecified() {
-            stream.local_addr().unwrap_or(addr)
+        let bound = sock.addr.inet().unwrap_or(peer);
+        let local = if bound.ip().is_unspecified() {
+            stream.local_addr().unwrap_or(bound)
         } else {
-            addr
+            bound
         };
         let id = self.next_conn;
         self.next_conn += 1;
         Conn {
             stream: stream.into(),
-            peer,
-            local,
+            client: Client::Inet { peer, local },
             id,
             err: None,
         }
@@ -178,7 +181,7 @@ impl Supervisor {
         let delay = sock.backoff.fail();
         sock.retry_at = Some(now + delay);
         if unexpected || sock.backoff.failures == 1 {
-            let addr = sock.addr;
+            let addr = sock.addr.clone();
             let (level, event) = if unexpected {
                 (Level::Error, "accept-failed")
             } else {
@@ -197,12 +200,10 @@ impl Supervisor {
     fn serve(&mut self, svc_i: usize, mut conn: Conn, now: Instant) {
         self.services.accepted(svc_i);
         let st = self.services.get(svc_i);
-        let source = match admit::decide(
-            &st.svc.access,
-            &st.svc.limits,
-            &st.per_source,
-            conn.peer.ip(),
-        ) {
+        let ip = match &conn.client {
+            Client::Inet { peer, .. } => peer.ip(),
+        };
+        let source = match admit::decide(&st.svc.access, &st.svc.limits, &st.per_source, ip) {
             Decision::Admit(source) => source,
             Decision::Refuse(reason) => {
                 self.log_refusal(svc_i, &conn, reason, now);
@@ -228,7 +229,7 @@ impl Supervisor {
                     .kv("service", &svc.name)
                     .kv("conn", conn.id)
                     .kv("pid", pid)
-                    .kv("peer", conn.peer)
+                    .kv("peer", &conn.client)
                     .send();
                 self.insert_child(svc, &conn, pid, source, now);
             }
@@ -239,7 +240,7 @@ impl Supervisor {
                     .event(Level::Error, "fork-failed")
                     .kv("service", &svc.name)
                     .kv("conn", conn.id)
-                    .kv("peer", conn.peer)
+                    .kv("peer", &conn.client)
                     .kv("error", e)
                     .kv("retry_ms", delay.as_millis())
                     .send();
@@ -277,7 +278,7 @@ impl Supervisor {
                         .event(Level::Error, "stderr-pipe-failed")
                         .kv("service", &svc.name)
                         .kv("conn", conn.id)
-                        .kv("peer", conn.peer)
+                        .kv("peer", &conn.client)
                         .kv("error", crate::text::os_error(e))
                         .kv("retry_ms", delay.as_millis())
                         .send();
@@ -321,7 +322,7 @@ impl Supervisor {
             pid,
             service,
             conn_id: conn.id,
-            peer: conn.peer,
+            peer: conn.client.clone(),
             source,
             started: now,
             term_at,
@@ -345,7 +346,7 @@ impl Supervisor {
                 .event(Level::Info, "refused")
                 .kv("service", name)
                 .kv("conn", conn.id)
-                .kv("peer", conn.peer)
+                .kv("peer", &conn.client)
                 .kv("reason", reason)
                 .send();
         }
@@ -385,7 +386,7 @@ mod tests {
 
     #[test]
     fn waiting_sees_a_queued_connection_without_taking_it() {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.set_nonblocking(true).expect("nonblocking");
         assert!(!waiting(&l), "nothing has connected yet");
         let _c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");

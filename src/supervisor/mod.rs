@@ -22,7 +22,6 @@ mod stderr;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -31,10 +30,10 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::admit::{Backoff, Pause};
 use crate::children::{Children, Exit, Fired};
-use crate::listen::{self, Change, Sockets};
+use crate::listen::{self, Change, Listener, Sockets};
 use crate::log::Logger;
 use crate::notify;
-use crate::plan::{Level, Plan};
+use crate::plan::{Endpoint, Level, Plan};
 use crate::resolver;
 use crate::signals::Signals;
 use crate::spawn::Spawner;
@@ -48,9 +47,9 @@ const ACCEPT_BUDGET: usize = 64;
 /// One listening socket in the loop.
 struct Sock {
     /// The address it was bound (or adopted) for.
-    addr: SocketAddr,
+    addr: Endpoint,
     /// The socket itself, non-blocking.
-    listener: TcpListener,
+    listener: Listener,
     /// Index into `Supervisor::services`.
     svc: usize,
     /// EMFILE and friends: the growing delay of this listener's episode.
@@ -118,7 +117,7 @@ pub struct Supervisor {
     /// The listeners, each serving one entry of `services`.
     socks: Vec<Sock>,
     /// Inherited (socket-activated) listeners not claimed by the plan yet.
-    spare: HashMap<SocketAddr, TcpListener>,
+    spare: HashMap<Endpoint, Listener>,
     /// The running handlers.
     children: Children,
     /// The signalfd for the signals the daemon acts on.
@@ -190,7 +189,7 @@ impl Supervisor {
         for change in listen::reconcile(&mut held, &mut spare, &plan) {
             match change {
                 Change::Failed(e) => return Err(StartError::Listen(e)),
-                Change::NoIpv6(a) => log_no_ipv6(&mut log, a),
+                Change::NoIpv6(a) => log_no_ipv6(&mut log, &a),
                 // Nothing is held before the start, so nothing is retained.
                 Change::Opened(_)
                 | Change::Closed(_)
@@ -239,7 +238,7 @@ impl Supervisor {
             sup.log
                 .event(Level::Info, "listen")
                 .kv("service", name)
-                .kv("addr", s.addr)
+                .kv("addr", &s.addr)
                 .send();
         }
         sup.reject_spare();
@@ -257,14 +256,14 @@ impl Supervisor {
             .collect();
         self.services.install(plan.enabled(), &running);
         drop(running);
-        let mut old_socks: HashMap<SocketAddr, (Backoff, Option<Instant>)> = self
+        let mut old_socks: HashMap<Endpoint, (Backoff, Option<Instant>)> = self
             .socks
             .drain(..)
             .map(|s| (s.addr, (s.backoff, s.retry_at)))
             .collect();
         let mut socks = Vec::new();
         // A held socket becomes service `svc`'s, keeping its back-off.
-        let mut attach = |addr: SocketAddr, svc: usize, held: &mut Sockets| {
+        let mut attach = |addr: Endpoint, svc: usize, held: &mut Sockets| {
             if let Some(listener) = held.by_addr.remove(&addr) {
                 let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
                 socks.push(Sock {
@@ -277,7 +276,7 @@ impl Supervisor {
             }
         };
         for (i, st) in self.services.iter().enumerate() {
-            for addr in st.svc.listen.iter().flat_map(|l| l.sockets()) {
+            for (addr, _) in st.svc.endpoints() {
                 attach(addr, i, &mut held);
             }
         }
@@ -551,7 +550,7 @@ impl Supervisor {
 }
 
 /// A bare `"PORT"`'s IPv6 half skipped on a host without IPv6.
-fn log_no_ipv6(log: &mut Logger, addr: SocketAddr) {
+fn log_no_ipv6(log: &mut Logger, addr: &Endpoint) {
     log.event(Level::Warn, "listen-skipped")
         .kv("addr", addr)
         .kv("error", "no IPv6 on this host; serving IPv4 only")

@@ -3,7 +3,6 @@
 //! applied (sockets reconciled, services carried over, logging reopened).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -13,7 +12,7 @@ use crate::config;
 use crate::listen::{self, Change, Sockets};
 use crate::log::Logger;
 use crate::notify;
-use crate::plan::{Level, Plan};
+use crate::plan::{Endpoint, Level, Plan};
 use crate::resolver;
 
 impl Supervisor {
@@ -115,9 +114,9 @@ impl Supervisor {
         }
         let mut held = Sockets::default();
         for s in self.socks.drain(..) {
-            held.by_addr.insert(s.addr, s.listener);
             held.owner
-                .insert(s.addr, self.services.get(s.svc).svc.name.clone());
+                .insert(s.addr.clone(), self.services.get(s.svc).svc.name.clone());
+            held.by_addr.insert(s.addr, s.listener);
         }
         // Who had each socket and who will: every listen/unlisten line
         // names its service.
@@ -125,12 +124,7 @@ impl Supervisor {
             old: held.owner.clone(),
             new: plan
                 .enabled()
-                .flat_map(|s| {
-                    s.listen
-                        .iter()
-                        .flat_map(|l| l.sockets())
-                        .map(|a| (a, s.name.clone()))
-                })
+                .flat_map(|s| s.endpoints().map(|(a, _)| (a, s.name.clone())))
                 .collect(),
         };
         let changes = listen::reconcile(&mut held, &mut self.spare, &plan);
@@ -241,11 +235,11 @@ impl Supervisor {
                     self.log
                         .event(Level::Error, "listen-failed")
                         .opt("service", owners.new.get(&e.addr))
-                        .kv("addr", e.addr)
+                        .kv("addr", &e.addr)
                         .kv("error", e.to_string())
                         .send();
                 }
-                Change::NoIpv6(a) => super::log_no_ipv6(&mut self.log, *a),
+                Change::NoIpv6(a) => super::log_no_ipv6(&mut self.log, a),
                 Change::Retained { addr, service } => {
                     t.kept += 1;
                     self.log
@@ -263,7 +257,7 @@ impl Supervisor {
                     self.log
                         .event(Level::Error, "listen-lost")
                         .kv("service", service)
-                        .kv("addr", error.addr)
+                        .kv("addr", &error.addr)
                         .kv("error", error.to_string())
                         .send();
                 }
@@ -276,9 +270,9 @@ impl Supervisor {
 /// The service of each socket address, before and after a reload.
 struct Owners {
     /// From the sockets held before the reload.
-    old: HashMap<SocketAddr, String>,
+    old: HashMap<Endpoint, String>,
     /// From the new plan's enabled services.
-    new: HashMap<SocketAddr, String>,
+    new: HashMap<Endpoint, String>,
 }
 
 /// Each service's name and `--check` line, in plan order.
