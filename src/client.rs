@@ -4,7 +4,7 @@
 //! and size, and say clearly what went wrong (no daemon, no access, no
 //! answer). Blocking calls with timeouts: this is never the daemon.
 //!
-//! The protocol (docs/CONTROL.md): one JSON object per line each way, one
+//! The protocol (tinyinetd(8), CONTROL PROTOCOL): one JSON object per line each way, one
 //! request per connection: `{"cmd":"status"}`, `{"cmd":"metrics"}`,
 //! `{"cmd":"reload"}`; the reply has `"ok": true` and the answer, or
 //! `"ok": false` and an `"error"` (and, for a reload the file refused, its

@@ -5,7 +5,7 @@
 //! command and `tinyinetd-metrics` all render through this module, so the
 //! three views can never disagree.
 //!
-//! The document (docs/CONTROL.md, tinyinetd(8) "CONTROL PROTOCOL"):
+//! The document (tinyinetd(8), CONTROL PROTOCOL, tinyinetd(8) "CONTROL PROTOCOL"):
 //!
 //! ```text
 //! {"services": [{"name", "listen": [..], "running", "accepted",

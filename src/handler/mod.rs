@@ -7,6 +7,7 @@
 
 pub mod daytime;
 pub mod echo;
+pub mod metrics;
 pub mod sum;
 
 use std::io;

@@ -1,15 +1,15 @@
-//! The control socket (§10.7, docs/CONTROL.md): a Unix stream listener and
+//! The control socket (§10.7, tinyinetd(8), CONTROL PROTOCOL): a Unix stream listener and
 //! its clients as poll sources, served without ever blocking the loop.
 //!
 //! One request per connection, one JSON object per line each way. Every
 //! read and write is non-blocking; a client's input is bounded
-//! ([`MAX_REQUEST`]) and its output is the one reply it asked for. Bounds:
+//! (`client::MAX_REQUEST`) and its output is the one reply it asked for. Bounds:
 //! - at most [`MAX_CLIENTS`] clients; one more is accepted, told the daemon
 //!   is busy (one non-blocking write) and closed at once, so the listener
 //!   never stays readable with nobody served (a busy loop) and a flood
 //!   cannot queue in the backlog ahead of the administrator;
 //! - [`REQUEST_DEADLINE`] from the connection to a complete request line;
-//! - [`REPLY_DEADLINE`] from the reply being ready to its last byte
+//! - `client::REPLY_DEADLINE` from the reply being ready to its last byte
 //!   written: a client that does not read is dropped then;
 //! - a client waiting for a reload has no deadline of its own: the reload
 //!   ends within the resolver's bound (`resolver::DEADLINE`, 30 s).
@@ -18,13 +18,10 @@
 //! and `metrics` for root, the daemon's user and members of
 //! `control_group`; `reload` for root and the daemon's user alone.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{
-    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
-};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
@@ -32,30 +29,26 @@ use serde_json::{json, Value};
 
 use super::{Source, StartError, Supervisor};
 use crate::plan::{ControlGroup, ControlSocket, Level};
+use crate::unixsock::{Ownership, UnixName, UnixSocket};
+use client::MAX_REQUEST;
+use client::{flush, peer_of, queue, read_line, Client, Input, State};
+
+mod client;
 
 /// Clients served at once (§10.7).
 pub const MAX_CLIENTS: usize = 16;
 
-/// The longest request line; a longer one is refused and the client closed.
-pub const MAX_REQUEST: usize = 4096;
-
 /// From the connection to a complete request line.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
-
-/// From the reply being ready to its last byte written.
-pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Connections taken from the listener in one turn at most.
 const ACCEPT_BUDGET: usize = 32;
 
 /// The listening socket and its file.
 pub(super) struct Control {
-    /// Non-blocking.
-    listener: UnixListener,
-    /// The file, removed when the daemon stops if it is still ours.
-    path: PathBuf,
-    /// (dev, ino) of the file bound: another file at the path is not ours.
-    id: (u64, u64),
+    /// The listener (non-blocking) and its file, removed when the daemon
+    /// stops if it is still the one bound.
+    sock: UnixSocket,
     /// Members may read; its name is in the refusal message.
     group: ControlGroup,
     /// The clients being served, in the order they came.
@@ -64,147 +57,36 @@ pub(super) struct Control {
     next_id: u64,
 }
 
-/// Who is at the other end, from the kernel (`SO_PEERCRED`, `SO_PEERGROUPS`).
-struct Peer {
-    pid: i32,
-    uid: u32,
-    gid: u32,
-    /// Supplementary groups.
-    groups: Vec<u32>,
-}
-
-/// Where a client is in its one exchange.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Its request line is being read.
-    Reading,
-    /// It asked for a reload; `skip`: a reload was running then, and the
-    /// one it waits for is the next (the file as it is now).
-    Reload { skip: bool },
-    /// Its reply is being written.
-    Writing,
-}
-
-/// One control client.
-struct Client {
-    /// Its `Source::ControlClient` id.
-    id: u64,
-    /// Non-blocking.
-    stream: UnixStream,
-    /// Checked against each command.
-    peer: Peer,
-    /// The request line so far, at most `MAX_REQUEST` bytes.
-    input: Vec<u8>,
-    /// The reply line.
-    output: Vec<u8>,
-    /// Bytes of `output` written.
-    sent: usize,
-    state: State,
-    /// Dropped then, unless done (`None` while waiting for a reload).
-    deadline: Option<Instant>,
-}
-
-impl Drop for Control {
-    /// Removes the socket file if it is still the one bound (a daemon
-    /// started after us may have replaced it).
-    fn drop(&mut self) {
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if (m.dev(), m.ino()) == self.id {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
-/// Why the socket could not be bound; `held`: another live daemon has it.
-pub(super) struct BindError {
-    held: bool,
-    message: String,
-}
-
-/// Binds the control socket at `path`: a stale socket file (nobody accepts
-/// on it) is replaced, any other existing file is refused; mode 0660,
-/// group `group`. `make_dir`: create a missing parent (the default path).
-fn bind(path: &Path, group: &ControlGroup, make_dir: bool) -> Result<Control, BindError> {
-    let p = path.display();
-    let fail = |held, message| BindError { held, message };
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(fail(
-                false,
-                format!("control socket {p}: the path exists and is not a socket; refusing to replace it"),
-            ));
-        }
-        match UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(fail(
-                    true,
-                    format!("control socket {p}: another daemon is listening on it"),
-                ))
-            }
-            // Stale: nobody accepts on it.
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                std::fs::remove_file(path).map_err(|e| {
-                    fail(
-                        false,
-                        format!(
-                            "control socket {p}: removing the stale socket: {}",
-                            crate::text::io_reason(&e)
-                        ),
-                    )
-                })?;
-            }
-            Err(e) => {
-                return Err(fail(
-                    false,
-                    format!("control socket {p}: {}", crate::text::io_reason(&e)),
-                ))
-            }
-        }
-    }
+/// Binds the control socket at `path` (`unixsock`: a stale socket file is
+/// replaced, any other file refused, the file removed at the end if it is
+/// still ours): mode 0660, group `group`. `make_dir`: create a missing
+/// parent first (the default path's; 0755, as the socket's own mode and
+/// group decide who may connect).
+fn bind(path: &Path, group: &ControlGroup, make_dir: bool) -> Result<Control, String> {
     if make_dir {
         if let Some(dir) = path.parent() {
-            // 0755: the socket's own mode and group decide who connects.
-            let made = std::fs::DirBuilder::new()
+            std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
-                .create(dir);
-            if let Err(e) = made {
-                return Err(fail(
-                    false,
+                .create(dir)
+                .map_err(|e| {
                     format!(
-                        "control socket {p}: creating {}: {}",
+                        "creating the control socket's directory {}: {}",
                         dir.display(),
                         crate::text::io_reason(&e)
-                    ),
-                ));
-            }
+                    )
+                })?;
         }
     }
-    let io = |doing: &str, e: io::Error| {
-        fail(
-            false,
-            format!(
-                "control socket {p}: {doing}: {}",
-                crate::text::io_reason(&e)
-            ),
-        )
+    let own = Ownership {
+        mode: Some(0o660),
+        uid: None,
+        gid: Some(group.gid),
     };
-    let listener = UnixListener::bind(path).map_err(|e| io("binding", e))?;
-    // Until the chmod the file has the umask's mode (0755 by default):
-    // only the daemon's user can connect then, never more.
-    std::os::unix::fs::chown(path, None, Some(group.gid))
-        .map_err(|e| io("setting its group", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| io("setting its mode", e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| io("making it non-blocking", e))?;
-    let m = std::fs::symlink_metadata(path).map_err(|e| io("reading it back", e))?;
+    let sock = UnixSocket::bind(&UnixName::Path(path.to_path_buf()), &own, 128)
+        .map_err(|e| format!("control socket: {e}"))?;
     Ok(Control {
-        listener,
-        path: path.to_path_buf(),
-        id: (m.dev(), m.ino()),
+        sock,
         group: group.clone(),
         clients: Vec::new(),
         next_id: 1,
@@ -215,10 +97,10 @@ fn bind(path: &Path, group: &ControlGroup, make_dir: bool) -> Result<Control, Bi
 /// when the default path cannot be used (logged as a warning); `Err` when
 /// an explicit path cannot be used (a start-up error).
 pub(super) fn open(
-    setting: &ControlSocket,
-    group: &ControlGroup,
+    daemon: &crate::plan::Daemon,
     log: &mut crate::log::Logger,
 ) -> Result<Option<Control>, StartError> {
+    let (setting, group) = (&daemon.control_socket, &daemon.control_group);
     let (path, explicit) = match setting {
         ControlSocket::Off => return Ok(None),
         ControlSocket::Default(p) => (p, false),
@@ -232,12 +114,14 @@ pub(super) fn open(
                 .send();
             Ok(Some(c))
         }
-        Err(e) if explicit => Err(StartError::Control(e.message)),
+        Err(e) if explicit => Err(StartError::Control(e)),
         Err(e) => {
             log.event(Level::Warn, "control-unavailable")
                 .kv("path", path.display())
-                .kv("held", e.held)
-                .kv_long("error", &format!("{}; running without a control socket (set control_socket to choose another path)", e.message))
+                .kv_long(
+                    "error",
+                    &format!("{e}; running without a control socket (set control_socket to choose another path)"),
+                )
                 .send();
             Ok(None)
         }
@@ -249,7 +133,7 @@ impl Control {
     /// a client: there always is, see `MAX_CLIENTS`), and each client for
     /// what it waits on.
     pub(super) fn poll_set<'a>(&'a self, fds: &mut Vec<PollFd<'a>>, sources: &mut Vec<Source>) {
-        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.sock.listener().as_fd(), PollFlags::POLLIN));
         sources.push(Source::Control);
         for c in &self.clients {
             let events = match c.state {
@@ -265,6 +149,65 @@ impl Control {
     /// The nearest client deadline.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.clients.iter().filter_map(|c| c.deadline).min()
+    }
+}
+
+impl Supervisor {
+    /// A reload's `control_socket` and `control_group`: a new group is
+    /// given to the file (the socket stays); a new path is bound first and
+    /// the old socket closed once it is (its clients carry over, so a
+    /// waiting `reload` still gets its answer). A new socket that cannot
+    /// be bound is logged and the old one kept, default path or not: the
+    /// daemon is running and must not lose its control socket to a typo.
+    pub(super) fn reconfigure_control(&mut self, new: &crate::plan::Daemon) {
+        let old = &self.plan.daemon;
+        if new.control_socket.path() == old.control_socket.path() {
+            if new.control_group != old.control_group {
+                if let Some(ctl) = &mut self.control {
+                    let own = Ownership {
+                        mode: Some(0o660),
+                        uid: None,
+                        gid: Some(new.control_group.gid),
+                    };
+                    match ctl.sock.set_ownership(&own) {
+                        Ok(()) => ctl.group = new.control_group.clone(),
+                        Err(e) => self
+                            .log
+                            .event(Level::Error, "control-failed")
+                            .kv("error", e)
+                            .send(),
+                    }
+                }
+            }
+            return;
+        }
+        let Some(path) = new.control_socket.path() else {
+            self.control = None;
+            return;
+        };
+        match bind(
+            path,
+            &new.control_group,
+            !matches!(new.control_socket, ControlSocket::Explicit(_)),
+        ) {
+            Ok(mut c) => {
+                self.log
+                    .event(Level::Info, "control-listen")
+                    .kv("path", path.display())
+                    .kv("group", &new.control_group.name)
+                    .send();
+                if let Some(old) = self.control.take() {
+                    c.clients = old.clients;
+                    c.next_id = old.next_id;
+                }
+                self.control = Some(c);
+            }
+            Err(e) => self
+                .log
+                .event(Level::Error, "control-failed")
+                .kv_long("error", &format!("{e}; the previous control socket stays"))
+                .send(),
+        }
     }
 }
 
@@ -308,7 +251,7 @@ impl Supervisor {
             let Some(ctl) = &mut self.control else {
                 return;
             };
-            let stream = match ctl.listener.accept() {
+            let stream = match ctl.sock.listener().accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -449,7 +392,7 @@ impl Supervisor {
             let message = format!(
                 "permission denied: uid {} may not {cmd} through the control socket {}; only {who} may",
                 p.uid,
-                ctl.path.display()
+                ctl.sock.name().path().map(|p| p.display().to_string()).unwrap_or_default()
             );
             self.log
                 .event(Level::Warn, "control-refused")
@@ -537,81 +480,4 @@ impl Supervisor {
             ctl.clients.remove(at);
         }
     }
-}
-
-/// The client's reply is `line`, due within `REPLY_DEADLINE`.
-fn queue(c: &mut Client, line: Vec<u8>, now: Instant) {
-    c.output = line;
-    c.sent = 0;
-    c.state = State::Writing;
-    c.deadline = Some(now + REPLY_DEADLINE);
-}
-
-/// Writes what the socket takes; true when the client is done (all
-/// written, or it went away).
-fn flush(c: &mut Client) -> bool {
-    while c.sent < c.output.len() {
-        match (&c.stream).write(&c.output[c.sent..]) {
-            Ok(0) => return true,
-            Ok(n) => c.sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return true,
-        }
-    }
-    true
-}
-
-/// What a read gave.
-enum Input {
-    /// No complete line yet.
-    More,
-    /// EOF or an error: the client is gone.
-    Gone,
-    /// Over `MAX_REQUEST` without a newline.
-    TooLong,
-    /// A complete request line (without its newline).
-    Line(Vec<u8>),
-}
-
-/// Reads what is there. A waiting client's bytes are read and dropped
-/// (it has sent its request), so its hang-up is seen.
-fn read_line(c: &mut Client) -> Input {
-    let mut buf = [0u8; 1024];
-    // Bounded: a client that writes as fast as we read gets its turn again
-    // at the next poll.
-    for _ in 0..8 {
-        match (&c.stream).read(&mut buf) {
-            Ok(0) => return Input::Gone,
-            Ok(n) if c.state != State::Reading => {
-                let _ = n;
-            }
-            Ok(n) => {
-                c.input.extend_from_slice(&buf[..n]);
-                if let Some(end) = c.input.iter().position(|&b| b == b'\n') {
-                    c.input.truncate(end);
-                    return Input::Line(std::mem::take(&mut c.input));
-                }
-                if c.input.len() > MAX_REQUEST {
-                    return Input::TooLong;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Input::More,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Input::Gone,
-        }
-    }
-    Input::More
-}
-
-/// The peer's pid, uid, gid and supplementary groups.
-fn peer_of(s: &UnixStream) -> io::Result<Peer> {
-    let cred = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)?;
-    let groups = crate::spawn::peer_groups(s.as_fd())?;
-    Ok(Peer {
-        pid: cred.pid(),
-        uid: cred.uid(),
-        gid: cred.gid(),
-        groups,
-    })
 }

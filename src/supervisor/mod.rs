@@ -197,13 +197,8 @@ impl Supervisor {
                 | Change::Lost { .. } => {}
             }
         }
-        // After the listeners: a daemon that cannot serve must not take
-        // the socket from one that can.
-        let control = control::open(
-            &plan.daemon.control_socket,
-            &plan.daemon.control_group,
-            &mut log,
-        )?;
+        // After the listeners: a daemon that cannot serve keeps off it.
+        let control = control::open(&plan.daemon, &mut log)?;
         // std opens it close-on-exec.
         let devnull = std::fs::File::open("/dev/null")
             .map_err(|e| StartError::Io("opening /dev/null", e))?
@@ -422,9 +417,7 @@ impl Supervisor {
             fds.push(PollFd::new(p.fd.as_fd(), PollFlags::POLLIN));
             self.sources.push(Source::Stderr(*pid));
         }
-        if let Some(c) = &self.control {
-            c.poll_set(&mut fds, &mut self.sources);
-        }
+        (self.control.iter()).for_each(|c| c.poll_set(&mut fds, &mut self.sources));
         let now = Instant::now();
         if self.drain.is_none() {
             for (i, s) in self.socks.iter().enumerate() {
@@ -495,11 +488,7 @@ impl Supervisor {
         }
         consider(self.watchdog.map(|(_, t)| t));
         consider(self.reloading.as_ref().map(|p| p.deadline));
-        consider(
-            self.control
-                .as_ref()
-                .and_then(control::Control::next_deadline),
-        );
+        consider(self.control.as_ref().and_then(|c| c.next_deadline()));
         next
     }
 

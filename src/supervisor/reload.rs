@@ -106,6 +106,7 @@ impl Supervisor {
             self.log_notify_error(e);
         }
         self.reopen_log(&plan);
+        self.reconfigure_control(&plan.daemon);
         for w in &plan.warnings {
             self.log
                 .event(Level::Warn, "config-warning")
@@ -130,7 +131,7 @@ impl Supervisor {
         let changes = listen::reconcile(&mut held, &mut self.spare, &plan);
         let tally = self.log_changes(&changes, &owners);
         let before: Vec<(String, String)> = service_lines(&self.plan);
-        let old_addrs: Vec<SocketAddr> = owners.old.keys().copied().collect();
+        let old_addrs: Vec<Endpoint> = owners.old.keys().cloned().collect();
         self.install(plan, held);
         let answer = self.changes(&before, &old_addrs, &tally);
         self.spawner.refresh_signals();
@@ -154,7 +155,7 @@ impl Supervisor {
     /// What a reload changed, for `tinyinetd reload`: services added,
     /// removed and changed (their `--check` line differs), sockets opened,
     /// closed, kept (open before and after), and those that failed.
-    fn changes(&self, before: &[(String, String)], old_addrs: &[SocketAddr], t: &Tally) -> Value {
+    fn changes(&self, before: &[(String, String)], old_addrs: &[Endpoint], t: &Tally) -> Value {
         let after = service_lines(&self.plan);
         let names =
             |v: &[(String, String)]| -> Vec<String> { v.iter().map(|(n, _)| n.clone()).collect() };
@@ -174,13 +175,13 @@ impl Supervisor {
             .filter(|(n, l)| has(before, n).is_some_and(|old| old != *l))
             .map(|(n, _)| n.clone())
             .collect();
-        let addr = |a: &SocketAddr| a.to_string();
+        let addr = |a: &Endpoint| a.to_string();
         let kept: Vec<String> = self
             .socks
             .iter()
-            .map(|s| s.addr)
+            .map(|s| &s.addr)
             .filter(|a| old_addrs.contains(a))
-            .map(|a| addr(&a))
+            .map(addr)
             .collect();
         json!({
             "config": self.plan.path.to_string_lossy(),
@@ -215,7 +216,7 @@ impl Supervisor {
         for c in changes {
             match c {
                 Change::Opened(a) => {
-                    t.opened.push(*a);
+                    t.opened.push(a.clone());
                     self.log
                         .event(Level::Info, "listen")
                         .opt("service", owners.new.get(a))
@@ -223,7 +224,7 @@ impl Supervisor {
                         .send();
                 }
                 Change::Closed(a) => {
-                    t.closed.push(*a);
+                    t.closed.push(a.clone());
                     self.log
                         .event(Level::Info, "unlisten")
                         .opt("service", owners.old.get(a))
@@ -287,9 +288,9 @@ fn service_lines(plan: &Plan) -> Vec<(String, String)> {
 #[derive(Default)]
 struct Tally {
     /// Addresses bound or adopted.
-    opened: Vec<SocketAddr>,
+    opened: Vec<Endpoint>,
     /// Addresses closed.
-    closed: Vec<SocketAddr>,
+    closed: Vec<Endpoint>,
     /// Why addresses could not be opened, or were lost.
     failed: Vec<String>,
     /// Old sockets kept for a service whose new address failed.

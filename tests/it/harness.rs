@@ -104,7 +104,12 @@ impl Daemon {
         let handlers = dir.path().join("handlers");
         fs::create_dir(&handlers).expect("mkdir handlers");
         fs::set_permissions(&handlers, fs::Permissions::from_mode(0o755)).expect("chmod");
-        for name in ["tinyinetd-echo", "tinyinetd-sum", "tinyinetd-daytime"] {
+        for name in [
+            "tinyinetd-echo",
+            "tinyinetd-sum",
+            "tinyinetd-daytime",
+            "tinyinetd-metrics",
+        ] {
             let src = bin_dir().join(name);
             if src.exists() {
                 link_or_copy(&src, &handlers.join(name));
@@ -137,7 +142,10 @@ impl Daemon {
             exit: None,
             dir,
         };
-        let text = d.expand(template);
+        // Daemons started at once must not all try the default control
+        // socket (as root, /run/tinyinetd/control.sock): all but the first
+        // would warn. Each gets one in its own directory instead.
+        let text = d.expand(&with_control_socket(template));
         fs::write(&d.config, text).expect("write config");
         d
     }
@@ -158,7 +166,7 @@ impl Daemon {
 
     /// Rewrites the config file from a new template (for reload tests).
     pub fn rewrite(&mut self, template: &str) {
-        let text = self.expand(template);
+        let text = self.expand(&with_control_socket(template));
         let tmp = self.config.with_extension("new");
         fs::write(&tmp, text).expect("write config");
         fs::rename(&tmp, &self.config).expect("rename config");
@@ -368,6 +376,23 @@ impl Drop for Daemon {
                 self.log()
             );
         }
+    }
+}
+
+/// `template` with `control_socket = "{tmp}/control.sock"` in its
+/// `[daemon]` table (added at the top when it has none), unless it sets
+/// `control_socket` itself.
+pub fn with_control_socket(template: &str) -> String {
+    const KEY: &str = "control_socket = \"{tmp}/control.sock\"\n";
+    if template.contains("control_socket") {
+        return template.to_string();
+    }
+    match template.find("[daemon]\n") {
+        Some(at) => {
+            let after = at + "[daemon]\n".len();
+            format!("{}{KEY}{}", &template[..after], &template[after..])
+        }
+        None => format!("[daemon]\n{KEY}\n{template}"),
     }
 }
 

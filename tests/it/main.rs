@@ -4,6 +4,7 @@
 mod harness;
 
 mod admission;
+mod control;
 mod core;
 mod daytime;
 mod examples;
