@@ -56,8 +56,8 @@ fn line(l: &[u8]) -> Request {
     }
     let path = target.split('?').next().unwrap_or(target);
     match (method, path) {
-        ("GET" | "HEAD", "/metrics") => Request::Metrics,
-        ("GET" | "HEAD", _) => Request::NotFound,
+        ("GET", "/metrics") => Request::Metrics,
+        ("GET", _) => Request::NotFound,
         _ => Request::Method,
     }
 }
@@ -84,7 +84,7 @@ pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
         body.len()
     );
     if status == 405 {
-        out.push_str("Allow: GET, HEAD\r\n");
+        out.push_str("Allow: GET\r\n");
     }
     out.push_str("\r\n");
     out.push_str(body);
@@ -109,6 +109,7 @@ mod tests {
     fn other_paths_methods_and_garbage() {
         assert_eq!(parse(b"GET /other HTTP/1.1\r\n\r\n"), Request::NotFound);
         assert_eq!(parse(b"POST /metrics HTTP/1.1\r\n\r\n"), Request::Method);
+        assert_eq!(parse(b"HEAD /metrics HTTP/1.1\r\n\r\n"), Request::Method);
         assert_eq!(parse(b"GET /metrics HTTP/2\r\n\r\n"), Request::Bad);
         assert_eq!(parse(b"GET metrics HTTP/1.1\r\n\r\n"), Request::Bad);
         assert_eq!(parse(b"hello\r\n\r\n"), Request::Bad);
@@ -138,6 +139,6 @@ mod tests {
             "{r}"
         );
         let r = String::from_utf8(response(405, "text/plain", "")).expect("utf8");
-        assert!(r.contains("\r\nAllow: GET, HEAD\r\n"), "{r}");
+        assert!(r.contains("\r\nAllow: GET\r\n"), "{r}");
     }
 }
