@@ -159,8 +159,8 @@ impl Supervisor {
     /// waiting `reload` still gets its answer). A new socket that cannot
     /// be bound is logged and the old one kept, default path or not: the
     /// daemon is running and must not lose its control socket to a typo.
-    pub(super) fn reconfigure_control(&mut self, new: &crate::plan::Daemon) {
-        let old = &self.plan.daemon;
+    pub(super) fn reconfigure_control(&mut self, old: &crate::plan::Daemon) {
+        let new = self.plan.daemon.clone();
         if new.control_socket.path() == old.control_socket.path() {
             if new.control_group != old.control_group {
                 if let Some(ctl) = &mut self.control {
@@ -444,13 +444,19 @@ impl Supervisor {
         };
         let line = format!("{reply}\n").into_bytes();
         let now = Instant::now();
-        for c in &mut ctl.clients {
-            match c.state {
-                State::Reload { skip: true } => c.state = State::Reload { skip: false },
-                State::Reload { skip: false } => queue(c, line.clone(), now),
-                State::Reading | State::Writing => {}
+        // Written at once as far as the socket takes it: a reload that
+        // turns the control socket off closes the clients right after.
+        ctl.clients.retain_mut(|c| match c.state {
+            State::Reload { skip: true } => {
+                c.state = State::Reload { skip: false };
+                true
             }
-        }
+            State::Reload { skip: false } => {
+                queue(c, line.clone(), now);
+                !flush(c)
+            }
+            State::Reading | State::Writing => true,
+        });
     }
 
     /// The daemon is stopping: no reload will end.

@@ -106,7 +106,6 @@ impl Supervisor {
             self.log_notify_error(e);
         }
         self.reopen_log(&plan);
-        self.reconfigure_control(&plan.daemon);
         for w in &plan.warnings {
             self.log
                 .event(Level::Warn, "config-warning")
@@ -131,6 +130,7 @@ impl Supervisor {
         let changes = listen::reconcile(&mut held, &mut self.spare, &plan);
         let tally = self.log_changes(&changes, &owners);
         let before: Vec<(String, String)> = service_lines(&self.plan);
+        let old_daemon = self.plan.daemon.clone();
         let old_addrs: Vec<Endpoint> = owners.old.keys().cloned().collect();
         self.install(plan, held);
         let answer = self.changes(&before, &old_addrs, &tally);
@@ -150,6 +150,8 @@ impl Supervisor {
         }
         self.status_sent = status;
         self.reload_answer(&json!({ "ok": true, "reload": answer }));
+        // After the answer, which the old socket's clients get first.
+        self.reconfigure_control(&old_daemon);
     }
 
     /// What a reload changed, for `tinyinetd reload`: services added,

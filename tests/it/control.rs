@@ -558,3 +558,27 @@ fn stuck_control_clients_cost_the_accept_path_nothing_and_are_dropped() {
     drop(stuck);
     assert!(cli(&d, &["status"], &[]).status.success());
 }
+
+#[test]
+fn sighup_moves_the_control_socket_and_the_exit_removes_it() {
+    let mut d = Daemon::start(&conf());
+    let old = d.dir.path().join("control.sock");
+    let new = d.dir.path().join("moved.sock");
+    d.rewrite(&conf().replace(
+        "[daemon]\n",
+        "[daemon]\ncontrol_socket = \"{tmp}/moved.sock\"\n",
+    ));
+    // The command would look at the new path already: SIGHUP moves it.
+    let out = cli(&d, &["reload"], &[]);
+    assert!(
+        text(&out.stderr).contains("moved.sock: is tinyinetd running?"),
+        "{}",
+        text(&out.stderr)
+    );
+    reload(&mut d);
+    assert!(!old.exists() && new.exists(), "{}", d.log());
+    assert!(cli(&d, &["status"], &[]).status.success());
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(!new.exists(), "the socket file outlived the daemon");
+}
