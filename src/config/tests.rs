@@ -534,69 +534,11 @@ fn nets() {
         .contains("host bits"));
 }
 
+mod control;
 mod prop;
 
 #[test]
 fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncé d", 7), (2, 4));
     assert_eq!(line_col("", 0), (1, 1));
-}
-
-#[test]
-fn control_socket_and_group() {
-    use crate::plan::{ControlGroup, ControlSocket};
-    let with = |keys: &str| MINIMAL.replace("[daemon]\n", &format!("[daemon]\n{keys}\n"));
-    let d = check(MINIMAL, 0).unwrap().daemon;
-    let root = PathBuf::from("/run/tinyinetd/control.sock");
-    assert_eq!(d.control_socket, ControlSocket::Default(root));
-    assert_eq!(d.control_group, ControlGroup::default());
-    let d = check(&with("control_socket = \"\"\ncontrol_group = \"staff\""), 0)
-        .unwrap()
-        .daemon;
-    assert_eq!(d.control_socket, ControlSocket::Off);
-    assert_eq!(
-        (d.control_group.name.as_str(), d.control_group.gid),
-        ("staff", 50)
-    );
-    let d = check(
-        &with("control_socket = \"/run/x.sock\"\ncontrol_group = \"77\""),
-        0,
-    )
-    .unwrap();
-    assert_eq!(
-        d.daemon.control_socket,
-        ControlSocket::Explicit("/run/x.sock".into())
-    );
-    assert_eq!(d.daemon.control_group.gid, 77);
-    let e = errors(&with(
-        "control_socket = \"x.sock\"\ncontrol_group = \"nosuch\"",
-    ));
-    assert!(
-        e.contains("t.toml:3:18: daemon: \"control_socket\" \"x.sock\" must be an absolute path"),
-        "{e}"
-    );
-    assert!(
-        e.contains("t.toml:4:17: daemon: \"control_group\": unknown group \"nosuch\""),
-        "{e}"
-    );
-    let long = format!("control_socket = \"/{}\"", "a".repeat(120));
-    assert!(errors(&with(&long)).contains("longer than a Unix socket path"));
-    assert!(errors(&with("control_socket = 5")).contains("\"control_socket\" must be a string"));
-}
-
-#[test]
-fn the_default_control_socket_follows_the_identity() {
-    use crate::plan::default_control_socket;
-    use std::ffi::OsStr;
-    let run = Some(OsStr::new("/run/user/1000"));
-    assert_eq!(
-        default_control_socket(0, run),
-        Some("/run/tinyinetd/control.sock".into())
-    );
-    assert_eq!(
-        default_control_socket(1000, run),
-        Some("/run/user/1000/tinyinetd/control.sock".into())
-    );
-    assert_eq!(default_control_socket(1000, None), None);
-    assert_eq!(default_control_socket(1000, Some(OsStr::new(""))), None);
 }

@@ -44,6 +44,10 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections taken from the listener in one turn at most.
 const ACCEPT_BUDGET: usize = 32;
 
+/// After `accept` failed for want of descriptors or memory, the listener
+/// leaves the poll set this long (it would stay readable: a busy loop).
+const ACCEPT_RETRY: Duration = Duration::from_millis(250);
+
 /// The listening socket and its file.
 pub(super) struct Control {
     /// The listener (non-blocking) and its file, removed when the daemon
@@ -55,6 +59,8 @@ pub(super) struct Control {
     clients: Vec<Client>,
     /// The next client's id (a `Source` names a client by it).
     next_id: u64,
+    /// `accept` failed (EMFILE...): the listener is not polled until then.
+    retry_at: Option<Instant>,
 }
 
 /// Binds the control socket at `path` (`unixsock`: a stale socket file is
@@ -90,6 +96,7 @@ fn bind(path: &Path, group: &ControlGroup, make_dir: bool) -> Result<Control, St
         group: group.clone(),
         clients: Vec::new(),
         next_id: 1,
+        retry_at: None,
     })
 }
 
@@ -133,8 +140,10 @@ impl Control {
     /// a client: there always is, see `MAX_CLIENTS`), and each client for
     /// what it waits on.
     pub(super) fn poll_set<'a>(&'a self, fds: &mut Vec<PollFd<'a>>, sources: &mut Vec<Source>) {
-        fds.push(PollFd::new(self.sock.listener().as_fd(), PollFlags::POLLIN));
-        sources.push(Source::Control);
+        if self.retry_at.is_none_or(|t| t <= Instant::now()) {
+            fds.push(PollFd::new(self.sock.listener().as_fd(), PollFlags::POLLIN));
+            sources.push(Source::Control);
+        }
         for c in &self.clients {
             let events = match c.state {
                 State::Writing => PollFlags::POLLOUT,
@@ -146,9 +155,14 @@ impl Control {
         }
     }
 
-    /// The nearest client deadline.
+    /// The nearest client deadline, or the listener's retry.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.clients.iter().filter_map(|c| c.deadline).min()
+        let retry = self.retry_at.filter(|t| *t > Instant::now());
+        self.clients
+            .iter()
+            .filter_map(|c| c.deadline)
+            .chain(retry)
+            .min()
     }
 }
 
@@ -252,16 +266,30 @@ impl Supervisor {
                 return;
             };
             let stream = match ctl.sock.listener().accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok((s, _)) => {
+                    ctl.retry_at = None;
+                    s
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ctl.retry_at = None;
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: the next turn tries again; the
-                    // clients' deadlines free descriptors.
-                    self.log
-                        .event(Level::Error, "control-failed")
-                        .kv("error", crate::text::io_reason(&e))
-                        .send();
+                    // EMFILE and friends: the listener rests a moment (the
+                    // clients' deadlines free descriptors). Logged once per
+                    // episode: the retry is not logged while it fails.
+                    let first = ctl.retry_at.is_none();
+                    ctl.retry_at = Some(now + ACCEPT_RETRY);
+                    if first {
+                        self.log
+                            .event(Level::Error, "control-failed")
+                            .kv(
+                                "error",
+                                format!("accepting: {}", crate::text::io_reason(&e)),
+                            )
+                            .send();
+                    }
                     return;
                 }
             };

@@ -16,8 +16,10 @@ use serde_json::Value;
 
 use crate::harness::*;
 
+/// An echo service (127.0.0.2 denied) and a control socket in the
+/// daemon's directory (the harness turns it off otherwise).
 fn conf() -> String {
-    format!("{DAEMON}\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{{port:echo}}\"]\nprogram = \"tinyinetd-echo\"\ndeny = [\"127.0.0.2\"]\n")
+    format!("{DAEMON}control_socket = \"{{tmp}}/control.sock\"\n\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{{port:echo}}\"]\nprogram = \"tinyinetd-echo\"\ndeny = [\"127.0.0.2\"]\n")
 }
 
 /// Runs `tinyinetd ARGS -c CONFIG` (optionally as another user through
@@ -564,10 +566,7 @@ fn sighup_moves_the_control_socket_and_the_exit_removes_it() {
     let mut d = Daemon::start(&conf());
     let old = d.dir.path().join("control.sock");
     let new = d.dir.path().join("moved.sock");
-    d.rewrite(&conf().replace(
-        "[daemon]\n",
-        "[daemon]\ncontrol_socket = \"{tmp}/moved.sock\"\n",
-    ));
+    d.rewrite(&conf().replace("control.sock", "moved.sock"));
     // The command would look at the new path already: SIGHUP moves it.
     let out = cli(&d, &["reload"], &[]);
     assert!(
@@ -581,4 +580,49 @@ fn sighup_moves_the_control_socket_and_the_exit_removes_it() {
     d.signal(Signal::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).is_some());
     assert!(!new.exists(), "the socket file outlived the daemon");
+}
+
+#[test]
+fn a_control_accept_out_of_descriptors_backs_off_instead_of_spinning() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: no prlimit(1) on this machine");
+        return;
+    }
+    let d = Daemon::start(&conf());
+    let nofile = |n: String| {
+        let ok = Command::new("prlimit")
+            .arg(format!("--pid={}", d.pid()))
+            .arg(format!("--nofile={n}:"))
+            .status()
+            .expect("prlimit");
+        assert!(ok.success());
+    };
+    // No descriptor number below the limit is free: accept fails EMFILE.
+    let used: Vec<usize> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .expect("fds")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).expect("a free number");
+    nofile(lowest_free.to_string());
+    let path = d.dir.path().join("control.sock");
+    let waiting = UnixStream::connect(&path).expect("connect (the backlog takes it)");
+    assert!(
+        d.wait_log(
+            "control-failed error=\"accepting: Too many open files\"",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+    let cpu = d.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = d.cpu_time() - cpu;
+    assert!(
+        spent < Duration::from_millis(300),
+        "the daemon spun: {spent:?} of CPU in 1 s"
+    );
+    assert_eq!(d.log_lines("control-failed").len(), 1, "{}", d.log());
+    nofile("1024".into());
+    drop(waiting);
+    assert!(cli(&d, &["status"], &[]).status.success(), "{}", d.log());
 }

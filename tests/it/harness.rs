@@ -144,7 +144,8 @@ impl Daemon {
         };
         // Daemons started at once must not all try the default control
         // socket (as root, /run/tinyinetd/control.sock): all but the first
-        // would warn. Each gets one in its own directory instead.
+        // would warn. It is off unless the test asks for one (tests/it/
+        // control.rs puts it in the daemon's directory).
         let text = d.expand(&with_control_socket(template));
         fs::write(&d.config, text).expect("write config");
         d
@@ -379,11 +380,12 @@ impl Drop for Daemon {
     }
 }
 
-/// `template` with `control_socket = "{tmp}/control.sock"` in its
-/// `[daemon]` table (added at the top when it has none), unless it sets
-/// `control_socket` itself.
+/// `template` with `control_socket = ""` in its `[daemon]` table (added
+/// at the top when it has none), unless it sets `control_socket` itself.
+/// Not a path in the daemon's directory: a daemon started as another user
+/// could not bind there.
 pub fn with_control_socket(template: &str) -> String {
-    const KEY: &str = "control_socket = \"{tmp}/control.sock\"\n";
+    const KEY: &str = "control_socket = \"\"\n";
     if template.contains("control_socket") {
         return template.to_string();
     }
