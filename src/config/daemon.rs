@@ -31,6 +31,7 @@ impl Checker<'_> {
     pub(super) fn daemon(&mut self, t: &DeTable<'_>, sys: &dyn System) -> Daemon {
         let mut d = Daemon::default();
         let mut control_socket = None;
+        let mut control_group_set = false;
         for (key, value) in t.iter() {
             let k = key.get_ref().as_ref();
             match k {
@@ -49,9 +50,22 @@ impl Checker<'_> {
                 "handler_dir" => self.handler_dir(value, &mut d),
                 "include" => self.include_key(value),
                 "control_socket" => control_socket = Some(self.control_socket(value)),
-                "control_group" => self.control_group(value, &mut d, sys),
+                "control_group" => {
+                    control_group_set = true;
+                    self.control_group(value, &mut d, sys);
+                }
                 _ => self.unknown_key(key, CTX, DAEMON_KEYS, RESERVED_DAEMON_KEYS),
             }
+        }
+        // A daemon that is not root cannot give its socket to group root:
+        // unless `control_group` is written, the file keeps the daemon's
+        // own group (named by its number: no lookup for a default).
+        let (euid, egid) = sys.identity();
+        if !control_group_set && euid != 0 {
+            d.control_group = ControlGroup {
+                name: egid.to_string(),
+                gid: egid,
+            };
         }
         d.control_socket = match control_socket {
             Some(Some(c)) => c,
@@ -59,7 +73,7 @@ impl Checker<'_> {
             Some(None) => ControlSocket::Off,
             None => {
                 let xdg = std::env::var_os("XDG_RUNTIME_DIR");
-                crate::plan::default_control_socket(sys.identity().0, xdg.as_deref())
+                crate::plan::default_control_socket(euid, xdg.as_deref())
                     .map_or(ControlSocket::Off, ControlSocket::Default)
             }
         };

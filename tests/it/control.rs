@@ -626,3 +626,93 @@ fn a_control_accept_out_of_descriptors_backs_off_instead_of_spinning() {
     drop(waiting);
     assert!(cli(&d, &["status"], &[]).status.success(), "{}", d.log());
 }
+
+#[test]
+fn the_default_path_unusable_is_a_warning_and_usable_is_found_by_status() {
+    // Not root: the default is $XDG_RUNTIME_DIR/tinyinetd/control.sock.
+    // As root, the daemon runs as a uid nothing else on the machine uses.
+    let uid = "64012";
+    // Mentions control_socket, so the harness leaves the default alone.
+    let template = format!("{DAEMON}# control_socket: the default\n\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{{port:echo}}\"]\nprogram = \"tinyinetd-echo\"\n");
+    let mut d = Daemon::prepare(&template);
+    let xdg = d.dir.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("tinyinetd")).expect("mkdir");
+    let sock = xdg.join("tinyinetd/control.sock");
+    std::fs::write(&sock, "not a socket").expect("write");
+    let bin = d.handlers.join("tinyinetd");
+    std::fs::copy(daemon_bin(), &bin).expect("copy tinyinetd");
+    let as_uid: Vec<String> = if is_root() {
+        for p in [&xdg, &xdg.join("tinyinetd")] {
+            std::os::unix::fs::chown(p, Some(64012), Some(64012)).expect("chown");
+        }
+        [
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        Vec::new()
+    };
+    let (xdg_env, prefix) = (xdg.clone(), as_uid.clone());
+    let start = move |d: &mut Daemon| {
+        let (xdg_env, prefix) = (xdg_env.clone(), prefix.clone());
+        d.spawn(&move |cmd| {
+            cmd.env("XDG_RUNTIME_DIR", &xdg_env);
+            if !prefix.is_empty() {
+                launch_through(cmd, &prefix[0], &prefix[1..]);
+            }
+        });
+        d.ready(Duration::from_secs(10)).expect("ready");
+    };
+    start(&mut d);
+    assert!(
+        d.wait_log("warn: control-unavailable", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("not a socket"), "{}", d.log());
+    assert_eq!(
+        std::fs::read_to_string(&sock).expect("left alone"),
+        "not a socket"
+    );
+    assert_eq!(roundtrip(d.addr("echo"), b"up"), b"up");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some());
+
+    std::fs::remove_file(&sock).expect("rm");
+    let mut d2 = Daemon::prepare(&template);
+    std::fs::copy(daemon_bin(), d2.handlers.join("tinyinetd")).expect("copy tinyinetd");
+    start(&mut d2);
+    assert!(
+        d2.wait_log("control-listen path=", Duration::from_secs(5)),
+        "{}",
+        d2.log()
+    );
+    let mut status = Command::new(prefix_or(&as_uid, &d2.handlers.join("tinyinetd")));
+    if !as_uid.is_empty() {
+        status.args(&as_uid[1..]).arg(d2.handlers.join("tinyinetd"));
+    }
+    let out = status
+        .args(["status", "-c"])
+        .arg(&d2.config)
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .output()
+        .expect("status");
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), d2.log());
+    assert!(
+        text(&out.stdout).starts_with("SERVICE"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// The launcher when there is one, else the program itself.
+fn prefix_or(prefix: &[String], program: &Path) -> PathBuf {
+    prefix
+        .first()
+        .map_or_else(|| program.to_path_buf(), PathBuf::from)
+}

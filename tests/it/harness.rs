@@ -381,7 +381,8 @@ impl Drop for Daemon {
 }
 
 /// `template` with `control_socket = ""` in its `[daemon]` table (added
-/// at the top when it has none), unless it sets `control_socket` itself.
+/// at the top when it has none), unless it mentions `control_socket`
+/// itself (a comment naming it keeps the default).
 /// Not a path in the daemon's directory: a daemon started as another user
 /// could not bind there.
 pub fn with_control_socket(template: &str) -> String {

@@ -60,3 +60,14 @@ fn the_default_control_socket_follows_the_identity() {
     assert_eq!(default_control_socket(1000, None), None);
     assert_eq!(default_control_socket(1000, Some(OsStr::new(""))), None);
 }
+
+#[test]
+fn a_daemon_that_is_not_root_keeps_its_own_group_by_default() {
+    let d = check(MINIMAL, 1000).expect("valid").daemon;
+    assert_eq!(d.control_group.gid, 1000);
+    let staff = MINIMAL.replace("[daemon]\n", "[daemon]\ncontrol_group = \"staff\"\n");
+    assert_eq!(
+        check(&staff, 1000).expect("valid").daemon.control_group.gid,
+        50
+    );
+}
