@@ -716,3 +716,60 @@ fn prefix_or(prefix: &[String], program: &Path) -> PathBuf {
         .first()
         .map_or_else(|| program.to_path_buf(), PathBuf::from)
 }
+
+#[test]
+fn a_reload_asked_while_one_hangs_waits_for_the_next_and_status_answers_meanwhile() {
+    use crate::lookups::{calls, can_unshare, getent_standin, services, with_mounts};
+    if !can_unshare() {
+        eprintln!("SKIPPED: needs root and mount namespaces (unshare -m) to replace getent for the daemon");
+        return;
+    }
+    let with_socket = |n| {
+        services(n, "nobody").replace(
+            "[daemon]\n",
+            "[daemon]\ncontrol_socket = \"{tmp}/control.sock\"\n",
+        )
+    };
+    let mut d = Daemon::prepare(&with_socket(1));
+    let dir = d.dir.path().to_path_buf();
+    let standin = getent_standin(&dir);
+    d.spawn(&|cmd| with_mounts(cmd, &[(standin.clone(), "/usr/bin/getent")]));
+    d.ready(Duration::from_secs(20)).expect("ready");
+    let before = calls(&dir).len();
+    std::fs::write(dir.join("getent.hang"), "").expect("hang");
+    d.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || calls(&dir).len() > before),
+        "no lookup started: {}",
+        d.log()
+    );
+    d.rewrite(&with_socket(2));
+    let waiting = Command::new(daemon_bin())
+        .args(["reload", "-c"])
+        .arg(&d.config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reload");
+    // The loop serves the control socket while the lookups hang.
+    let t0 = Instant::now();
+    assert!(cli(&d, &["status"], &[]).status.success(), "{}", d.log());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "status took {:?}",
+        t0.elapsed()
+    );
+    std::fs::remove_file(dir.join("getent.hang")).expect("unhang");
+    // The hung reload fails at the lookup's 10 s limit; the command waits
+    // for the one it asked for, which loads the new file.
+    let out = waiting.wait_with_output().expect("reload");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        text(&out.stderr),
+        d.log()
+    );
+    assert!(stdout.contains("service added: echo1\n"), "{stdout}");
+    assert!(d.log().contains("reload-failed"), "{}", d.log());
+}

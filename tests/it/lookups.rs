@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 
 use crate::harness::*;
 
-fn can_unshare() -> bool {
+pub fn can_unshare() -> bool {
     is_root()
         && Command::new("unshare")
             .args(["-m", "true"])
@@ -24,7 +24,7 @@ fn can_unshare() -> bool {
 }
 
 /// Runs `cmd` in a private mount namespace after `mounts`: (file, over).
-fn with_mounts(cmd: &mut Command, mounts: &[(PathBuf, &str)]) {
+pub fn with_mounts(cmd: &mut Command, mounts: &[(PathBuf, &str)]) {
     let mut script = String::from("set -e\n");
     for (file, over) in mounts {
         script.push_str(&format!("mount --bind {} {over}\n", file.display()));
@@ -40,7 +40,7 @@ fn with_mounts(cmd: &mut Command, mounts: &[(PathBuf, &str)]) {
 /// A stand-in for /usr/bin/getent: logs `PID ARGS` to `getent.calls` and
 /// runs the real one, or, once `getent.hang` exists, hangs (as an NSS
 /// module waiting for a directory server that does not answer).
-fn getent_standin(dir: &Path) -> PathBuf {
+pub fn getent_standin(dir: &Path) -> PathBuf {
     let real = dir.join("getent.real");
     std::fs::copy("/usr/bin/getent", &real).expect("copy getent");
     let script = dir.join("getent.standin");
@@ -57,7 +57,7 @@ fn getent_standin(dir: &Path) -> PathBuf {
     script
 }
 
-fn calls(dir: &Path) -> Vec<(i32, String)> {
+pub fn calls(dir: &Path) -> Vec<(i32, String)> {
     std::fs::read_to_string(dir.join("getent.calls"))
         .unwrap_or_default()
         .lines()
@@ -80,7 +80,7 @@ fn alive(pid: i32) -> bool {
     proc_state(pid).is_some_and(|(s, _)| s != 'Z')
 }
 
-fn services(n: usize, user: &str) -> String {
+pub fn services(n: usize, user: &str) -> String {
     let mut conf = DAEMON.to_string();
     for i in 0..n {
         conf.push_str(&format!(
