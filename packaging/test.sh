@@ -75,6 +75,7 @@ mandoc_out=$(mandoc -T lint -W warning man/*.[58] 2>&1 || true)
 dpkg -i "$deb" >/dev/null && ok "dpkg -i" || die "dpkg -i failed"
 for f in /usr/sbin/tinyinetd /usr/libexec/tinyinetd/tinyinetd-echo /usr/libexec/tinyinetd/tinyinetd-sum \
          /usr/libexec/tinyinetd/tinyinetd-daytime /usr/share/man/man8/tinyinetd-daytime.8.gz \
+         /usr/libexec/tinyinetd/tinyinetd-metrics /usr/share/man/man8/tinyinetd-metrics.8.gz \
          /etc/tinyinetd.toml /etc/tinyinetd.d /usr/lib/systemd/system/tinyinetd.service \
          /usr/share/man/man8/tinyinetd.8.gz /usr/share/man/man5/tinyinetd.toml.5.gz \
          /usr/share/doc/tinyinetd/copyright /usr/share/doc/tinyinetd/changelog.Debian.gz; do
@@ -103,8 +104,12 @@ socks = [socket.socket() for _ in range(2)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
+# The control socket in the work directory too: the default one may be
+# another daemon's.
 sed -e "s/127\.0\.0\.1:9877/127.0.0.1:$echo_port/" -e "s/127\.0\.0\.1:9878/127.0.0.1:$sum_port/" \
+  -e "s|^#control_socket = .*|control_socket = \"$work/control.sock\"|" \
   /etc/tinyinetd.toml >"$work/tinyinetd.toml"
+grep -q "^control_socket = " "$work/tinyinetd.toml" || die "could not move the installed config's control socket"
 grep -q ":$sum_port\"" "$work/tinyinetd.toml" || die "could not move the installed config to free ports"
 /usr/sbin/tinyinetd --config "$work/tinyinetd.toml" 2>"$work/log" &
 daemon_pid=$!
@@ -121,6 +126,11 @@ talk() { # talk PORT REQUEST -> reply (bounded by timeout)
 [ "$(talk "$echo_port" 'hello\n')" = "hello" ] && ok "echo answers" || fail "echo: $(talk "$echo_port" 'hello\n')"
 [ "$(talk "$sum_port" '3 4\n-5 10\n1 2 3\n')" = "$(printf '7\n5\ninput error')" ] && ok "sum answers" \
   || fail "sum: $(talk "$sum_port" '3 4\n')"
+
+/usr/sbin/tinyinetd status --config "$work/tinyinetd.toml" >"$work/status" 2>&1 \
+  && grep -q '^echo ' "$work/status" && ok "tinyinetd status" || fail "status: $(cat "$work/status")"
+/usr/sbin/tinyinetd reload --config "$work/tinyinetd.toml" >"$work/reload" 2>&1 \
+  && ok "tinyinetd reload" || fail "reload: $(cat "$work/reload")"
 
 kill -TERM "$daemon_pid"
 rc=0
