@@ -346,8 +346,9 @@ impl Supervisor {
                 Source::Listener(_) => {}
                 // Read below, before the reaping.
                 Source::Stderr(_) => {}
-                // Served after the deadlines (`serve_control`).
-                Source::Control | Source::ControlClient(_) => {}
+                // Both served after the deadlines (`serve_control`).
+                Source::Control => {}
+                Source::ControlClient(_) => {}
             }
         }
         let sig = if signals_ready {
