@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::plan::{Level, ListenAddr};
+use crate::plan::{Level, ListenAddr, UnixName};
 use crate::text::escape as esc;
 
 /// Whether `n` is a valid service name: 1 to 64 of a-z, 0-9, `_` and `-`.
@@ -29,7 +29,8 @@ pub(super) fn parse_level(s: &str) -> Option<Level> {
     }
 }
 
-/// Parses a `listen` entry: `"IPv4:PORT"`, `"[IPv6]:PORT"` or `"PORT"`.
+/// Parses a `listen` entry: `"IPv4:PORT"`, `"[IPv6]:PORT"`, `"PORT"`, or
+/// `"unix:/PATH"` / `"unix:@NAME"` (SPEC §10.4).
 /// An entry of another shape gets a message that says what to write.
 pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     let invalid = |why: &str| format!("invalid listen address \"{}\": {why}", esc(s));
@@ -40,6 +41,11 @@ pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     };
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return port(s).map(ListenAddr::Any);
+    }
+    if let Some(name) = s.strip_prefix("unix:") {
+        return UnixName::parse(name)
+            .map(ListenAddr::Unix)
+            .map_err(|why| invalid(&why));
     }
     let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     if let Some(rest) = s.strip_prefix('[') {

@@ -45,7 +45,7 @@ impl Known {
         let mut sockets = Vec::new();
         for (addr, span) in c.service.listen.iter().zip(&c.listen_spans) {
             for sock in addr.sockets() {
-                sockets.push((sock, *addr, at(span.start)));
+                sockets.push((sock, addr.clone(), at(span.start)));
             }
         }
         Known {
@@ -271,7 +271,7 @@ impl Checker<'_> {
                     k.sockets
                         .iter()
                         .find(|(other, _, _)| conflicts(*other, sock))
-                        .map(|(_, wrote, at)| (&k.name.0, *wrote, at))
+                        .map(|(_, wrote, at)| (&k.name.0, wrote.clone(), at))
                 })
             });
             if let Some((other, wrote, at)) = clash {

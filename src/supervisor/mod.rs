@@ -32,7 +32,7 @@ use crate::children::{Children, Exit, Fired};
 use crate::listen::{self, Change, Listener, Sockets};
 use crate::log::Logger;
 use crate::notify;
-use crate::plan::{Endpoint, Level, Plan};
+use crate::plan::{Endpoint, Level, Plan, SockOpts};
 use crate::resolver;
 use crate::signals::Signals;
 use crate::spawn::Spawner;
@@ -49,6 +49,8 @@ struct Sock {
     addr: Endpoint,
     /// The socket itself, non-blocking.
     listener: Listener,
+    /// The options it has: a reload compares them with the new plan's.
+    opts: SockOpts,
     /// Index into `Supervisor::services`.
     svc: usize,
     /// EMFILE and friends: the growing delay of this listener's episode.
@@ -184,7 +186,9 @@ impl Supervisor {
                 Change::Opened(_)
                 | Change::Closed(_)
                 | Change::Retained { .. }
-                | Change::Lost { .. } => {}
+                | Change::Lost { .. }
+                | Change::Updated(_)
+                | Change::Rebound { .. } => {}
             }
         }
         // std opens it close-on-exec.
@@ -231,7 +235,7 @@ impl Supervisor {
     /// states (carrying counters over by name) and the socket list
     /// (carrying backoffs over by address).
     fn install(&mut self, plan: Plan, mut held: Sockets) {
-        let running: Vec<(&str, ipnet::IpNet)> = self
+        let running: Vec<(&str, crate::plan::Source)> = self
             .children
             .iter()
             .map(|c| (c.service.name.as_str(), c.source))
@@ -248,9 +252,11 @@ impl Supervisor {
         let mut attach = |addr: Endpoint, svc: usize, held: &mut Sockets| {
             if let Some(listener) = held.by_addr.remove(&addr) {
                 let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
+                let opts = held.opts.remove(&addr).unwrap_or_default();
                 socks.push(Sock {
                     addr,
                     listener,
+                    opts,
                     svc,
                     backoff,
                     retry_at,

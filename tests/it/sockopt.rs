@@ -148,7 +148,10 @@ fn free_bind_binds_an_address_the_host_does_not_have() {
 #[test]
 fn bind_device_lo_serves_and_a_missing_device_is_a_config_error() {
     let d = Daemon::start(&probe_service("bind_device = \"lo\"\n"));
-    assert_eq!(probe(d.addr("p")).get("PROTO").map(String::as_str), Some("TCP"));
+    assert_eq!(
+        probe(d.addr("p")).get("PROTO").map(String::as_str),
+        Some("TCP")
+    );
     drop(d);
 
     let d = Daemon::prepare(&probe_service("bind_device = \"tuxnodev0\"\n"));
@@ -185,10 +188,7 @@ fn bad_option_values_are_config_errors_at_their_place() {
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{line}: accepted");
-        assert!(
-            err.contains(":10:") && err.contains(key),
-            "{line}: {err}"
-        );
+        assert!(err.contains(":10:") && err.contains(key), "{line}: {err}");
     }
 }
 
@@ -231,7 +231,12 @@ fn defer_accept_starts_no_handler_for_a_silent_client() {
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     // Within the interval the silent client has started no handler.
     while t0.elapsed() < Duration::from_millis(1500) {
-        assert_eq!(d.log_lines("debug: start service=echo").len(), 1, "{}", d.log());
+        assert_eq!(
+            d.log_lines("debug: start service=echo").len(),
+            1,
+            "{}",
+            d.log()
+        );
         thread::sleep(Duration::from_millis(50));
     }
     drop((silent, talker));
@@ -287,12 +292,20 @@ fn reload_changes_keepalive_in_place_and_rebinds_for_reuse_port_refusing_nobody(
             }
         })
     };
-    let served = |n: usize| wait_until(Duration::from_secs(10), || done.load(Ordering::Relaxed) >= n);
+    let served = |n: usize| {
+        wait_until(Duration::from_secs(10), || {
+            done.load(Ordering::Relaxed) >= n
+        })
+    };
     assert!(served(5), "no load served");
 
     d.rewrite(&probe_service("keepalive = true\n"));
     reload(&mut d);
-    assert_eq!(listener_inode(&d, port), before, "keepalive must not rebind");
+    assert_eq!(
+        listener_inode(&d, port),
+        before,
+        "keepalive must not rebind"
+    );
     assert_eq!(probe(addr).get("keepalive").map(String::as_str), Some("1"));
     let n = done.load(Ordering::Relaxed);
     assert!(served(n + 5), "load stopped after the in-place change");
@@ -311,6 +324,11 @@ fn reload_changes_keepalive_in_place_and_rebinds_for_reuse_port_refusing_nobody(
     assert!(served(n + 5), "load stopped after the rebind");
     stop.store(true, Ordering::Relaxed);
     load.join().expect("load thread");
-    assert_eq!(errors.load(Ordering::Relaxed), 0, "clients refused: {}", d.log());
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "clients refused: {}",
+        d.log()
+    );
     assert_eq!(probe(addr).get("keepalive").map(String::as_str), Some("1"));
 }

@@ -30,7 +30,10 @@ fn sock_path(d: &Daemon) -> PathBuf {
 /// Connects, reads until the handler closes (bounded), returns the probe's lines.
 fn probe_unix(path: &Path) -> HashMap<String, String> {
     let mut s = UnixStream::connect(path).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // A handler that holds the connection until the client closes ends.
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("read");
     parse_probe(&out)
@@ -52,8 +55,14 @@ impl TestUser {
 
     fn ids(&self) -> (u32, u32) {
         let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, &self.0]).output().expect("id");
-            String::from_utf8_lossy(&out.stdout).trim().parse().expect("id")
+            let out = Command::new("id")
+                .args([flag, &self.0])
+                .output()
+                .expect("id");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("id")
         };
         (id("-u"), id("-g"))
     }
@@ -82,7 +91,11 @@ fn probe_as(path: &Path, uid: u32, gid: u32) -> (i32, HashMap<String, String>) {
         ])
         .output()
         .expect("setpriv");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = parse_probe(&out.stdout);
     let pid = lines["clientpid"].parse().expect("pid");
     (pid, lines)
@@ -107,7 +120,11 @@ fn a_client_of_another_uid_gets_its_credentials_and_the_file_its_mode_and_owner(
     assert_eq!((m.uid(), m.gid()), (uid, gid));
 
     let (pid, env) = probe_as(&path, uid, gid);
-    assert_eq!(env.get("PROTO").map(String::as_str), Some("UNIX"), "{env:?}");
+    assert_eq!(
+        env.get("PROTO").map(String::as_str),
+        Some("UNIX"),
+        "{env:?}"
+    );
     assert_eq!(env.get("UNIXREMOTEUID"), Some(&uid.to_string()), "{env:?}");
     assert_eq!(env.get("UNIXREMOTEGID"), Some(&gid.to_string()), "{env:?}");
     assert_eq!(env.get("UNIXREMOTEPID"), Some(&pid.to_string()), "{env:?}");
@@ -117,10 +134,16 @@ fn a_client_of_another_uid_gets_its_credentials_and_the_file_its_mode_and_owner(
         "{env:?}"
     );
     for k in env.keys() {
-        assert!(!k.starts_with("TCP") && !k.starts_with("REMOTE_"), "{k}: {env:?}");
+        assert!(
+            !k.starts_with("TCP") && !k.starts_with("REMOTE_"),
+            "{k}: {env:?}"
+        );
     }
     assert!(
-        d.wait_log(&format!("peer=uid:{uid}/gid:{gid}/pid:{pid}"), Duration::from_secs(5)),
+        d.wait_log(
+            &format!("peer=uid:{uid}/gid:{gid}/pid:{pid}"),
+            Duration::from_secs(5)
+        ),
         "{}",
         d.log()
     );
@@ -130,15 +153,28 @@ fn a_client_of_another_uid_gets_its_credentials_and_the_file_its_mode_and_owner(
 
 #[test]
 fn own_credentials_and_the_file_is_gone_after_sigterm() {
-    let mut d = Daemon::start(&unix_service("unix:{tmp}/local.sock", "socket_mode = \"0600\"\n"));
+    let mut d = Daemon::start(&unix_service(
+        "unix:{tmp}/local.sock",
+        "socket_mode = \"0600\"\n",
+    ));
     let path = sock_path(&d);
     let env = probe_unix(&path);
-    assert_eq!(env.get("PROTO").map(String::as_str), Some("UNIX"), "{env:?}");
+    assert_eq!(
+        env.get("PROTO").map(String::as_str),
+        Some("UNIX"),
+        "{env:?}"
+    );
     let me = nix::unistd::getuid().as_raw().to_string();
     assert_eq!(env.get("UNIXREMOTEUID"), Some(&me), "{env:?}");
-    assert_eq!(env.get("UNIXREMOTEPID"), Some(&std::process::id().to_string()));
+    assert_eq!(
+        env.get("UNIXREMOTEPID"),
+        Some(&std::process::id().to_string())
+    );
     d.signal(Signal::SIGTERM);
-    assert!(d.wait_exit(Duration::from_secs(10)).is_some(), "did not stop");
+    assert!(
+        d.wait_exit(Duration::from_secs(10)).is_some(),
+        "did not stop"
+    );
     assert!(!path.exists(), "{} left behind", path.display());
 }
 
@@ -151,7 +187,13 @@ fn a_stale_file_of_a_killed_daemon_is_replaced() {
     assert!(d.wait_exit(Duration::from_secs(10)).is_some());
     assert!(path.exists(), "a killed daemon cannot remove its file");
     d.spawn(&|_| {});
-    d.ready(Duration::from_secs(10)).expect("second start");
+    // The first start's READY=1 is among the notes already: wait for the
+    // log (a new file for this start).
+    assert!(
+        d.wait_log("info: ready", Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
     assert_eq!(
         probe_unix(&path).get("PROTO").map(String::as_str),
         Some("UNIX")
@@ -167,7 +209,10 @@ fn a_regular_file_at_the_path_is_a_start_error_that_names_it() {
     assert!(d.wait_exit(Duration::from_secs(10)).is_some(), "it started");
     let log = d.log();
     assert!(
-        log.contains(&format!("{} is a regular file, not a socket", path.display())),
+        log.contains(&format!(
+            "{} is a regular file, not a socket",
+            path.display()
+        )),
         "{log}"
     );
     assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
@@ -179,11 +224,16 @@ fn an_abstract_socket_serves_and_leaves_no_file() {
     let d = Daemon::start(&unix_service(&format!("unix:@{name}"), ""));
     let addr = UnixAddr::from_abstract_name(name.as_bytes()).expect("addr");
     let mut s = UnixStream::connect_addr(&addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("read");
     let env = parse_probe(&out);
-    assert_eq!(env.get("UNIXLOCALPATH"), Some(&format!("@{name}")), "{env:?}");
+    assert_eq!(
+        env.get("UNIXLOCALPATH"),
+        Some(&format!("@{name}")),
+        "{env:?}"
+    );
     let files: Vec<_> = std::fs::read_dir(d.dir.path())
         .expect("dir")
         .flatten()
@@ -201,21 +251,31 @@ fn max_per_source_counts_per_peer_uid() {
     ));
     let path = sock_path(&d);
     let mut first = UnixStream::connect(&path).expect("connect");
-    first.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut buf = [0u8; 64];
     assert!(first.read(&mut buf).expect("first is served") > 0);
     let mut second = UnixStream::connect(&path).expect("connect");
-    second.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut out = Vec::new();
     let _ = second.read_to_end(&mut out);
-    assert!(out.is_empty(), "second served: {}", String::from_utf8_lossy(&out));
+    assert!(
+        out.is_empty(),
+        "second served: {}",
+        String::from_utf8_lossy(&out)
+    );
     assert!(
         d.wait_log("reason=max_per_source", Duration::from_secs(5)),
         "{}",
         d.log()
     );
     let uid = nix::unistd::getuid().as_raw();
-    assert!(d.log().contains(&format!("refused service=local conn=2 peer=uid:{uid}/")));
+    assert!(d
+        .log()
+        .contains(&format!("refused service=local conn=2 peer=uid:{uid}/")));
     drop(first);
     // Once the first has gone, the uid may connect again.
     assert!(wait_until(Duration::from_secs(10), || {
@@ -234,10 +294,12 @@ fn a_unix_handler_is_timed_out_like_a_tcp_one() {
         "args = [\"hold\"]\ntimeout = \"1s\"\n",
     ));
     let mut s = UnixStream::connect(sock_path(&d)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let t0 = Instant::now();
     let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read until the handler is stopped");
+    s.read_to_end(&mut out)
+        .expect("read until the handler is stopped");
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     assert!(
         d.wait_log("signal=SIGTERM", Duration::from_secs(5)),
@@ -260,11 +322,17 @@ fn check_and_status_show_unix_addresses_as_written() {
         Duration::from_secs(10),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("local listen={listen} ")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("local listen={listen} ")),
+        "{stdout}"
+    );
     assert!(stdout.contains("socket_mode=0660"), "{stdout}");
     d.signal(Signal::SIGUSR1);
     assert!(
-        d.wait_log(&format!("status service=local listen={listen} "), Duration::from_secs(5)),
+        d.wait_log(
+            &format!("status service=local listen={listen} "),
+            Duration::from_secs(5)
+        ),
         "{}",
         d.log()
     );
@@ -281,9 +349,17 @@ fn misplaced_keys_on_unix_services_are_config_errors() {
         ("unix:{tmp}/a.sock", "bind_device = \"lo\"", "bind_device"),
         ("unix:{tmp}/a.sock", "defer_accept = \"1s\"", "defer_accept"),
         ("unix:{tmp}/a.sock", "free_bind = true", "free_bind"),
-        ("unix:@tux-abstract", "socket_mode = \"0660\"", "socket_mode"),
+        (
+            "unix:@tux-abstract",
+            "socket_mode = \"0660\"",
+            "socket_mode",
+        ),
         ("unix:{tmp}/a.sock", "socket_mode = \"99\"", "socket_mode"),
-        ("unix:{tmp}/a.sock", "socket_user = \"tux-nobody-here\"", "socket_user"),
+        (
+            "unix:{tmp}/a.sock",
+            "socket_user = \"tux-nobody-here\"",
+            "socket_user",
+        ),
         ("unix:relative.sock", "", "absolute"),
     ];
     for (listen, line, key) in cases {
@@ -294,10 +370,16 @@ fn misplaced_keys_on_unix_services_are_config_errors() {
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{listen} {line}: accepted");
-        assert!(err.contains(key) && err.contains("service \"local\""), "{line}: {err}");
+        assert!(
+            err.contains(key) && err.contains("service \"local\""),
+            "{line}: {err}"
+        );
     }
     // One service cannot mix Unix and IP addresses.
-    let d = Daemon::prepare(&unix_service("unix:{tmp}/a.sock\", \"127.0.0.1:{port:x}", ""));
+    let d = Daemon::prepare(&unix_service(
+        "unix:{tmp}/a.sock\", \"127.0.0.1:{port:x}",
+        "",
+    ));
     let out = run_tinyinetd(
         &["--check", "--config", d.config.to_str().unwrap()],
         Duration::from_secs(10),
