@@ -412,4 +412,92 @@ os.execv(sys.argv[2], sys.argv[2:])
     let log = d.log();
     assert!(!log.contains("inherited-socket"), "{log}");
     assert!(!log.contains("in use"), "{log}");
+    // The file is the service manager's: the daemon leaves it.
+    d.signal(Signal::SIGTERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(10)).is_some(),
+        "did not stop"
+    );
+    assert!(path.exists(), "an inherited socket's file was removed");
+}
+
+#[test]
+fn a_reload_changes_the_mode_in_place_and_removing_the_service_removes_its_file() {
+    let mut d = Daemon::start(&unix_service(
+        "unix:{tmp}/local.sock",
+        "socket_mode = \"0600\"\n",
+    ));
+    let path = sock_path(&d);
+    let ino = |p: &Path| std::fs::symlink_metadata(p).expect("socket file").ino();
+    let before = ino(&path);
+    d.rewrite(&unix_service(
+        "unix:{tmp}/local.sock",
+        "socket_mode = \"0666\"\nbacklog = 8\n",
+    ));
+    reload(&mut d);
+    let m = std::fs::symlink_metadata(&path).expect("socket file");
+    assert_eq!(
+        (m.ino(), m.mode() & 0o7777),
+        (before, 0o666),
+        "{:o}",
+        m.mode()
+    );
+    assert!(
+        d.log()
+            .contains("info: listen-updated service=local addr=unix:"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        probe_unix(&path).get("PROTO").map(String::as_str),
+        Some("UNIX")
+    );
+    // The service gone: its socket closed and its file removed.
+    d.rewrite(&format!(
+        "{DAEMON}\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{{port:e}}\"]\nprogram = \"tinyinetd-echo\"\n"
+    ));
+    reload(&mut d);
+    assert!(
+        !path.exists(),
+        "{} left behind: {}",
+        path.display(),
+        d.log()
+    );
+    assert!(
+        d.log().contains("info: unlisten service=local addr=unix:"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_unix_service_at_max_instances_waits_in_the_backlog() {
+    let d = Daemon::start(&unix_service(
+        "unix:{tmp}/local.sock",
+        "args = [\"hold\"]\nmax_instances = 1\n",
+    ));
+    let path = sock_path(&d);
+    let mut first = UnixStream::connect(&path).expect("connect");
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    assert!(first.read(&mut buf).expect("first is served") > 0);
+    let mut second = UnixStream::connect(&path).expect("queued, not refused");
+    second
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    assert!(
+        second.read(&mut buf).is_err(),
+        "served beyond max_instances"
+    );
+    assert!(d.wait_log(
+        "paused service=local reason=max_instances",
+        Duration::from_secs(5)
+    ));
+    drop(first);
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert!(second.read(&mut buf).expect("served once a slot frees") > 0);
 }
