@@ -295,7 +295,13 @@ impl Checker<'_> {
             self.problem(span.clone(), ctx, m);
         }
         if let Some((u, span)) = sd.user.take() {
+            let (euid, _) = sys.identity();
             match sys.user(&u) {
+                // Only root may give a file away (chown(2)).
+                Ok(Some((uid, _))) if euid != 0 && uid != euid => {
+                    let m = format!("\"socket_user\" = \"{}\": only a daemon running as root can give its socket file another owner", esc(&u));
+                    self.problem(span, ctx, m);
+                }
                 Ok(Some((uid, _))) => sd.opts.socket_user = Some((u, uid)),
                 Ok(None) => self.problem(
                     span,
@@ -451,6 +457,53 @@ mod tests {
         let e =
             parse_service("listen = [\"unix:/run/tux-x.sock\", \"127.0.0.1:7\"]\n").unwrap_err();
         assert!(e.contains(":4:") && e.contains("not both"), "{e}");
+    }
+
+    /// The real system, seen by a daemon running as uid 1000.
+    struct NotRoot;
+
+    impl config::System for NotRoot {
+        fn identity(&self) -> (u32, u32) {
+            (1000, 1000)
+        }
+        fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
+            config::RealSystem.user(name)
+        }
+        fn user_name(&self, uid: u32) -> Result<Option<String>, String> {
+            config::RealSystem.user_name(uid)
+        }
+        fn group(&self, name: &str) -> Result<Option<u32>, String> {
+            config::RealSystem.group(name)
+        }
+        fn group_name(&self, gid: u32) -> Result<Option<String>, String> {
+            config::RealSystem.group_name(gid)
+        }
+        fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
+            config::RealSystem.group_list(user, gid)
+        }
+        fn exe_dir(&self) -> Option<std::path::PathBuf> {
+            None
+        }
+        fn program(
+            &self,
+            path: &Path,
+            mode: crate::trust::Mode,
+        ) -> Result<Option<std::os::fd::OwnedFd>, crate::trust::Refusal> {
+            config::RealSystem.program(path, mode)
+        }
+    }
+
+    #[test]
+    fn only_a_root_daemon_gives_its_socket_file_another_owner() {
+        use config::System as _;
+        let text = "[[service]]\nname = \"s\"\nprogram = \"/bin/sh\"\nlisten = [\"unix:/run/tux-o.sock\"]\nsocket_user = \"root\"\n";
+        let e = config::parse(Path::new("t.toml"), text, &NotRoot).unwrap_err();
+        assert!(e.to_string().contains("t.toml:5:15: service \"s\": \"socket_user\" = \"root\": only a daemon running as root"), "{e}");
+        if config::RealSystem.identity().0 == 0 {
+            let s = parse_service("listen = [\"unix:/run/tux-o.sock\"]\nsocket_user = \"root\"")
+                .expect("root may");
+            assert_eq!(s.sockopts.socket_user, Some(("root".to_string(), 0)));
+        }
     }
 
     #[test]
