@@ -13,8 +13,11 @@
 //! and the new one is bound while the old still listens, then the old is
 //! closed: no connect finds the port closed (those queued on the old
 //! socket at that moment are reset, as for an overlap, see `listen`).
-//! Otherwise the kernel refuses a second socket on the address, so the old
-//! one is closed first and connects in that gap are refused. If the new
+//! (The old socket was not in a SO_REUSEPORT group when it started
+//! listening, so the option given to it now does not outlive it; if the
+//! new bind fails, it is cleared again at once.) Otherwise the kernel
+//! refuses a second socket on the address, so the old one is closed first
+//! and connects in that gap are refused. If the new
 //! socket cannot be bound, the old options are bound again (`listen-kept`),
 //! or the address is reported lost.
 
