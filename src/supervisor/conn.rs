@@ -17,7 +17,7 @@ use super::Supervisor;
 use crate::admit::{self, Decision, Reason};
 use crate::children::Child;
 use crate::listen::Listener;
-use crate::plan::{Client, Level, Service, Source, Stderr};
+use crate::plan::{Client, Level, Service, Source, Stderr, UnixName};
 use crate::spawn::{self, Conn, Room, SpawnError};
 
 /// How long the listeners rest when every spawn slot is busy: children
@@ -28,8 +28,9 @@ const SLOT_RETRY: Duration = Duration::from_millis(1);
 enum Taken {
     /// From a TCP listener, with the client's address.
     Tcp(TcpStream, SocketAddr),
-    /// From a Unix listener (the credentials are read from the socket).
-    Unix(UnixStream),
+    /// From a Unix listener, with the listener's name (the credentials are
+    /// read from the socket).
+    Unix(UnixStream, UnixName),
 }
 
 /// What an accept error means for the listener.
@@ -99,7 +100,10 @@ impl Supervisor {
             }
             let accepted = match &self.socks[i].listener {
                 Listener::Tcp(l) => l.accept().map(|(s, peer)| Taken::Tcp(s, peer)),
-                Listener::Unix(l) => l.listener().accept().map(|(s, _)| Taken::Unix(s)),
+                Listener::Unix(l) => {
+                    let accepted = l.listener().accept();
+                    accepted.map(|(s, _)| Taken::Unix(s, l.name().clone()))
+                }
             };
             match accepted {
                 Ok(taken) => {
@@ -180,11 +184,7 @@ impl Supervisor {
                 };
                 (stream.into(), Client::Inet { peer, local })
             }
-            Taken::Unix(stream) => {
-                let Listener::Unix(l) = &sock.listener else {
-                    return None;
-                };
-                let path = l.name().clone();
+            Taken::Unix(stream, path) => {
                 match crate::unixsock::peer_cred(stream.as_fd()) {
                     Ok((pid, uid, gid)) => (
                         stream.into(),
