@@ -219,7 +219,7 @@ pub fn inherited_sockets() -> Vec<Inherited> {
 pub enum Adoption {
     /// Usable; it will serve `addr` if the plan has it.
     Listening(Endpoint, Listener),
-    /// Not a listening TCP socket; closed. The string says why.
+    /// Not a listening TCP or Unix stream socket; closed. The string says why.
     Rejected {
         fd: RawFd,
         name: String,
@@ -228,7 +228,7 @@ pub enum Adoption {
 }
 
 /// Checks one inherited descriptor: it must be a listening stream socket of
-/// an IP family. A connected socket (systemd's `Accept=yes`) is refused:
+/// an IP family, or a Unix one with a name (matched by its path). A connected socket (systemd's `Accept=yes`) is refused:
 /// accepting on it would fail with EINVAL forever. `owned` is the
 /// descriptor taken over (`spawn::own_inherited`, called by the caller so
 /// that this module stays below `spawn`), `None` if it was not open.
