@@ -126,6 +126,10 @@ pub fn check_env_name(var: &str) -> Result<(), String> {
         || var.starts_with("TCP")
         || var.starts_with("REMOTE_")
         || var.starts_with("TINYINETD_")
+        // A Unix service's peer credentials (SPEC §10.4): a service's own
+        // value would come first in the environment and win.
+        || var.starts_with("UNIXREMOTE")
+        || var.starts_with("UNIXLOCAL")
     {
         return Err(format!(
             "env: \"{var}\" is set by tinyinetd for every connection and cannot be redefined"
@@ -227,6 +231,19 @@ pub fn parse_limit(s: &str, key: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unix_connection_variables_cannot_be_redefined() {
+        for var in ["UNIXREMOTEUID", "UNIXREMOTEPID", "UNIXLOCALPATH"] {
+            assert!(
+                check_env_name(var)
+                    .unwrap_err()
+                    .contains("cannot be redefined"),
+                "{var}"
+            );
+        }
+        assert_eq!(check_env_name("UNIX_SOCKET_DIR"), Ok(()));
+    }
 
     #[test]
     fn durations_say_what_is_wrong() {
