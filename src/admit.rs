@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::plan::{Access, Limits};
+pub use crate::plan::Source;
+use crate::plan::{Access, Client, Limits};
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,34 +49,49 @@ impl std::fmt::Display for Reason {
 /// The verdict on one accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Serve it; count it against this source prefix.
-    Admit(IpNet),
+    /// Serve it; count it against this source.
+    Admit(Source),
     Refuse(Reason),
 }
 
-/// Decides on a connection from `peer`. `per_source` counts the running
-/// handlers of this service by source prefix. IPv4-mapped IPv6 peers are
-/// judged as the IPv4 address they are.
+/// Decides on a connection from `client`. `per_source` counts the running
+/// handlers of this service by source. IPv4-mapped IPv6 peers are judged
+/// as the IPv4 address they are. `allow`/`deny` list IP networks, which no
+/// Unix client is in (the configuration refuses them on a Unix service;
+/// were one given, an `allow` would refuse every Unix client).
 pub fn decide(
     access: &Access,
     limits: &Limits,
-    per_source: &HashMap<IpNet, usize>,
-    peer: IpAddr,
+    per_source: &HashMap<Source, usize>,
+    client: &Client,
 ) -> Decision {
-    let peer = peer.to_canonical();
-    if access.deny.iter().any(|n| n.contains(&peer)) {
+    let ip = match client {
+        Client::Inet { peer, .. } => Some(peer.ip().to_canonical()),
+        Client::Unix { .. } => None,
+    };
+    let listed = |nets: &[IpNet]| ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)));
+    if listed(&access.deny) {
         return Decision::Refuse(Reason::Deny);
     }
-    if !access.allow.is_empty() && !access.allow.iter().any(|n| n.contains(&peer)) {
+    if !access.allow.is_empty() && !listed(&access.allow) {
         return Decision::Refuse(Reason::Allow);
     }
-    let source = source_of(limits, peer);
+    let source = source_key(limits, client);
     if let Some(max) = limits.max_per_source {
         if per_source.get(&source).copied().unwrap_or(0) >= max {
             return Decision::Refuse(Reason::MaxPerSource);
         }
     }
     Decision::Admit(source)
+}
+
+/// What `client` counts against for `max_per_source`: its source prefix,
+/// or its user id.
+pub fn source_key(limits: &Limits, client: &Client) -> Source {
+    match client {
+        Client::Inet { peer, .. } => Source::Net(source_of(limits, peer.ip())),
+        Client::Unix { uid, .. } => Source::Uid(*uid),
+    }
 }
 
 /// The source prefix `peer` counts against: `/source_prefix_v4` or
@@ -281,6 +297,20 @@ mod tests {
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
+    fn client(s: &str) -> Client {
+        Client::Inet {
+            peer: std::net::SocketAddr::new(ip(s), 40000),
+            local: "127.0.0.1:7".parse().unwrap(),
+        }
+    }
+    fn unix(uid: u32) -> Client {
+        Client::Unix {
+            pid: 42,
+            uid,
+            gid: uid,
+            path: crate::plan::UnixName::Path("/run/x.sock".into()),
+        }
+    }
 
     fn access(allow: &[&str], deny: &[&str]) -> Access {
         Access {
@@ -320,7 +350,7 @@ mod tests {
             (&[], &["2001:db8::/32"], "2001:db8:1::5", Some(Reason::Deny)),
         ];
         for (allow, deny, peer, want) in cases {
-            let got = decide(&access(allow, deny), &l, &none, ip(peer));
+            let got = decide(&access(allow, deny), &l, &none, &client(peer));
             match want {
                 None => assert!(
                     matches!(got, Decision::Admit(_)),
@@ -339,25 +369,59 @@ mod tests {
             ..Limits::default()
         };
         let mut counts = HashMap::new();
-        let a = ip("198.51.100.7");
+        let a = client("198.51.100.7");
         assert_eq!(
-            decide(&Access::default(), &l, &counts, a),
-            Decision::Admit(net("198.51.100.0/24"))
+            decide(&Access::default(), &l, &counts, &a),
+            Decision::Admit(Source::Net(net("198.51.100.0/24")))
         );
-        counts.insert(net("198.51.100.0/24"), 2);
+        counts.insert(Source::Net(net("198.51.100.0/24")), 2);
         assert_eq!(
-            decide(&Access::default(), &l, &counts, ip("198.51.100.200")),
+            decide(&Access::default(), &l, &counts, &client("198.51.100.200")),
             Decision::Refuse(Reason::MaxPerSource)
         );
         assert!(matches!(
-            decide(&Access::default(), &l, &counts, ip("198.51.101.1")),
+            decide(&Access::default(), &l, &counts, &client("198.51.101.1")),
             Decision::Admit(_)
         ));
         // A deny is reported as deny even when the source is also full.
         let deny = access(&[], &["198.51.100.0/24"]);
         assert_eq!(
-            decide(&deny, &l, &counts, a),
+            decide(&deny, &l, &counts, &a),
             Decision::Refuse(Reason::Deny)
+        );
+    }
+
+    #[test]
+    fn unix_clients_count_per_uid_through_the_same_decision() {
+        let l = Limits {
+            max_per_source: Some(1),
+            ..Limits::default()
+        };
+        let mut counts = HashMap::new();
+        let none = Access::default();
+        assert_eq!(
+            decide(&none, &l, &counts, &unix(1000)),
+            Decision::Admit(Source::Uid(1000))
+        );
+        counts.insert(Source::Uid(1000), 1);
+        assert_eq!(
+            decide(&none, &l, &counts, &unix(1000)),
+            Decision::Refuse(Reason::MaxPerSource)
+        );
+        assert!(matches!(
+            decide(&none, &l, &counts, &unix(1001)),
+            Decision::Admit(_)
+        ));
+        // A uid and an address never share a count.
+        assert!(matches!(
+            decide(&none, &l, &counts, &client("0.0.3.232")),
+            Decision::Admit(Source::Net(_))
+        ));
+        // allow lists IP networks: no Unix client is in it.
+        let allow = access(&["0.0.0.0/0"], &[]);
+        assert_eq!(
+            decide(&allow, &l, &HashMap::new(), &unix(0)),
+            Decision::Refuse(Reason::Allow)
         );
     }
 

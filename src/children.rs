@@ -37,13 +37,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::plan::{Client, Service};
+use crate::plan::{Client, Service, Source};
 
 /// Why the daemon terminated a handler or its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +81,7 @@ pub struct Child {
     /// The client, for the `exit` line.
     pub peer: Client,
     /// The `max_per_source` slot it holds, released when it is reaped.
-    pub source: IpNet,
+    pub source: Source,
     /// When it was started, for `duration_ms` and the exec back-off.
     pub started: Instant,
     /// When to send SIGTERM (the service's `timeout`, or shutdown).

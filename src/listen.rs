@@ -31,13 +31,17 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage,
+    self, sockopt, AddressFamily, SockFlag, SockType, SockaddrLike, SockaddrStorage, UnixAddr,
 };
 
-use crate::plan::{Endpoint, Plan};
+use crate::plan::{Endpoint, Plan, SockOpts, UnixName};
+use crate::unixsock::{Ownership, UnixError, UnixSocket};
+
+mod opts;
 
 /// One socket the daemon listens on, of any kind; `plan::Endpoint` says
 /// what it is bound to. Every one is non-blocking and close-on-exec.
@@ -45,12 +49,15 @@ use crate::plan::{Endpoint, Plan};
 pub enum Listener {
     /// A TCP listening socket.
     Tcp(TcpListener),
+    /// A Unix stream listening socket (its file removed when it closes).
+    Unix(UnixSocket),
 }
 
 impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
             Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
         }
     }
 }
@@ -64,10 +71,28 @@ pub struct ListenError {
     pub doing: &'static str,
     /// What the kernel said.
     pub errno: Errno,
+    /// The cause in words when it is more than an errno (a Unix socket's
+    /// path that holds another file); shown instead of the errno's words.
+    pub reason: Option<String>,
+}
+
+impl ListenError {
+    /// A Unix socket's error, as a listen error for `end`.
+    fn unix(end: &Endpoint, e: UnixError) -> ListenError {
+        ListenError {
+            addr: end.clone(),
+            doing: e.doing,
+            errno: Errno::UnknownErrno,
+            reason: Some(e.reason),
+        }
+    }
 }
 
 impl fmt::Display for ListenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(reason) = &self.reason {
+            return write!(f, "{} {}: {reason}", self.doing, self.addr);
+        }
         write!(
             f,
             "{} {}: {}",
@@ -86,21 +111,51 @@ impl fmt::Display for ListenError {
 
 impl std::error::Error for ListenError {}
 
-/// Opens the socket for one endpoint.
-pub fn bind(end: &Endpoint) -> Result<Listener, ListenError> {
-    match end {
-        Endpoint::Tcp(a) => bind_tcp(*a).map(Listener::Tcp),
+/// Opens the socket for one endpoint with the service's options.
+pub fn bind(end: &Endpoint, opts: &SockOpts) -> Result<Listener, ListenError> {
+    let l = match end {
+        Endpoint::Tcp(a) => bind_tcp(*a, opts).map(Listener::Tcp)?,
+        // `socket_*` is for the service's socket files; an abstract name
+        // beside them has none.
+        Endpoint::Unix(n) if n.path().is_none() => {
+            UnixSocket::bind(n, &Ownership::default(), backlog(opts))
+                .map(Listener::Unix)
+                .map_err(|e| ListenError::unix(end, e))?
+        }
+        Endpoint::Unix(n) => UnixSocket::bind(n, &ownership(opts), backlog(opts))
+            .map(Listener::Unix)
+            .map_err(|e| ListenError::unix(end, e))?,
+    };
+    opts::set_in_place(&l, end, None, opts)?;
+    Ok(l)
+}
+
+/// The mode and owner a Unix socket file gets from `socket_*`.
+fn ownership(opts: &SockOpts) -> Ownership {
+    Ownership {
+        mode: opts.socket_mode,
+        uid: opts.socket_user.as_ref().map(|(_, uid)| *uid),
+        gid: opts.socket_group.as_ref().map(|(_, gid)| *gid),
     }
 }
 
-/// Opens one TCP listening socket: SO_REUSEADDR (a restart must not wait
-/// out TIME_WAIT), IPV6_V6ONLY on IPv6 (so `"PORT"`'s two sockets and an
-/// explicit IPv4 address never collide), non-blocking, close-on-exec.
-fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+/// `backlog` as `listen` takes it.
+fn backlog(opts: &SockOpts) -> i32 {
+    i32::try_from(opts.backlog).unwrap_or(i32::MAX)
+}
+
+/// Opens one TCP socket, bound but not yet listening (`bind` makes it
+/// listen with its options): SO_REUSEADDR (a restart must not wait out
+/// TIME_WAIT), IPV6_V6ONLY on IPv6 (so `"PORT"`'s two sockets and an
+/// explicit IPv4 address never collide), the options the kernel reads at
+/// bind (`reuse_port`, `free_bind`, `bind_device`), non-blocking,
+/// close-on-exec.
+fn bind_tcp(addr: SocketAddr, opts: &SockOpts) -> Result<TcpListener, ListenError> {
     let err = |doing, errno| ListenError {
         addr: Endpoint::Tcp(addr),
         doing,
         errno,
+        reason: None,
     };
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
@@ -120,8 +175,8 @@ fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
             .map_err(|e| err("setting IPV6_V6ONLY on", e))?;
     }
+    opts::before_bind(&fd, opts).map_err(|(doing, e)| err(doing, e))?;
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| err("binding", e))?;
-    socket::listen(&fd, Backlog::MAXCONN).map_err(|e| err("listening on", e))?;
     Ok(TcpListener::from(fd))
 }
 
@@ -164,7 +219,7 @@ pub fn inherited_sockets() -> Vec<Inherited> {
 pub enum Adoption {
     /// Usable; it will serve `addr` if the plan has it.
     Listening(Endpoint, Listener),
-    /// Not a listening TCP socket; closed. The string says why.
+    /// Not a listening TCP or Unix stream socket; closed. The string says why.
     Rejected {
         fd: RawFd,
         name: String,
@@ -173,7 +228,7 @@ pub enum Adoption {
 }
 
 /// Checks one inherited descriptor: it must be a listening stream socket of
-/// an IP family. A connected socket (systemd's `Accept=yes`) is refused:
+/// an IP family, or a Unix one with a name (matched by its path). A connected socket (systemd's `Accept=yes`) is refused:
 /// accepting on it would fail with EINVAL forever. `owned` is the
 /// descriptor taken over (`spawn::own_inherited`, called by the caller so
 /// that this module stays below `spawn`), `None` if it was not open.
@@ -211,6 +266,7 @@ pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
         Ok(a) => match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
             (Some(v4), _) => SocketAddr::V4((*v4).into()),
             (_, Some(v6)) => SocketAddr::V6((*v6).into()),
+            _ if a.family() == Some(AddressFamily::Unix) => return adopt_unix(fd, reject),
             _ => return reject(format!("not an IP socket (family {:?})", a.family())),
         },
         Err(e) => return reject(format!("getsockname: {}", crate::text::os_error(e))),
@@ -220,6 +276,26 @@ pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
         return reject(format!("setting O_NONBLOCK: {e}"));
     }
     Adoption::Listening(Endpoint::Tcp(addr), Listener::Tcp(listener))
+}
+
+/// [`adopt`] for a Unix socket: matched by its path or abstract name. Its
+/// file stays the service manager's (not removed at close).
+fn adopt_unix(fd: OwnedFd, reject: impl Fn(String) -> Adoption) -> Adoption {
+    let name = match socket::getsockname::<UnixAddr>(fd.as_raw_fd()) {
+        Ok(a) => UnixName::of(&a),
+        Err(e) => return reject(format!("getsockname: {}", crate::text::os_error(e))),
+    };
+    let Some(name) = name else {
+        return reject("an unnamed Unix socket".into());
+    };
+    let listener = UnixListener::from(fd);
+    if let Err(e) = listener.set_nonblocking(true) {
+        return reject(format!("setting O_NONBLOCK: {e}"));
+    }
+    Adoption::Listening(
+        Endpoint::Unix(name.clone()),
+        Listener::Unix(UnixSocket::inherited(listener, name)),
+    )
 }
 
 /// The sockets the daemon holds, by address.
@@ -232,6 +308,9 @@ pub struct Sockets {
     /// (they are not in the plan's `listen`, so the caller attaches them by
     /// this name).
     pub owner: HashMap<Endpoint, String>,
+    /// The options each held socket has now (after [`reconcile`]: those
+    /// set), compared with the plan's on the next reload.
+    pub opts: HashMap<Endpoint, SockOpts>,
 }
 
 /// One event of [`reconcile`], for the caller to log.
@@ -251,6 +330,15 @@ pub enum Change {
     /// Like `Retained`, but the old socket had been closed to make room for
     /// an overlapping new address, and binding it again failed too.
     Lost { service: String, error: ListenError },
+    /// A kept socket whose options changed where the kernel allows it on
+    /// a bound socket: the same socket, nobody refused.
+    Updated(Endpoint),
+    /// A kept socket closed and bound again for an option the kernel reads
+    /// only at bind (`reason` names it).
+    Rebound {
+        addr: Endpoint,
+        reason: &'static str,
+    },
 }
 
 /// Whether two addresses cannot both be bound: the same family and port,
@@ -259,6 +347,8 @@ pub enum Change {
 fn overlaps(a: &Endpoint, b: &Endpoint) -> bool {
     match (a, b) {
         (Endpoint::Tcp(a), Endpoint::Tcp(b)) => overlaps_inet(a, b),
+        // A Unix name is one socket; the same name is not an overlap.
+        (Endpoint::Unix(_), _) | (_, Endpoint::Unix(_)) => false,
     }
 }
 
@@ -286,22 +376,28 @@ pub fn reconcile(
     let mut changes = Vec::new();
     let (wanted, optional_v6) = wanted(plan);
     let mut next = HashMap::new();
+    let mut next_opts = HashMap::new();
     let mut to_bind = Vec::new();
-    for (a, name) in wanted {
+    for (a, name, opts) in wanted {
         if let Some(sock) = held.by_addr.remove(&a) {
-            next.insert(a, sock);
+            let old = held.opts.remove(&a).unwrap_or_default();
+            if let Some((sock, now)) = opts::keep(sock, &a, name, old, opts, &mut changes) {
+                next.insert(a.clone(), sock);
+                next_opts.insert(a, now);
+            }
         } else if let Some(sock) = spare.remove(&a) {
-            changes.push(Change::Opened(a.clone()));
-            next.insert(a, sock);
+            opts::adopted(&sock, &a, opts, &mut changes);
+            next.insert(a.clone(), sock);
+            next_opts.insert(a, opts.clone());
         } else {
-            to_bind.push((a, name));
+            to_bind.push((a, name, opts));
         }
     }
     // Removed sockets closed to make room, with the service they served.
     let mut made_room: Vec<(Endpoint, Option<String>)> = Vec::new();
     // Services with a new address that could not be opened.
     let mut failed: Vec<&str> = Vec::new();
-    for (a, name) in to_bind {
+    for (a, name, opts) in to_bind {
         let clashing: Vec<Endpoint> = held
             .by_addr
             .keys()
@@ -313,9 +409,10 @@ pub fn reconcile(
             let owner = held.owner.remove(&h);
             made_room.push((h, owner));
         }
-        match bind(&a) {
+        match bind(&a, opts) {
             Ok(sock) => {
                 changes.push(Change::Opened(a.clone()));
+                next_opts.insert(a.clone(), opts.clone());
                 next.insert(a, sock);
             }
             Err(e) if optional_v6.contains(&a) && no_ipv6(&e) => {
@@ -338,6 +435,8 @@ pub fn reconcile(
                     service: service.clone(),
                 });
                 next.insert(a.clone(), sock);
+                let old = held.opts.remove(&a).unwrap_or_default();
+                next_opts.insert(a.clone(), old);
                 kept.insert(a, service);
             }
             _ => {
@@ -346,16 +445,25 @@ pub fn reconcile(
             }
         }
     }
-    rebind_made_room(made_room, &failed, &mut next, &mut kept, &mut changes);
+    let mut room = Room {
+        next: &mut next,
+        opts: &mut next_opts,
+        old_opts: &held.opts,
+        kept: &mut kept,
+    };
+    rebind_made_room(made_room, &failed, &mut room, &mut changes);
     held.by_addr = next;
     held.owner = kept;
+    held.opts = next_opts;
     changes
 }
 
 /// The addresses `plan` listens on, with the service of each, and those of
 /// them that are a bare `"PORT"`'s IPv6 half (which a host without IPv6
 /// may skip).
-fn wanted(plan: &Plan) -> (Vec<(Endpoint, &str)>, Vec<Endpoint>) {
+type Wanted<'p> = Vec<(Endpoint, &'p str, &'p SockOpts)>;
+
+fn wanted(plan: &Plan) -> (Wanted<'_>, Vec<Endpoint>) {
     let mut wanted = Vec::new();
     let mut optional_v6 = Vec::new();
     for s in plan.enabled() {
@@ -363,10 +471,22 @@ fn wanted(plan: &Plan) -> (Vec<(Endpoint, &str)>, Vec<Endpoint>) {
             if optional {
                 optional_v6.push(a.clone());
             }
-            wanted.push((a, s.name.as_str()));
+            wanted.push((a, s.name.as_str(), &s.sockopts));
         }
     }
     (wanted, optional_v6)
+}
+
+/// Where [`rebind_made_room`] puts the sockets it binds again.
+struct Room<'a> {
+    /// The sockets after the reconcile.
+    next: &'a mut HashMap<Endpoint, Listener>,
+    /// Their options.
+    opts: &'a mut HashMap<Endpoint, SockOpts>,
+    /// The options the removed sockets had, to bind them again with.
+    old_opts: &'a HashMap<Endpoint, SockOpts>,
+    /// The old sockets kept for a failed service, by service.
+    kept: &'a mut HashMap<Endpoint, String>,
 }
 
 /// The removed sockets [`reconcile`] closed to make room: a service whose
@@ -375,21 +495,22 @@ fn wanted(plan: &Plan) -> (Vec<(Endpoint, &str)>, Vec<Endpoint>) {
 fn rebind_made_room(
     made_room: Vec<(Endpoint, Option<String>)>,
     failed: &[&str],
-    next: &mut HashMap<Endpoint, Listener>,
-    kept: &mut HashMap<Endpoint, String>,
+    room: &mut Room<'_>,
     changes: &mut Vec<Change>,
 ) {
     for (a, owner) in made_room {
         match owner {
-            Some(service) if failed.contains(&service.as_str()) && !next.contains_key(&a) => {
-                match bind(&a) {
+            Some(service) if failed.contains(&service.as_str()) && !room.next.contains_key(&a) => {
+                let opts = room.old_opts.get(&a).cloned().unwrap_or_default();
+                match bind(&a, &opts) {
                     Ok(sock) => {
                         changes.push(Change::Retained {
                             addr: a.clone(),
                             service: service.clone(),
                         });
-                        next.insert(a.clone(), sock);
-                        kept.insert(a, service);
+                        room.next.insert(a.clone(), sock);
+                        room.opts.insert(a.clone(), opts);
+                        room.kept.insert(a, service);
                     }
                     Err(error) => changes.push(Change::Lost { service, error }),
                 }
@@ -405,7 +526,11 @@ mod tests {
 
     #[test]
     fn bind_sets_nonblocking_and_cloexec() {
-        let l = bind(&Endpoint::Tcp("127.0.0.1:0".parse().unwrap())).unwrap();
+        let l = bind(
+            &Endpoint::Tcp("127.0.0.1:0".parse().unwrap()),
+            &SockOpts::default(),
+        )
+        .unwrap();
         let fd = l.as_fd().as_raw_fd();
         let flags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFL).unwrap();
         assert!(flags & libc::O_NONBLOCK != 0);
@@ -437,6 +562,7 @@ mod tests {
             addr: Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
             doing: "binding",
             errno: Errno::EACCES,
+            reason: None,
         };
         assert_eq!(
             e(80).to_string(),
@@ -450,9 +576,13 @@ mod tests {
 
     #[test]
     fn bind_error_names_the_address() {
-        let l = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let opts = SockOpts::default();
+        let l = bind(&Endpoint::Tcp("127.0.0.1:0".parse().unwrap()), &opts).unwrap();
+        let Listener::Tcp(l) = l else {
+            panic!("a TCP socket")
+        };
         let addr = l.local_addr().unwrap();
-        let e = bind(&Endpoint::Tcp(addr)).unwrap_err();
+        let e = bind(&Endpoint::Tcp(addr), &opts).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("binding {addr}: Address already in use")

@@ -16,6 +16,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+mod sock;
+
+pub use sock::{Keepalive, SockOpts, UnixName, DEFAULT_BACKLOG, MAX_NAME};
+
 /// Where the daemon writes its log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogTarget {
@@ -146,24 +150,33 @@ impl Default for Daemon {
 
 /// One configured listen address. `Any(port)` (a bare `"PORT"`) expands to
 /// one IPv4 and one IPv6 wildcard socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ListenAddr {
     /// `"IPv4:PORT"` or `"[IPv6]:PORT"`; an IPv6 socket is always `IPV6_V6ONLY`.
     Addr(SocketAddr),
     /// `"PORT"`: all addresses.
     Any(u16),
+    /// `"unix:/path"` or `"unix:@name"`: a Unix stream socket (SPEC §10.4).
+    Unix(UnixName),
 }
 
 impl ListenAddr {
-    /// The sockets this entry stands for: one, or two for `Any`.
-    pub fn sockets(self) -> Vec<SocketAddr> {
+    /// The IP sockets this entry stands for: one, or two for `Any`, none
+    /// for a Unix socket.
+    pub fn sockets(&self) -> Vec<SocketAddr> {
         match self {
-            ListenAddr::Addr(a) => vec![a],
+            ListenAddr::Addr(a) => vec![*a],
             ListenAddr::Any(port) => vec![
-                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
-                SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port),
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), *port),
+                SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), *port),
             ],
+            ListenAddr::Unix(_) => Vec::new(),
         }
+    }
+
+    /// Whether this is a Unix socket's address.
+    pub fn is_unix(&self) -> bool {
+        matches!(self, ListenAddr::Unix(_))
     }
 }
 
@@ -174,6 +187,8 @@ impl ListenAddr {
 pub enum Endpoint {
     /// A TCP listening socket.
     Tcp(SocketAddr),
+    /// A Unix stream listening socket, by its path or abstract name.
+    Unix(UnixName),
 }
 
 impl Endpoint {
@@ -181,6 +196,7 @@ impl Endpoint {
     pub fn inet(&self) -> Option<SocketAddr> {
         match self {
             Endpoint::Tcp(a) => Some(*a),
+            Endpoint::Unix(_) => None,
         }
     }
 }
@@ -189,6 +205,7 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(n) => write!(f, "{n}"),
         }
     }
 }
@@ -204,6 +221,48 @@ pub enum Client {
         /// `TCPLOCALIP`, `TCPLOCALPORT`.
         local: SocketAddr,
     },
+    /// A Unix stream connection: the peer's credentials as the kernel
+    /// recorded them at connect (`SO_PEERCRED`), and the socket it
+    /// connected to.
+    Unix {
+        /// `UNIXREMOTEPID`.
+        pid: i32,
+        /// `UNIXREMOTEUID`; also what `max_per_source` counts by.
+        uid: u32,
+        /// `UNIXREMOTEGID`.
+        gid: u32,
+        /// The listening socket: `UNIXLOCALPATH` (see [`Client::local_path`]).
+        path: UnixName,
+    },
+}
+
+impl Client {
+    /// `UNIXLOCALPATH` of a Unix connection: the socket's path, or for an
+    /// abstract socket `@` and its name, as written after `unix:` (an
+    /// abstract name has no path; the `@` form is what `ss` shows and what
+    /// the file said, and it cannot be mistaken for a path, which is
+    /// absolute).
+    pub fn local_path(&self) -> Option<String> {
+        match self {
+            Client::Unix { path, .. } => Some(match path {
+                UnixName::Path(p) => p.display().to_string(),
+                UnixName::Abstract(n) => format!("@{}", String::from_utf8_lossy(n)),
+            }),
+            Client::Inet { .. } => None,
+        }
+    }
+}
+
+/// What `max_per_source` counts by (`admit::decide`): one key per kind of
+/// client, so TCP and Unix connections go through the one decision and
+/// the one count. Here, not in `admit`, because a running handler
+/// (`children::Child`) holds the key it was counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// An IP client's source prefix (`source_prefix_v4`/`_v6`).
+    Net(IpNet),
+    /// A Unix client's user id (`SO_PEERCRED`), SPEC §10.4.
+    Uid(u32),
 }
 
 /// The `peer=` of log lines.
@@ -211,6 +270,8 @@ impl fmt::Display for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Client::Inet { peer, .. } => write!(f, "{peer}"),
+            // One token, no spaces and no `=`: `peer=uid:1000/gid:1000/pid:4242`.
+            Client::Unix { pid, uid, gid, .. } => write!(f, "uid:{uid}/gid:{gid}/pid:{pid}"),
         }
     }
 }
@@ -220,6 +281,7 @@ impl fmt::Display for ListenAddr {
         match self {
             ListenAddr::Addr(a) => write!(f, "{a}"),
             ListenAddr::Any(p) => write!(f, "{p}"),
+            ListenAddr::Unix(n) => write!(f, "{n}"),
         }
     }
 }
@@ -416,6 +478,8 @@ pub struct Service {
     pub enabled: bool,
     /// Where the handler's fd 2 goes (`stderr`, SPEC §10.2).
     pub stderr: Stderr,
+    /// The options of its listening sockets (SPEC §10.3, §10.4).
+    pub sockopts: SockOpts,
 }
 
 /// The `stderr` key: what a handler's fd 2 is.
@@ -465,10 +529,21 @@ impl Service {
     pub fn endpoints(&self) -> impl Iterator<Item = (Endpoint, bool)> + '_ {
         self.listen.iter().flat_map(|l| {
             let any = matches!(l, ListenAddr::Any(_));
+            let unix = match l {
+                ListenAddr::Unix(n) => Some((Endpoint::Unix(n.clone()), false)),
+                _ => None,
+            };
             l.sockets()
                 .into_iter()
                 .map(move |a| (Endpoint::Tcp(a), any && a.is_ipv6()))
+                .chain(unix)
         })
+    }
+
+    /// Whether it listens on Unix sockets (the config makes a service's
+    /// addresses all Unix or all IP).
+    pub fn is_unix(&self) -> bool {
+        self.listen.iter().any(ListenAddr::is_unix)
     }
 }
 

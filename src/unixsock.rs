@@ -29,7 +29,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -37,62 +37,9 @@ use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType
 use nix::sys::stat::{fchmod, fstat, Mode, SFlag};
 use nix::unistd::{fchownat, Gid, Uid};
 
-/// A Unix socket's name: a path in the filesystem, or a name in Linux's
-/// abstract namespace (no file; `unix:@name`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum UnixName {
-    /// `unix:/run/foo.sock`: an absolute path.
-    Path(PathBuf),
-    /// `unix:@name`: the name's bytes, without the leading NUL.
-    Abstract(Vec<u8>),
-}
-
-/// The most bytes of a socket address's path (`sun_path` holds 108,
-/// one of them the terminating NUL; an abstract name has the leading NUL).
-pub const MAX_NAME: usize = 107;
+pub use crate::plan::{UnixName, MAX_NAME};
 
 impl UnixName {
-    /// Parses what follows `unix:` in a listen address: an absolute path,
-    /// or `@` and an abstract name.
-    pub fn parse(s: &str) -> Result<UnixName, String> {
-        if let Some(name) = s.strip_prefix('@') {
-            if name.is_empty() {
-                return Err("an abstract socket needs a name after \"@\"".into());
-            }
-            if name.len() > MAX_NAME - 1 {
-                return Err(format!(
-                    "an abstract name may have at most {} bytes, this one has {}",
-                    MAX_NAME - 1,
-                    name.len()
-                ));
-            }
-            return Ok(UnixName::Abstract(name.as_bytes().to_vec()));
-        }
-        if !s.starts_with('/') {
-            return Err(format!(
-                "\"{s}\" is not an absolute path (write unix:/PATH, or unix:@NAME for an abstract socket)"
-            ));
-        }
-        if s.len() > MAX_NAME {
-            return Err(format!(
-                "a socket path may have at most {MAX_NAME} bytes, this one has {}",
-                s.len()
-            ));
-        }
-        if s.ends_with('/') {
-            return Err(format!("\"{s}\" names a directory, not a socket file"));
-        }
-        Ok(UnixName::Path(PathBuf::from(s)))
-    }
-
-    /// The filesystem path, for a path socket.
-    pub fn path(&self) -> Option<&Path> {
-        match self {
-            UnixName::Path(p) => Some(p),
-            UnixName::Abstract(_) => None,
-        }
-    }
-
     /// The kernel's form of the name.
     fn addr(&self) -> Result<UnixAddr, Errno> {
         match self {
@@ -107,15 +54,6 @@ impl UnixName {
             return Some(UnixName::Path(p.to_path_buf()));
         }
         addr.as_abstract().map(|n| UnixName::Abstract(n.to_vec()))
-    }
-}
-
-impl fmt::Display for UnixName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UnixName::Path(p) => write!(f, "unix:{}", p.display()),
-            UnixName::Abstract(n) => write!(f, "unix:@{}", String::from_utf8_lossy(n)),
-        }
     }
 }
 
@@ -236,6 +174,13 @@ impl UnixSocket {
     /// What it is bound to.
     pub fn name(&self) -> &UnixName {
         &self.name
+    }
+
+    /// Whether its file is the one this socket's `bind` created (removed
+    /// at drop, given `socket_*` on reload): not for an abstract socket,
+    /// nor for one inherited from the service manager.
+    pub fn owns_file(&self) -> bool {
+        self.file.is_some()
     }
 
     /// Gives the socket's file its owner, then its mode (a reload that

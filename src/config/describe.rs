@@ -101,6 +101,63 @@ fn service(out: &mut String, s: &Service) {
     );
     hardening(out, &s.image.hardening);
     let _ = write!(out, " stderr={}", s.stderr.as_str());
+    sockopts(out, &s.sockopts);
+}
+
+/// The socket keys (SPEC §10.3, §10.4), after every older field, each only
+/// when it is not its default (so a line without them reads as before).
+fn sockopts(out: &mut String, o: &crate::plan::SockOpts) {
+    if o.backlog != crate::plan::DEFAULT_BACKLOG {
+        let _ = write!(out, " backlog={}", o.backlog);
+    }
+    if let Some(k) = o.keepalive {
+        let times: Vec<String> = [
+            ("idle", k.idle, "s"),
+            ("interval", k.interval, "s"),
+            ("count", k.count, ""),
+        ]
+        .iter()
+        .filter_map(|(name, v, unit)| v.map(|v| format!("{name}:{v}{unit}")))
+        .collect();
+        let shown = if times.is_empty() {
+            "on".to_string()
+        } else {
+            times.join(",")
+        };
+        let _ = write!(out, " keepalive={shown}");
+    }
+    let flags = [
+        ("nodelay", o.nodelay),
+        ("reuse_port", o.reuse_port),
+        ("free_bind", o.free_bind),
+    ];
+    for (key, on) in flags {
+        if on {
+            let _ = write!(out, " {key}=true");
+        }
+    }
+    if o.defer_accept > 0 {
+        let _ = write!(out, " defer_accept={}s", o.defer_accept);
+    }
+    let texts = [
+        ("bind_device", o.bind_device.clone()),
+        ("receive_buffer", o.receive_buffer.map(|n| n.to_string())),
+        ("send_buffer", o.send_buffer.map(|n| n.to_string())),
+        ("socket_mode", o.socket_mode.map(|m| format!("{m:04o}"))),
+        (
+            "socket_user",
+            o.socket_user.as_ref().map(|(n, _)| n.clone()),
+        ),
+        (
+            "socket_group",
+            o.socket_group.as_ref().map(|(n, _)| n.clone()),
+        ),
+    ];
+    for (key, v) in texts {
+        if let Some(v) = v {
+            let _ = write!(out, " {key}={}", crate::text::escape(&v));
+        }
+    }
 }
 
 /// The hardening keys, after every older field (which stay as they were,

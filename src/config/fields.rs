@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::plan::{Level, ListenAddr};
+use crate::plan::{Level, ListenAddr, UnixName};
 use crate::text::escape as esc;
 
 /// Whether `n` is a valid service name: 1 to 64 of a-z, 0-9, `_` and `-`.
@@ -29,7 +29,8 @@ pub(super) fn parse_level(s: &str) -> Option<Level> {
     }
 }
 
-/// Parses a `listen` entry: `"IPv4:PORT"`, `"[IPv6]:PORT"` or `"PORT"`.
+/// Parses a `listen` entry: `"IPv4:PORT"`, `"[IPv6]:PORT"`, `"PORT"`, or
+/// `"unix:/PATH"` / `"unix:@NAME"` (SPEC §10.4).
 /// An entry of another shape gets a message that says what to write.
 pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     let invalid = |why: &str| format!("invalid listen address \"{}\": {why}", esc(s));
@@ -40,6 +41,11 @@ pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     };
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return port(s).map(ListenAddr::Any);
+    }
+    if let Some(name) = s.strip_prefix("unix:") {
+        return UnixName::parse(name)
+            .map(ListenAddr::Unix)
+            .map_err(|why| invalid(&why));
     }
     let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     if let Some(rest) = s.strip_prefix('[') {
@@ -120,6 +126,10 @@ pub fn check_env_name(var: &str) -> Result<(), String> {
         || var.starts_with("TCP")
         || var.starts_with("REMOTE_")
         || var.starts_with("TINYINETD_")
+        // A Unix service's peer credentials (SPEC §10.4): a service's own
+        // value would come first in the environment and win.
+        || var.starts_with("UNIXREMOTE")
+        || var.starts_with("UNIXLOCAL")
     {
         return Err(format!(
             "env: \"{var}\" is set by tinyinetd for every connection and cannot be redefined"
@@ -221,6 +231,19 @@ pub fn parse_limit(s: &str, key: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unix_connection_variables_cannot_be_redefined() {
+        for var in ["UNIXREMOTEUID", "UNIXREMOTEPID", "UNIXLOCALPATH"] {
+            assert!(
+                check_env_name(var)
+                    .unwrap_err()
+                    .contains("cannot be redefined"),
+                "{var}"
+            );
+        }
+        assert_eq!(check_env_name("UNIX_SOCKET_DIR"), Ok(()));
+    }
 
     #[test]
     fn durations_say_what_is_wrong() {

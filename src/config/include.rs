@@ -34,6 +34,8 @@ struct Known {
     name: (String, String),
     /// Each socket it binds, the address as written, and where.
     sockets: Vec<(SocketAddr, ListenAddr, String)>,
+    /// Its Unix sockets, and where each was written.
+    unix: Vec<(ListenAddr, String)>,
 }
 
 impl Known {
@@ -43,14 +45,19 @@ impl Known {
             format!("{}:{line}:{col}", file.display())
         };
         let mut sockets = Vec::new();
+        let mut unix = Vec::new();
         for (addr, span) in c.service.listen.iter().zip(&c.listen_spans) {
             for sock in addr.sockets() {
-                sockets.push((sock, *addr, at(span.start)));
+                sockets.push((sock, addr.clone(), at(span.start)));
+            }
+            if addr.is_unix() {
+                unix.push((addr.clone(), at(span.start)));
             }
         }
         Known {
             name: (c.service.name.clone(), at(c.name_span.start)),
             sockets,
+            unix,
         }
     }
 }
@@ -271,10 +278,14 @@ impl Checker<'_> {
                     k.sockets
                         .iter()
                         .find(|(other, _, _)| conflicts(*other, sock))
-                        .map(|(_, wrote, at)| (&k.name.0, *wrote, at))
+                        .map(|(_, wrote, at)| (&k.name.0, wrote.clone(), at))
                 })
             });
-            if let Some((other, wrote, at)) = clash {
+            let same_unix = known.iter().find_map(|k| {
+                let found = k.unix.iter().find(|(a, _)| a == addr);
+                found.map(|(a, at)| (&k.name.0, a.clone(), at))
+            });
+            if let Some((other, wrote, at)) = clash.or(same_unix) {
                 let m = if wrote == *addr {
                     format!(
                         "listen address \"{addr}\" is already used by service \"{other}\" at {at}"
@@ -317,6 +328,25 @@ mod tests {
     }
 
     const INCLUDE: &str = "[daemon]\ninclude = [\"tinyinetd.d/*.toml\"]\n";
+
+    #[test]
+    fn a_unix_socket_of_an_earlier_file_is_not_served_twice() {
+        let unix = |name: &str| {
+            format!("[[service]]\nname = \"{name}\"\nlisten = [\"unix:/run/tux-dup.sock\"]\nprogram = \"/bin/sh\"\n")
+        };
+        let (_d, main) = tree(
+            &format!("{INCLUDE}{}", unix("a")),
+            &[("b.toml", &unix("b"))],
+        );
+        let e = load(&main).unwrap_err();
+        assert!(
+            e.contains("b.toml:3:11: service \"b\": listen address \"unix:/run/tux-dup.sock\" is already used by service \"a\""),
+            "{e}"
+        );
+        let (_d, main) = tree(&format!("{}{}", unix("a"), unix("b")), &[]);
+        let e = load(&main).unwrap_err();
+        assert!(e.contains(":7:11: service \"b\": listen address \"unix:/run/tux-dup.sock\" is already used by service \"a\""), "{e}");
+    }
 
     fn load(path: &Path) -> Result<crate::plan::Plan, String> {
         config::load_with(path, false, &config::RealSystem).map_err(|e| e.to_string())

@@ -23,6 +23,7 @@ mod include;
 mod lookups;
 mod resolve;
 mod service;
+mod sockopt;
 #[cfg(test)]
 mod tests;
 

@@ -13,6 +13,7 @@ use super::check::{esc, Checker, Value};
 use super::fields::{check_env_name, parse_listen, valid_name};
 use super::hardening::HARDENING_KEYS;
 use super::resolve::{exec_image, resolve_program};
+use super::sockopt::{SockDraft, SOCKOPT_KEYS};
 use super::{line_col, System};
 use crate::plan::{Access, Daemon, Hardening, Limits, ListenAddr, Service, Stderr};
 use crate::trust;
@@ -44,20 +45,27 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "rlimit_as",
     "rlimit_cpu",
     "stderr",
+    "backlog",
+    "keepalive",
+    "keepalive_idle",
+    "keepalive_interval",
+    "keepalive_count",
+    "nodelay",
+    "defer_accept",
+    "reuse_port",
+    "free_bind",
+    "bind_device",
+    "receive_buffer",
+    "send_buffer",
+    "socket_mode",
+    "socket_user",
+    "socket_group",
 ];
 
 /// Keys reserved for later versions (tinyinetd.toml(5), README.md). They are refused
 /// with a message that says so, rather than accepted and ignored: a
 /// setting that silently does nothing is worse than an error.
-const RESERVED_SERVICE_KEYS: &[&str] = &[
-    "proxy_protocol",
-    "trusted_proxies",
-    "protocol",
-    "wait",
-    "socket_mode",
-    "socket_user",
-    "socket_group",
-];
+const RESERVED_SERVICE_KEYS: &[&str] = &["proxy_protocol", "trusted_proxies", "protocol", "wait"];
 
 /// A validated service with the spans that cross-service checks point at.
 pub(super) struct Checked {
@@ -102,6 +110,8 @@ struct Draft {
     hardening: Hardening,
     /// `stderr`, `"socket"` unless given.
     stderr: Stderr,
+    /// The socket keys (`sockopt.rs`), with where each was written.
+    sock: SockDraft,
     /// False once a required part is unusable: the service is not built.
     ok: bool,
 }
@@ -124,6 +134,7 @@ impl Draft {
             umask: 0o022,
             hardening: Hardening::default(),
             stderr: Stderr::default(),
+            sock: SockDraft::default(),
             ok: true,
         }
     }
@@ -197,18 +208,28 @@ impl Checker<'_> {
                 "env" => self.env(value, &mut d),
                 "max_instances" | "max_per_source" | "max_rate" | "source_prefix_v4"
                 | "source_prefix_v6" | "timeout" => self.limit(k, value, &ctx, &mut d.limits),
-                "allow" => d.access.allow = self.nets(value, &ctx, k),
-                "deny" => d.access.deny = self.nets(value, &ctx, k),
+                "allow" | "deny" => {
+                    d.sock.saw(k, value.span());
+                    let nets = self.nets(value, &ctx, k);
+                    *if k == "allow" {
+                        &mut d.access.allow
+                    } else {
+                        &mut d.access.deny
+                    } = nets;
+                }
                 "enabled" => self.enabled(value, &mut d),
                 "umask" => self.umask(value, &mut d),
                 "stderr" => self.stderr(value, &mut d),
                 k if HARDENING_KEYS.contains(&k) => {
                     self.hardening(k, value, &ctx, &mut d.hardening, identity_uid)
                 }
+                k if SOCKOPT_KEYS.contains(&k) => self.sockopt(k, value, &ctx, &mut d.sock),
                 _ => self.unknown_key(key, &ctx, SERVICE_KEYS, RESERVED_SERVICE_KEYS),
             }
         }
         self.required(t, &d, &span);
+        let ctx = d.ctx.clone();
+        self.sockopt_fit(&mut d.sock, &d.listen, &ctx, sys);
         self.build(d, span, daemon, sys, identity_uid)
     }
 
@@ -490,6 +511,9 @@ impl Checker<'_> {
             return None;
         }
         let mut image = exec_image(&name, &program, &path, fd, &d.args, &d.env, d.umask)?;
+        if d.listen.iter().any(|(a, _)| a.is_unix()) {
+            super::sockopt::unix_proto(&mut image.env);
+        }
         image.hardening = d.hardening;
         image.interpreter = interpreter;
         let listen_spans = d.listen.iter().map(|(_, s)| s.clone()).collect();
@@ -503,6 +527,7 @@ impl Checker<'_> {
                 access: d.access,
                 enabled: d.enabled,
                 stderr: d.stderr,
+                sockopts: d.sock.opts,
             },
             name_span,
             listen_spans,
@@ -534,7 +559,7 @@ impl Checker<'_> {
                 let clash = addr.sockets().into_iter().find_map(|sock| {
                     seen.iter()
                         .find(|(a, _, _, _)| conflicts(*a, sock))
-                        .map(|(_, i, name, wrote)| (*i, *name, *wrote))
+                        .map(|(_, i, name, wrote)| (*i, *name, wrote.clone()))
                 });
                 if let Some((other_index, other, wrote)) = clash {
                     let ctx = format!("service \"{}\"", s.name);
@@ -550,10 +575,18 @@ impl Checker<'_> {
                     self.problem(span.clone(), &ctx, m);
                 }
                 for sock in addr.sockets() {
-                    seen.push((sock, index, &s.name, *addr));
+                    seen.push((sock, index, &s.name, addr.clone()));
                 }
             }
         }
+        let entries = services.iter().flat_map(|c| {
+            let s = &c.service;
+            s.listen
+                .iter()
+                .zip(&c.listen_spans)
+                .map(|(a, sp)| (s.name.as_str(), a, sp))
+        });
+        self.unix_cross_check(entries);
     }
 }
 

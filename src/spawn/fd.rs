@@ -1,9 +1,11 @@
 //! Descriptor and process-state helpers with `unsafe` inside: the
 //! daemon's start (SIGCHLD back to SIG_DFL, inherited descriptors marked
-//! close-on-exec or adopted) and the reload's resolver fork. None of them
+//! close-on-exec or adopted), the reload's resolver fork, and the two
+//! socket calls nix has no safe form for (`listen` with a backlog above
+//! 4096, `TCP_DEFER_ACCEPT`, used by `listen`). None of them
 //! runs in a handler's child; each carries its own safety argument.
 
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -123,6 +125,33 @@ pub fn mark_inherited_cloexec() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `listen(fd, backlog)` with any backlog the kernel takes (nix's
+/// `Backlog` stops at 4096; the kernel caps the value at
+/// `net.core.somaxconn`, which an administrator may have raised). On a
+/// listening socket it changes the backlog in place.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> Result<(), Errno> {
+    // SAFETY: listen reads no memory of ours; the descriptor is borrowed,
+    // so it is open for the call.
+    let rc = unsafe { libc::listen(fd.as_raw_fd(), backlog) };
+    Errno::result(rc).map(drop)
+}
+
+/// `TCP_DEFER_ACCEPT` (seconds; 0 is off), which nix has no option for.
+pub fn set_tcp_defer_accept(fd: BorrowedFd<'_>, secs: i32) -> Result<(), Errno> {
+    // SAFETY: the kernel reads `size_of::<c_int>()` bytes from `&secs`, a
+    // live local of that type; the descriptor is borrowed, so it is open.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const i32).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Errno::result(rc).map(drop)
 }
 
 /// Takes ownership of a descriptor passed by the service manager

@@ -165,7 +165,10 @@ use nix::unistd::Pid;
 
 use crate::plan::{Client, Service};
 use child::{child_entry, sys};
-pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, peer_groups, reset_sigchld};
+pub use fd::{
+    fork_resolver, listen, mark_inherited_cloexec, own_inherited, peer_groups, reset_sigchld,
+    set_tcp_defer_accept,
+};
 use slot::{ChildArgs, Slot, SlotData};
 pub use slot::{Failure, Step};
 
@@ -512,6 +515,14 @@ fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) {
             var(o, v, "TCPLOCALPORT", &local.port());
             var(o, v, "REMOTE_ADDR", &rip);
             var(o, v, "REMOTE_PORT", &peer.port());
+        }
+        Client::Unix { pid, uid, gid, .. } => {
+            var(o, v, "UNIXREMOTEPID", pid);
+            var(o, v, "UNIXREMOTEUID", uid);
+            var(o, v, "UNIXREMOTEGID", gid);
+            if let Some(path) = conn.client.local_path() {
+                var(o, v, "UNIXLOCALPATH", &path);
+            }
         }
     }
     var(o, v, "TINYINETD_CONN_ID", &conn.id);

@@ -3,10 +3,10 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -17,12 +17,21 @@ use super::Supervisor;
 use crate::admit::{self, Decision, Reason};
 use crate::children::Child;
 use crate::listen::Listener;
-use crate::plan::{Client, Level, Service, Stderr};
+use crate::plan::{Client, Level, Service, Source, Stderr, UnixName};
 use crate::spawn::{self, Conn, Room, SpawnError};
 
 /// How long the listeners rest when every spawn slot is busy: children
 /// reach their exec in tens of microseconds.
 const SLOT_RETRY: Duration = Duration::from_millis(1);
+
+/// A connection just taken from a listener, of the listener's kind.
+enum Taken {
+    /// From a TCP listener, with the client's address.
+    Tcp(TcpStream, SocketAddr),
+    /// From a Unix listener, with the listener's name (the credentials are
+    /// read from the socket).
+    Unix(UnixStream, UnixName),
+}
 
 /// What an accept error means for the listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,12 +99,17 @@ impl Supervisor {
                 return;
             }
             let accepted = match &self.socks[i].listener {
-                Listener::Tcp(l) => l.accept(),
+                Listener::Tcp(l) => l.accept().map(|(s, peer)| Taken::Tcp(s, peer)),
+                Listener::Unix(l) => {
+                    let accepted = l.listener().accept();
+                    accepted.map(|(s, _)| Taken::Unix(s, l.name().clone()))
+                }
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    let conn = self.accepted(i, stream, peer);
-                    self.serve(self.socks[i].svc, conn, now);
+                Ok(taken) => {
+                    if let Some(conn) = self.accepted(i, taken) {
+                        self.serve(self.socks[i].svc, conn, now);
+                    }
                 }
                 Err(e) => {
                     let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
@@ -146,8 +160,9 @@ impl Supervisor {
     }
 
     /// A connection taken from socket `i`: ends its accept back-off and
-    /// gives the connection its id and local address.
-    fn accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr) -> Conn {
+    /// gives the connection its id and who its client is. `None`: a Unix
+    /// peer whose credentials cannot be read (closed, logged).
+    fn accepted(&mut self, i: usize, taken: Taken) -> Option<Conn> {
         let sock = &mut self.socks[i];
         let failures = sock.backoff.succeed();
         if failures > 0 {
@@ -157,20 +172,50 @@ impl Supervisor {
                 .kv("failures", failures)
                 .send();
         }
-        let bound = sock.addr.inet().unwrap_or(peer);
-        let local = if bound.ip().is_unspecified() {
-            stream.local_addr().unwrap_or(bound)
-        } else {
-            bound
-        };
         let id = self.next_conn;
         self.next_conn += 1;
-        Conn {
-            stream: stream.into(),
-            client: Client::Inet { peer, local },
+        let (stream, client): (OwnedFd, Client) = match taken {
+            Taken::Tcp(stream, peer) => {
+                let bound = sock.addr.inet().unwrap_or(peer);
+                let local = if bound.ip().is_unspecified() {
+                    stream.local_addr().unwrap_or(bound)
+                } else {
+                    bound
+                };
+                (stream.into(), Client::Inet { peer, local })
+            }
+            Taken::Unix(stream, path) => {
+                match crate::unixsock::peer_cred(stream.as_fd()) {
+                    Ok((pid, uid, gid)) => (
+                        stream.into(),
+                        Client::Unix {
+                            pid,
+                            uid,
+                            gid,
+                            path,
+                        },
+                    ),
+                    // SO_PEERCRED of an accepted Unix socket cannot fail
+                    // short of a kernel bug; without it there is no uid to
+                    // admit by, so the connection is closed.
+                    Err(e) => {
+                        self.log
+                            .event(Level::Error, "peer-credentials-failed")
+                            .kv("addr", &sock.addr)
+                            .kv("conn", id)
+                            .kv("error", crate::text::io_reason(&e))
+                            .send();
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Conn {
+            stream,
+            client,
             id,
             err: None,
-        }
+        })
     }
 
     /// Takes socket `i` out of the poll set for a growing backoff after an
@@ -200,16 +245,14 @@ impl Supervisor {
     fn serve(&mut self, svc_i: usize, mut conn: Conn, now: Instant) {
         self.services.accepted(svc_i);
         let st = self.services.get(svc_i);
-        let ip = match &conn.client {
-            Client::Inet { peer, .. } => peer.ip(),
-        };
-        let source = match admit::decide(&st.svc.access, &st.svc.limits, &st.per_source, ip) {
-            Decision::Admit(source) => source,
-            Decision::Refuse(reason) => {
-                self.log_refusal(svc_i, &conn, reason, now);
-                return; // dropping `conn` closes it: no fork happened
-            }
-        };
+        let source =
+            match admit::decide(&st.svc.access, &st.svc.limits, &st.per_source, &conn.client) {
+                Decision::Admit(source) => source,
+                Decision::Refuse(reason) => {
+                    self.log_refusal(svc_i, &conn, reason, now);
+                    return; // dropping `conn` closes it: no fork happened
+                }
+            };
         self.services.take_token(svc_i, now);
         let svc = Arc::clone(&self.services.get(svc_i).svc);
         let Ok(pipe) = self.stderr_for(svc_i, &svc, &mut conn, now) else {
@@ -314,7 +357,7 @@ impl Supervisor {
         service: Arc<Service>,
         conn: &Conn,
         pid: Pid,
-        source: IpNet,
+        source: Source,
         now: Instant,
     ) {
         let term_at = service.limits.timeout.map(|t| now + t);

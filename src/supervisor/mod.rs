@@ -33,7 +33,7 @@ use crate::children::{Children, Exit, Fired};
 use crate::listen::{self, Change, Listener, Sockets};
 use crate::log::Logger;
 use crate::notify;
-use crate::plan::{Endpoint, Level, Plan};
+use crate::plan::{Endpoint, Level, Plan, SockOpts};
 use crate::resolver;
 use crate::signals::Signals;
 use crate::spawn::Spawner;
@@ -50,6 +50,8 @@ struct Sock {
     addr: Endpoint,
     /// The socket itself, non-blocking.
     listener: Listener,
+    /// The options it has: a reload compares them with the new plan's.
+    opts: SockOpts,
     /// Index into `Supervisor::services`.
     svc: usize,
     /// EMFILE and friends: the growing delay of this listener's episode.
@@ -194,7 +196,9 @@ impl Supervisor {
                 Change::Opened(_)
                 | Change::Closed(_)
                 | Change::Retained { .. }
-                | Change::Lost { .. } => {}
+                | Change::Lost { .. }
+                | Change::Updated(_)
+                | Change::Rebound { .. } => {}
             }
         }
         // After the listeners: a daemon that cannot serve keeps off it.
@@ -244,7 +248,7 @@ impl Supervisor {
     /// states (carrying counters over by name) and the socket list
     /// (carrying backoffs over by address).
     fn install(&mut self, plan: Plan, mut held: Sockets) {
-        let running: Vec<(&str, ipnet::IpNet)> = self
+        let running: Vec<(&str, crate::plan::Source)> = self
             .children
             .iter()
             .map(|c| (c.service.name.as_str(), c.source))
@@ -261,9 +265,11 @@ impl Supervisor {
         let mut attach = |addr: Endpoint, svc: usize, held: &mut Sockets| {
             if let Some(listener) = held.by_addr.remove(&addr) {
                 let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
+                let opts = held.opts.remove(&addr).unwrap_or_default();
                 socks.push(Sock {
                     addr,
                     listener,
+                    opts,
                     svc,
                     backoff,
                     retry_at,
@@ -568,33 +574,4 @@ fn recycle<'a, 'b>(mut v: Vec<PollFd<'a>>) -> Vec<PollFd<'b>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_passed_deadline_is_cleared_and_a_future_one_kept() {
-        let now = Instant::now();
-        let mut none = None;
-        assert!(!expire(&mut none, now));
-        let mut past = Some(now);
-        assert!(!expire(&mut past, now), "a deadline at `now` has passed");
-        assert_eq!(past, None);
-        let ahead = now + Duration::from_millis(100);
-        let mut future = Some(ahead);
-        assert!(expire(&mut future, now));
-        assert_eq!(future, Some(ahead));
-        assert!(!expire(&mut future, ahead + Duration::from_millis(1)));
-        assert_eq!(future, None);
-    }
-
-    #[test]
-    fn recycle_keeps_the_poll_sets_memory() {
-        let f = std::fs::File::open("/dev/null").expect("open");
-        let mut v: Vec<PollFd<'_>> = Vec::with_capacity(8);
-        v.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
-        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
-        let back: Vec<PollFd<'static>> = recycle(v);
-        assert!(back.is_empty());
-        assert_eq!((back.as_ptr() as usize, back.capacity()), (ptr, cap));
-    }
-}
+mod tests;

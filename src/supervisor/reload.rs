@@ -116,6 +116,7 @@ impl Supervisor {
         for s in self.socks.drain(..) {
             held.owner
                 .insert(s.addr.clone(), self.services.get(s.svc).svc.name.clone());
+            held.opts.insert(s.addr.clone(), s.opts);
             held.by_addr.insert(s.addr, s.listener);
         }
         // Who had each socket and who will: every listen/unlisten line
@@ -243,6 +244,19 @@ impl Supervisor {
                         .send();
                 }
                 Change::NoIpv6(a) => super::log_no_ipv6(&mut self.log, a),
+                Change::Updated(a) => self
+                    .log
+                    .event(Level::Info, "listen-updated")
+                    .opt("service", owners.new.get(a))
+                    .kv("addr", a)
+                    .send(),
+                Change::Rebound { addr, reason } => self
+                    .log
+                    .event(Level::Info, "listen-rebound")
+                    .opt("service", owners.new.get(addr))
+                    .kv("addr", addr)
+                    .kv("reason", reason)
+                    .send(),
                 Change::Retained { addr, service } => {
                     t.kept += 1;
                     self.log

@@ -7,10 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
-
 use crate::admit::{self, Backoff, Bucket, Load, Pause, PauseReason, Reason};
-use crate::plan::Service;
+use crate::plan::{Service, Source};
 
 /// Refusal log lines per service per second; the rest are counted and
 /// summarised, so a flood from a denied address cannot fill the disk.
@@ -108,7 +106,7 @@ pub struct SvcState {
     /// Handlers of this service running now.
     pub running: usize,
     /// Running handlers by source prefix, for `max_per_source`.
-    pub per_source: HashMap<IpNet, usize>,
+    pub per_source: HashMap<Source, usize>,
     /// `max_rate`'s tokens.
     pub bucket: Bucket,
     /// Fork failures back the whole service off.
@@ -273,7 +271,7 @@ impl ServiceTable {
     pub fn install<'a>(
         &mut self,
         enabled: impl Iterator<Item = &'a Arc<Service>>,
-        running: &[(&str, IpNet)],
+        running: &[(&str, Source)],
     ) {
         let mut old: HashMap<String, SvcState> = self
             .list
@@ -401,7 +399,7 @@ impl ServiceTable {
     }
 
     /// A handler of service `i` started for `source`.
-    pub fn started(&mut self, i: usize, source: IpNet, now: Instant) {
+    pub fn started(&mut self, i: usize, source: Source, now: Instant) {
         let st = &mut self.list[i];
         st.running += 1;
         *st.per_source.entry(source).or_insert(0) += 1;
@@ -486,7 +484,7 @@ impl ServiceTable {
 
     /// A handler of service `i` that held `source` was reaped; `ran`: how
     /// long, when it had reached its exec (for the duration histogram).
-    pub fn exited(&mut self, i: usize, source: IpNet, ran: Option<Duration>) {
+    pub fn exited(&mut self, i: usize, source: Source, ran: Option<Duration>) {
         let st = &mut self.list[i];
         if let Some(d) = ran {
             st.counters.durations.observe(d);

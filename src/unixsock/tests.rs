@@ -171,3 +171,23 @@ fn root_gives_the_file_its_owner_and_group() {
         (65534, 65534, 0o660)
     );
 }
+
+#[test]
+fn only_a_socket_that_bound_its_file_owns_it() {
+    let d = dir();
+    let name = path_name(&d, "s.sock");
+    let s = UnixSocket::bind(&name, &Ownership::default(), 16).unwrap();
+    assert!(s.owns_file());
+    let abs = UnixName::Abstract(format!("tinyinetd-tux-own-{}", std::process::id()).into_bytes());
+    assert!(!UnixSocket::bind(&abs, &Ownership::default(), 16)
+        .unwrap()
+        .owns_file());
+    let l = UnixListener::bind(d.path().join("other.sock")).unwrap();
+    let inherited = UnixSocket::inherited(l, path_name(&d, "other.sock"));
+    assert!(!inherited.owns_file());
+    drop(inherited);
+    assert!(
+        d.path().join("other.sock").exists(),
+        "an inherited socket's file is the manager's"
+    );
+}

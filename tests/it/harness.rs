@@ -651,3 +651,14 @@ pub fn reload(d: &mut Daemon) {
         d.log()
     );
 }
+
+/// The 1-based number of the first line of the file at `path` that
+/// contains `needle` (config error positions, whatever the harness added
+/// to the template above it).
+pub fn line_of(path: &Path, needle: &str) -> usize {
+    let text = std::fs::read_to_string(path).expect("read config");
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle:?} not in {}", path.display()))
+}

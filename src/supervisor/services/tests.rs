@@ -21,8 +21,8 @@ fn services(names: &[&str]) -> Vec<Arc<Service>> {
     plan.services
 }
 
-fn src(s: &str) -> IpNet {
-    s.parse().expect("net")
+fn src(s: &str) -> Source {
+    Source::Net(s.parse().expect("net"))
 }
 
 #[test]
