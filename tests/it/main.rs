@@ -23,3 +23,4 @@ mod stress;
 mod structure;
 mod sum;
 mod supervision;
+mod wait;
