@@ -18,6 +18,9 @@ use ipnet::IpNet;
 
 use crate::plan::{Access, Limits};
 
+mod crashloop;
+pub use crashloop::{CrashLoop, CrashStep};
+
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -103,6 +106,9 @@ pub enum Pause {
     Rate(Instant),
     /// accept or fork failed for lack of resources; retry then.
     Backoff(Instant),
+    /// A wait service's handlers keep exiting at once ([`CrashLoop`]);
+    /// its sockets are handed over again then.
+    CrashLoop(Instant),
 }
 
 /// A [`Pause`] without its moment: what the log and the status line name.
@@ -112,6 +118,7 @@ pub enum PauseReason {
     Connections,
     Rate,
     Backoff,
+    CrashLoop,
 }
 
 impl PauseReason {
@@ -122,6 +129,7 @@ impl PauseReason {
             PauseReason::Connections => "max_connections",
             PauseReason::Rate => "max_rate",
             PauseReason::Backoff => "backoff",
+            PauseReason::CrashLoop => "crash_loop",
         }
     }
 }
@@ -139,6 +147,7 @@ impl Pause {
             Pause::Connections => PauseReason::Connections,
             Pause::Rate(_) => PauseReason::Rate,
             Pause::Backoff(_) => PauseReason::Backoff,
+            Pause::CrashLoop(_) => PauseReason::CrashLoop,
         }
     }
 
@@ -146,7 +155,7 @@ impl Pause {
     /// handler exits.
     pub fn until(self) -> Option<Instant> {
         match self {
-            Pause::Rate(t) | Pause::Backoff(t) => Some(t),
+            Pause::Rate(t) | Pause::Backoff(t) | Pause::CrashLoop(t) => Some(t),
             Pause::Instances | Pause::Connections => None,
         }
     }
@@ -163,6 +172,8 @@ pub struct Load {
     pub max_connections: usize,
     /// A resource backoff in force for this service, if any.
     pub backoff_until: Option<Instant>,
+    /// A wait service's crash-loop pause in force, if any.
+    pub crash_until: Option<Instant>,
 }
 
 /// May the service accept now? `None`: yes. Checked in an order that
@@ -171,6 +182,11 @@ pub fn capacity(limits: &Limits, load: Load, bucket: &Bucket, now: Instant) -> O
     if let Some(t) = load.backoff_until {
         if t > now {
             return Some(Pause::Backoff(t));
+        }
+    }
+    if let Some(t) = load.crash_until {
+        if t > now {
+            return Some(Pause::CrashLoop(t));
         }
     }
     if load.total >= load.max_connections {
@@ -260,9 +276,15 @@ impl Backoff {
 
     /// Records a failure; returns the delay before the next try.
     pub fn fail(&mut self) -> Duration {
+        self.fail_from(Self::FIRST, Self::CAP)
+    }
+
+    /// [`fail`](Self::fail) on another scale: `first`, doubling, at most
+    /// `cap` (reached within six doublings, as `CAP` is from `FIRST`).
+    pub fn fail_from(&mut self, first: Duration, cap: Duration) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let shift = (self.failures - 1).min(6);
-        (Self::FIRST * (1u32 << shift)).min(Self::CAP)
+        (first * (1u32 << shift)).min(cap)
     }
 
     /// Ends the episode; returns how many failures it had.
@@ -384,6 +406,7 @@ mod tests {
             total,
             max_connections: 10,
             backoff_until,
+            crash_until: None,
         };
         let b = Bucket::new();
         assert_eq!(capacity(&l, load(0, 0, None), &b, now), None);
@@ -448,6 +471,23 @@ mod tests {
             took >= Duration::from_millis(4990) && took <= Duration::from_millis(5100),
             "{took:?}"
         );
+    }
+
+    #[test]
+    fn a_crash_loop_pause_is_reported_as_such() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let load = Load {
+            running: 0,
+            total: 0,
+            max_connections: 10,
+            backoff_until: None,
+            crash_until: Some(later),
+        };
+        let p = capacity(&Limits::default(), load, &Bucket::new(), now);
+        assert_eq!(p, Some(Pause::CrashLoop(later)));
+        assert_eq!(p.map(|p| p.reason().as_str()), Some("crash_loop"));
+        assert_eq!(p.and_then(Pause::until), Some(later));
     }
 
     #[test]

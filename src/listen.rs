@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
@@ -45,12 +45,16 @@ use crate::plan::{Endpoint, Plan};
 pub enum Listener {
     /// A TCP listening socket.
     Tcp(TcpListener),
+    /// A bound UDP socket, for a wait service: the daemon never reads
+    /// it, it hands it to a handler when it becomes readable.
+    Udp(UdpSocket),
 }
 
 impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
             Listener::Tcp(l) => l.as_fd(),
+            Listener::Udp(l) => l.as_fd(),
         }
     }
 }
@@ -90,6 +94,7 @@ impl std::error::Error for ListenError {}
 pub fn bind(end: &Endpoint) -> Result<Listener, ListenError> {
     match end {
         Endpoint::Tcp(a) => bind_tcp(*a).map(Listener::Tcp),
+        Endpoint::Udp(a) => bind_udp(*a).map(Listener::Udp),
     }
 }
 
@@ -97,8 +102,36 @@ pub fn bind(end: &Endpoint) -> Result<Listener, ListenError> {
 /// out TIME_WAIT), IPV6_V6ONLY on IPv6 (so `"PORT"`'s two sockets and an
 /// explicit IPv4 address never collide), non-blocking, close-on-exec.
 fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    let end = Endpoint::Tcp(addr);
+    let fd = bound_inet(&end, addr, SockType::Stream, true)?;
+    socket::listen(&fd, Backlog::MAXCONN).map_err(|e| ListenError {
+        addr: end,
+        doing: "listening on",
+        errno: e,
+    })?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Opens one UDP socket: IPV6_V6ONLY on IPv6, non-blocking,
+/// close-on-exec, like [`bind_tcp`], but without SO_REUSEADDR. UDP has no
+/// TIME_WAIT to wait out, and on a UDP socket the option means something
+/// else: any other socket with it set, of any user, may bind the same
+/// address too and take the datagrams (Linux delivers each to one of
+/// them). Without it, a port in use is refused at bind, as for TCP.
+fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ListenError> {
+    bound_inet(&Endpoint::Udp(addr), addr, SockType::Datagram, false).map(UdpSocket::from)
+}
+
+/// A socket of `kind` bound to `addr` for `end`: SO_REUSEADDR when
+/// `reuse_addr`, IPV6_V6ONLY on IPv6, non-blocking, close-on-exec.
+fn bound_inet(
+    end: &Endpoint,
+    addr: SocketAddr,
+    kind: SockType,
+    reuse_addr: bool,
+) -> Result<OwnedFd, ListenError> {
     let err = |doing, errno| ListenError {
-        addr: Endpoint::Tcp(addr),
+        addr: end.clone(),
         doing,
         errno,
     };
@@ -109,20 +142,21 @@ fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     };
     let fd = socket::socket(
         family,
-        SockType::Stream,
+        kind,
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )
     .map_err(|e| err("creating a socket for", e))?;
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
-        .map_err(|e| err("setting SO_REUSEADDR on", e))?;
+    if reuse_addr {
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+            .map_err(|e| err("setting SO_REUSEADDR on", e))?;
+    }
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
             .map_err(|e| err("setting IPV6_V6ONLY on", e))?;
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| err("binding", e))?;
-    socket::listen(&fd, Backlog::MAXCONN).map_err(|e| err("listening on", e))?;
-    Ok(TcpListener::from(fd))
+    Ok(fd)
 }
 
 /// Whether a failure to open a wildcard IPv6 socket means "this host has no
@@ -172,9 +206,11 @@ pub enum Adoption {
     },
 }
 
-/// Checks one inherited descriptor: it must be a listening stream socket of
-/// an IP family. A connected socket (systemd's `Accept=yes`) is refused:
-/// accepting on it would fail with EINVAL forever. `owned` is the
+/// Checks one inherited descriptor: it must be a listening stream socket or
+/// a datagram socket of an IP family (its type says which endpoint it can
+/// serve: `Tcp` or `Udp`). A connected stream socket (systemd's
+/// `Accept=yes`) is refused: accepting on it would fail with EINVAL
+/// forever. `owned` is the
 /// descriptor taken over (`spawn::own_inherited`, called by the caller so
 /// that this module stays below `spawn`), `None` if it was not open.
 pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
@@ -193,12 +229,14 @@ pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
         name: inh.name.clone(),
         why,
     };
-    match socket::getsockopt(&fd, sockopt::SockType) {
-        Ok(SockType::Stream) => {}
-        Ok(t) => return reject(format!("not a stream socket ({t:?})")),
+    let datagram = match socket::getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::Stream) => false,
+        Ok(SockType::Datagram) => true,
+        Ok(t) => return reject(format!("not a stream or datagram socket ({t:?})")),
         Err(e) => return reject(format!("not a socket ({})", crate::text::os_error(e))),
-    }
+    };
     match socket::getsockopt(&fd, sockopt::AcceptConn) {
+        Ok(_) if datagram => {}
         Ok(true) => {}
         Ok(false) => {
             return reject(
@@ -215,6 +253,13 @@ pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
         },
         Err(e) => return reject(format!("getsockname: {}", crate::text::os_error(e))),
     };
+    if datagram {
+        let sock = UdpSocket::from(fd);
+        if let Err(e) = sock.set_nonblocking(true) {
+            return reject(format!("setting O_NONBLOCK: {e}"));
+        }
+        return Adoption::Listening(Endpoint::Udp(addr), Listener::Udp(sock));
+    }
     let listener = TcpListener::from(fd);
     if let Err(e) = listener.set_nonblocking(true) {
         return reject(format!("setting O_NONBLOCK: {e}"));
@@ -253,12 +298,15 @@ pub enum Change {
     Lost { service: String, error: ListenError },
 }
 
-/// Whether two addresses cannot both be bound: the same family and port,
-/// and one of them a wildcard of that family (IPv6 sockets are
-/// IPV6_V6ONLY, so the families never collide).
+/// Whether two addresses cannot both be bound: the same protocol, family
+/// and port, and one of them a wildcard of that family (IPv6 sockets are
+/// IPV6_V6ONLY, so the families never collide; TCP and UDP ports are apart).
 fn overlaps(a: &Endpoint, b: &Endpoint) -> bool {
     match (a, b) {
-        (Endpoint::Tcp(a), Endpoint::Tcp(b)) => overlaps_inet(a, b),
+        (Endpoint::Tcp(a), Endpoint::Tcp(b)) | (Endpoint::Udp(a), Endpoint::Udp(b)) => {
+            overlaps_inet(a, b)
+        }
+        (Endpoint::Tcp(_), Endpoint::Udp(_)) | (Endpoint::Udp(_), Endpoint::Tcp(_)) => false,
     }
 }
 
@@ -429,6 +477,58 @@ mod tests {
         assert!(!overlaps(&a("0.0.0.0:80"), &a("0.0.0.0:81")));
         assert!(!overlaps(&a("0.0.0.0:80"), &a("[::]:80")), "V6ONLY");
         assert!(!overlaps(&a("0.0.0.0:80"), &a("0.0.0.0:80")), "the same");
+    }
+
+    #[test]
+    fn a_udp_socket_is_bound_like_a_tcp_one_and_named_with_its_protocol() {
+        let l = bind(&Endpoint::Udp("127.0.0.1:0".parse().unwrap())).unwrap();
+        assert!(matches!(l, Listener::Udp(_)));
+        let flags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert!(flags & libc::O_NONBLOCK != 0);
+        let fdflags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(fdflags & libc::FD_CLOEXEC != 0);
+        let Listener::Udp(u) = &l else { unreachable!() };
+        let addr = u.local_addr().unwrap();
+        // The same port over TCP is another socket; over UDP it is taken,
+        // even for a socket that asks for SO_REUSEADDR.
+        let _tcp = bind(&Endpoint::Tcp(addr)).expect("TCP on the UDP port");
+        let thief = socket::socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        socket::setsockopt(&thief, sockopt::ReuseAddr, &true).unwrap();
+        assert_eq!(
+            socket::bind(thief.as_raw_fd(), &SockaddrStorage::from(addr)),
+            Err(Errno::EADDRINUSE)
+        );
+        let e = bind(&Endpoint::Udp(addr)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("binding {addr}/udp: Address already in use")
+        );
+        let (u6, t4) = (
+            |s: &str| Endpoint::Udp(s.parse().unwrap()),
+            |s: &str| Endpoint::Tcp(s.parse().unwrap()),
+        );
+        assert!(overlaps(&u6("0.0.0.0:69"), &u6("127.0.0.1:69")));
+        assert!(!overlaps(&u6("0.0.0.0:69"), &t4("127.0.0.1:69")));
+    }
+
+    #[test]
+    fn adopting_takes_a_datagram_socket_as_udp() {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = u.local_addr().unwrap();
+        let inh = Inherited {
+            fd: u.as_raw_fd(),
+            name: "x".into(),
+        };
+        match adopt(inh, Some(OwnedFd::from(u))) {
+            Adoption::Listening(end, Listener::Udp(_)) => assert_eq!(end, Endpoint::Udp(addr)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

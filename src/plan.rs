@@ -106,13 +106,16 @@ impl ListenAddr {
 pub enum Endpoint {
     /// A TCP listening socket.
     Tcp(SocketAddr),
+    /// A UDP socket (`protocol = "udp"`), shown as `ADDR/udp` (the
+    /// `/etc/services` way of writing it); TCP keeps its bare address.
+    Udp(SocketAddr),
 }
 
 impl Endpoint {
     /// The IP address and port, for the kinds that have them.
     pub fn inet(&self) -> Option<SocketAddr> {
         match self {
-            Endpoint::Tcp(a) => Some(*a),
+            Endpoint::Tcp(a) | Endpoint::Udp(a) => Some(*a),
         }
     }
 }
@@ -121,6 +124,52 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Udp(a) => write!(f, "{a}/udp"),
+        }
+    }
+}
+
+/// The `protocol` key: what an IP `listen` address is bound for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Stream sockets (the default).
+    #[default]
+    Tcp,
+    /// Datagram sockets; a UDP service is always a wait service.
+    Udp,
+}
+
+impl Protocol {
+    /// The key's value as written, and shown by `--check`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// `PROTO=` in a handler's environment.
+    pub fn env(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+
+    /// The endpoint of an IP address bound for this protocol.
+    pub fn endpoint(self, a: SocketAddr) -> Endpoint {
+        match self {
+            Protocol::Tcp => Endpoint::Tcp(a),
+            Protocol::Udp => Endpoint::Udp(a),
+        }
+    }
+
+    /// What status lines and `--check` append to an address of this
+    /// protocol (as [`Endpoint`]'s `Display` does).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "",
+            Protocol::Udp => "/udp",
         }
     }
 }
@@ -136,13 +185,20 @@ pub enum Client {
         /// `TCPLOCALIP`, `TCPLOCALPORT`.
         local: SocketAddr,
     },
+    /// A wait service's handler: it gets the socket itself (`Endpoint`),
+    /// serves whoever comes, and has no per-client variables; its
+    /// environment has `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`
+    /// instead.
+    Listener(Endpoint),
 }
 
-/// The `peer=` of log lines.
+/// The `peer=` of log lines: `-` for a wait handler, which has no one
+/// client.
 impl fmt::Display for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Client::Inet { peer, .. } => write!(f, "{peer}"),
+            Client::Listener(_) => f.write_str("-"),
         }
     }
 }
@@ -348,6 +404,11 @@ pub struct Service {
     pub enabled: bool,
     /// Where the handler's fd 2 goes (`stderr`, SPEC §10.2).
     pub stderr: Stderr,
+    /// What the IP `listen` addresses are bound for (`protocol`, SPEC §10.5).
+    pub protocol: Protocol,
+    /// `wait = true`: each socket is handed to one handler, which serves
+    /// it until it exits, instead of a handler per connection (SPEC §10.5).
+    pub wait: bool,
 }
 
 /// The `stderr` key: what a handler's fd 2 is.
@@ -395,11 +456,12 @@ impl Service {
     /// The sockets this service listens on, each with whether it is a bare
     /// `"PORT"`'s IPv6 half (which a host without IPv6 may skip).
     pub fn endpoints(&self) -> impl Iterator<Item = (Endpoint, bool)> + '_ {
-        self.listen.iter().flat_map(|l| {
+        let protocol = self.protocol;
+        self.listen.iter().flat_map(move |l| {
             let any = matches!(l, ListenAddr::Any(_));
             l.sockets()
                 .into_iter()
-                .map(move |a| (Endpoint::Tcp(a), any && a.is_ipv6()))
+                .map(move |a| (protocol.endpoint(a), any && a.is_ipv6()))
         })
     }
 }

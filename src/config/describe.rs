@@ -32,7 +32,8 @@ pub fn describe(plan: &Plan) -> String {
 }
 
 fn service(out: &mut String, s: &Service) {
-    let listen: Vec<String> = s.listen.iter().map(ToString::to_string).collect();
+    let suffix = s.protocol.suffix();
+    let listen: Vec<String> = s.listen.iter().map(|l| format!("{l}{suffix}")).collect();
     let _ = write!(
         out,
         "{} listen={} program={}",
@@ -88,6 +89,14 @@ fn service(out: &mut String, s: &Service) {
     );
     hardening(out, &s.image.hardening);
     let _ = write!(out, " stderr={}", s.stderr.as_str());
+    // After every older field, and only when not the default, so that
+    // the lines of TCP services stay as they were.
+    if s.protocol != crate::plan::Protocol::Tcp {
+        let _ = write!(out, " protocol={}", s.protocol.as_str());
+    }
+    if s.wait {
+        out.push_str(" wait=true");
+    }
 }
 
 /// The hardening keys, after every older field (which stay as they were,

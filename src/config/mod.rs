@@ -25,6 +25,7 @@ mod resolve;
 mod service;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 use std::fmt;
 use std::os::fd::OwnedFd;

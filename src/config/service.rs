@@ -13,8 +13,9 @@ use super::check::{esc, Checker, Value};
 use super::fields::{check_env_name, parse_listen, valid_name};
 use super::hardening::HARDENING_KEYS;
 use super::resolve::{exec_image, resolve_program};
+use super::wait::{handover_env, Written};
 use super::{line_col, System};
-use crate::plan::{Access, Daemon, Hardening, Limits, ListenAddr, Service, Stderr};
+use crate::plan::{Access, Daemon, Hardening, Limits, ListenAddr, Protocol, Service, Stderr};
 use crate::trust;
 
 pub(super) const SERVICE_KEYS: &[&str] = &[
@@ -44,6 +45,8 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "rlimit_as",
     "rlimit_cpu",
     "stderr",
+    "protocol",
+    "wait",
 ];
 
 /// Keys reserved for later versions (tinyinetd.toml(5), README.md). They are refused
@@ -52,8 +55,6 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
 const RESERVED_SERVICE_KEYS: &[&str] = &[
     "proxy_protocol",
     "trusted_proxies",
-    "protocol",
-    "wait",
     "socket_mode",
     "socket_user",
     "socket_group",
@@ -102,6 +103,10 @@ struct Draft {
     hardening: Hardening,
     /// `stderr`, `"socket"` unless given.
     stderr: Stderr,
+    /// `protocol`, with where it was written (`wait.rs`).
+    protocol: Written<Protocol>,
+    /// `wait`, with where it was written (`wait.rs`).
+    wait: Written<bool>,
     /// False once a required part is unusable: the service is not built.
     ok: bool,
 }
@@ -124,6 +129,8 @@ impl Draft {
             umask: 0o022,
             hardening: Hardening::default(),
             stderr: Stderr::default(),
+            protocol: (Protocol::Tcp, None),
+            wait: (false, None),
             ok: true,
         }
     }
@@ -202,12 +209,16 @@ impl Checker<'_> {
                 "enabled" => self.enabled(value, &mut d),
                 "umask" => self.umask(value, &mut d),
                 "stderr" => self.stderr(value, &mut d),
+                "protocol" => d.protocol = self.protocol(value, &ctx).unwrap_or(d.protocol),
+                "wait" => d.wait = self.wait(value, &ctx).unwrap_or(d.wait),
                 k if HARDENING_KEYS.contains(&k) => {
                     self.hardening(k, value, &ctx, &mut d.hardening, identity_uid)
                 }
                 _ => self.unknown_key(key, &ctx, SERVICE_KEYS, RESERVED_SERVICE_KEYS),
             }
         }
+        let ctx = d.ctx.clone();
+        self.wait_mode(t, &ctx, (&d.protocol, &d.wait), &mut d.limits);
         self.required(t, &d, &span);
         self.build(d, span, daemon, sys, identity_uid)
     }
@@ -492,6 +503,7 @@ impl Checker<'_> {
         let mut image = exec_image(&name, &program, &path, fd, &d.args, &d.env, d.umask)?;
         image.hardening = d.hardening;
         image.interpreter = interpreter;
+        handover_env(&mut image, &name, d.protocol.0, d.wait.0)?;
         let listen_spans = d.listen.iter().map(|(_, s)| s.clone()).collect();
         Some(Checked {
             service: Service {
@@ -503,6 +515,8 @@ impl Checker<'_> {
                 access: d.access,
                 enabled: d.enabled,
                 stderr: d.stderr,
+                protocol: d.protocol.0,
+                wait: d.wait.0,
             },
             name_span,
             listen_spans,
@@ -527,14 +541,15 @@ impl Checker<'_> {
         // the address as that service wrote it). Each entry is compared with
         // those before it, within its own service too: `"127.0.0.1:P"` and
         // `"P"` in one service would fail at bind just the same.
-        let mut seen: Vec<(SocketAddr, usize, &str, ListenAddr)> = Vec::new();
+        // A TCP and a UDP socket on one address never collide.
+        let mut seen: Vec<(SocketAddr, Protocol, usize, &str, ListenAddr)> = Vec::new();
         for (index, c) in services.iter().enumerate() {
             let s = &c.service;
             for (addr, span) in s.listen.iter().zip(&c.listen_spans) {
                 let clash = addr.sockets().into_iter().find_map(|sock| {
                     seen.iter()
-                        .find(|(a, _, _, _)| conflicts(*a, sock))
-                        .map(|(_, i, name, wrote)| (*i, *name, *wrote))
+                        .find(|(a, p, _, _, _)| *p == s.protocol && conflicts(*a, sock))
+                        .map(|(_, _, i, name, wrote)| (*i, *name, *wrote))
                 });
                 if let Some((other_index, other, wrote)) = clash {
                     let ctx = format!("service \"{}\"", s.name);
@@ -550,7 +565,7 @@ impl Checker<'_> {
                     self.problem(span.clone(), &ctx, m);
                 }
                 for sock in addr.sockets() {
-                    seen.push((sock, index, &s.name, *addr));
+                    seen.push((sock, s.protocol, index, &s.name, *addr));
                 }
             }
         }

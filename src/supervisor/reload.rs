@@ -105,10 +105,12 @@ impl Supervisor {
                 .send();
         }
         let mut held = Sockets::default();
+        let mut carried = HashMap::new();
         for s in self.socks.drain(..) {
             held.owner
                 .insert(s.addr.clone(), self.services.get(s.svc).svc.name.clone());
-            held.by_addr.insert(s.addr, s.listener);
+            held.by_addr.insert(s.addr.clone(), s.listener);
+            carried.insert(s.addr, (s.backoff, s.retry_at, s.held));
         }
         // Who had each socket and who will: every listen/unlisten line
         // names its service.
@@ -121,7 +123,7 @@ impl Supervisor {
         };
         let changes = listen::reconcile(&mut held, &mut self.spare, &plan);
         let tally = self.log_changes(&changes, &owners);
-        self.install(plan, held);
+        self.install(plan, held, carried);
         self.spawner.refresh_signals();
         self.log
             .event(Level::Info, "reload")
