@@ -100,9 +100,9 @@
 //!   close-on-exec; nothing else survives the exec. A wait handler's
 //!   connection is a copy of the service's socket itself (the daemon
 //!   keeps its own, close-on-exec, out of the poll set meanwhile), and
-//!   it goes on fd 3 too, so only descriptors from 4 up are closed. The daemon closes its
-//!   copy of the connection (and of a pipe's write end) as soon as clone
-//!   returns.
+//!   it goes on fd 3 too, so only descriptors from 4 up are marked. The
+//!   daemon closes its copy of the connection (and of a pipe's write end)
+//!   as soon as clone returns.
 //!   A program that is not a script is exec'd through the `O_PATH`
 //!   descriptor its check opened at load (`execveat` with `AT_EMPTY_PATH`),
 //!   so the file that runs is the file that was checked; that descriptor
