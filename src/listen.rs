@@ -102,36 +102,8 @@ pub fn bind(end: &Endpoint) -> Result<Listener, ListenError> {
 /// out TIME_WAIT), IPV6_V6ONLY on IPv6 (so `"PORT"`'s two sockets and an
 /// explicit IPv4 address never collide), non-blocking, close-on-exec.
 fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    let end = Endpoint::Tcp(addr);
-    let fd = bound_inet(&end, addr, SockType::Stream, true)?;
-    socket::listen(&fd, Backlog::MAXCONN).map_err(|e| ListenError {
-        addr: end,
-        doing: "listening on",
-        errno: e,
-    })?;
-    Ok(TcpListener::from(fd))
-}
-
-/// Opens one UDP socket: IPV6_V6ONLY on IPv6, non-blocking,
-/// close-on-exec, like [`bind_tcp`], but without SO_REUSEADDR. UDP has no
-/// TIME_WAIT to wait out, and on a UDP socket the option means something
-/// else: any other socket with it set, of any user, may bind the same
-/// address too and take the datagrams (Linux delivers each to one of
-/// them). Without it, a port in use is refused at bind, as for TCP.
-fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ListenError> {
-    bound_inet(&Endpoint::Udp(addr), addr, SockType::Datagram, false).map(UdpSocket::from)
-}
-
-/// A socket of `kind` bound to `addr` for `end`: SO_REUSEADDR when
-/// `reuse_addr`, IPV6_V6ONLY on IPv6, non-blocking, close-on-exec.
-fn bound_inet(
-    end: &Endpoint,
-    addr: SocketAddr,
-    kind: SockType,
-    reuse_addr: bool,
-) -> Result<OwnedFd, ListenError> {
     let err = |doing, errno| ListenError {
-        addr: end.clone(),
+        addr: Endpoint::Tcp(addr),
         doing,
         errno,
     };
@@ -142,21 +114,49 @@ fn bound_inet(
     };
     let fd = socket::socket(
         family,
-        kind,
+        SockType::Stream,
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )
     .map_err(|e| err("creating a socket for", e))?;
-    if reuse_addr {
-        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
-            .map_err(|e| err("setting SO_REUSEADDR on", e))?;
-    }
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+        .map_err(|e| err("setting SO_REUSEADDR on", e))?;
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
             .map_err(|e| err("setting IPV6_V6ONLY on", e))?;
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| err("binding", e))?;
-    Ok(fd)
+    socket::listen(&fd, Backlog::MAXCONN).map_err(|e| err("listening on", e))?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Opens one UDP socket: IPV6_V6ONLY on IPv6, non-blocking,
+/// close-on-exec, like [`bind_tcp`] (the same steps, kept apart so that
+/// each kind's options stay its own), but without SO_REUSEADDR. UDP has no
+/// TIME_WAIT to wait out, and on a UDP socket the option means something
+/// else: any other socket with it set, of any user, may bind the same
+/// address too and take the datagrams (Linux delivers each to one of
+/// them). Without it, a port in use is refused at bind, as for TCP.
+fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ListenError> {
+    let err = |doing, errno| ListenError {
+        addr: Endpoint::Udp(addr),
+        doing,
+        errno,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket::socket(family, SockType::Datagram, flags, None)
+        .map_err(|e| err("creating a socket for", e))?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+            .map_err(|e| err("setting IPV6_V6ONLY on", e))?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| err("binding", e))?;
+    Ok(UdpSocket::from(fd))
 }
 
 /// Whether a failure to open a wildcard IPv6 socket means "this host has no
