@@ -449,6 +449,34 @@ pub fn no_handler(service: &str, udp: bool) -> String {
     )
 }
 
+/// A wait service takes none of the per-client keys: tinyinetd never sees
+/// its clients (its handler holds the socket). An address restriction
+/// cannot be left out (everyone would get in); the limits are lost, and
+/// `instances` is one per socket.
+pub fn wait_limits(m: &mut Mapped, one: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+    if !m.allow.is_empty() || !m.deny.is_empty() {
+        return Err("only_from or no_access on a wait service: tinyinetd cannot restrict the clients of a wait service (its handler holds the socket), and leaving them out would let everyone in".into());
+    }
+    let why = "a wait service's clients are not seen by tinyinetd (its handler holds the socket)";
+    for (key, limit) in [
+        ("per_source", &mut m.max_per_source),
+        ("cps", &mut m.max_rate),
+    ] {
+        if limit.take().is_some() {
+            let v = one(key).unwrap_or_default();
+            m.lost.push(format!("{key} = {}: {why}", escape(&v)));
+        }
+    }
+    if m.max_instances.take().is_some() {
+        let v = one("instances").unwrap_or_default();
+        m.notes.push(format!(
+            "instances = {}: a wait service runs one handler per socket",
+            escape(&v)
+        ));
+    }
+    Ok(())
+}
+
 /// Which format `tinyinetd import` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{internal, listen_for, no_handler, Entry, Mapped, Outcome, Ports, UDP_NOWAIT};
+use super::{
+    internal, listen_for, no_handler, wait_limits, Entry, Mapped, Outcome, Ports, UDP_NOWAIT,
+};
 use crate::text::escape;
 
 /// How deep `include` and `includedir` may nest (a loop ends here).
@@ -328,37 +330,9 @@ fn map(b: &Block, defaults: &[Attr], ports: &Ports) -> Result<Mapped, String> {
         attribute(&mut m, name, values)?;
     }
     if wait {
-        per_client(&mut m, &one)?;
+        wait_limits(&mut m, &one)?;
     }
     Ok(m)
-}
-
-/// A wait service takes none of the per-client keys: tinyinetd never sees
-/// its clients (its handler holds the socket). An address restriction
-/// cannot be left out (everyone would get in); the limits are lost, and
-/// `instances` is one per socket.
-fn per_client(m: &mut Mapped, one: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
-    if !m.allow.is_empty() || !m.deny.is_empty() {
-        return Err("only_from or no_access on a wait service: tinyinetd cannot restrict the clients of a wait service (its handler holds the socket), and leaving them out would let everyone in".into());
-    }
-    let why = "a wait service's clients are not seen by tinyinetd (its handler holds the socket)";
-    for (key, limit) in [
-        ("per_source", &mut m.max_per_source),
-        ("cps", &mut m.max_rate),
-    ] {
-        if limit.take().is_some() {
-            let v = one(key).unwrap_or_default();
-            m.lost.push(format!("{key} = {}: {why}", escape(&v)));
-        }
-    }
-    if m.max_instances.take().is_some() {
-        let v = one("instances").unwrap_or_default();
-        m.notes.push(format!(
-            "instances = {}: a wait service runs one handler per socket",
-            escape(&v)
-        ));
-    }
-    Ok(())
 }
 
 /// What decides whether the service can be served at all: its type,
