@@ -481,17 +481,27 @@ mod tests {
 
     #[test]
     fn a_udp_socket_is_bound_like_a_tcp_one_and_named_with_its_protocol() {
-        let l = bind(&Endpoint::Udp("127.0.0.1:0".parse().unwrap())).unwrap();
+        // A TCP port first, then the same number over UDP: the two are
+        // apart. (The other way round, the machine's TCP clients may hold
+        // the number a UDP bind to port 0 picked; a UDP port is rarely
+        // taken, and a few tries are bounded.)
+        let (l, _tcp, addr) = (0..20)
+            .find_map(|_| {
+                let tcp = bind(&Endpoint::Tcp("127.0.0.1:0".parse().unwrap())).unwrap();
+                let Listener::Tcp(t) = &tcp else {
+                    unreachable!()
+                };
+                let addr = t.local_addr().unwrap();
+                bind(&Endpoint::Udp(addr)).ok().map(|l| (l, tcp, addr))
+            })
+            .expect("a UDP socket on a TCP socket's port");
         assert!(matches!(l, Listener::Udp(_)));
         let flags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFL).unwrap();
         assert!(flags & libc::O_NONBLOCK != 0);
         let fdflags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert!(fdflags & libc::FD_CLOEXEC != 0);
-        let Listener::Udp(u) = &l else { unreachable!() };
-        let addr = u.local_addr().unwrap();
-        // The same port over TCP is another socket; over UDP it is taken,
-        // even for a socket that asks for SO_REUSEADDR.
-        let _tcp = bind(&Endpoint::Tcp(addr)).expect("TCP on the UDP port");
+        // Over UDP the port is taken, even for a socket that asks for
+        // SO_REUSEADDR.
         let thief = socket::socket(
             AddressFamily::Inet,
             SockType::Datagram,
