@@ -19,6 +19,9 @@ use ipnet::IpNet;
 pub use crate::plan::Source;
 use crate::plan::{Access, Client, Limits};
 
+mod crashloop;
+pub use crashloop::{CrashLoop, CrashStep};
+
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -67,7 +70,7 @@ pub fn decide(
 ) -> Decision {
     let ip = match client {
         Client::Inet { peer, .. } => Some(peer.ip().to_canonical()),
-        Client::Unix { .. } => None,
+        Client::Unix { .. } | Client::Listener(_) => None,
     };
     let listed = |nets: &[IpNet]| ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)));
     if listed(&access.deny) {
@@ -86,11 +89,18 @@ pub fn decide(
 }
 
 /// What `client` counts against for `max_per_source`: its source prefix,
-/// or its user id.
+/// or its user id. A wait handler has no one client: it counts under the
+/// unspecified address of its socket's family, which no client has (and
+/// `max_per_source` is refused for a wait service, so the count is never
+/// judged).
 pub fn source_key(limits: &Limits, client: &Client) -> Source {
     match client {
         Client::Inet { peer, .. } => Source::Net(source_of(limits, peer.ip())),
         Client::Unix { uid, .. } => Source::Uid(*uid),
+        Client::Listener(e) => Source::Net(IpNet::from(match e.inet() {
+            Some(a) if a.is_ipv6() => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        })),
     }
 }
 
@@ -119,6 +129,9 @@ pub enum Pause {
     Rate(Instant),
     /// accept or fork failed for lack of resources; retry then.
     Backoff(Instant),
+    /// A wait service's handlers keep exiting at once ([`CrashLoop`]);
+    /// its sockets are handed over again then.
+    CrashLoop(Instant),
 }
 
 /// A [`Pause`] without its moment: what the log and the status line name.
@@ -128,6 +141,7 @@ pub enum PauseReason {
     Connections,
     Rate,
     Backoff,
+    CrashLoop,
 }
 
 impl PauseReason {
@@ -138,6 +152,7 @@ impl PauseReason {
             PauseReason::Connections => "max_connections",
             PauseReason::Rate => "max_rate",
             PauseReason::Backoff => "backoff",
+            PauseReason::CrashLoop => "crash_loop",
         }
     }
 }
@@ -155,6 +170,7 @@ impl Pause {
             Pause::Connections => PauseReason::Connections,
             Pause::Rate(_) => PauseReason::Rate,
             Pause::Backoff(_) => PauseReason::Backoff,
+            Pause::CrashLoop(_) => PauseReason::CrashLoop,
         }
     }
 
@@ -162,7 +178,7 @@ impl Pause {
     /// handler exits.
     pub fn until(self) -> Option<Instant> {
         match self {
-            Pause::Rate(t) | Pause::Backoff(t) => Some(t),
+            Pause::Rate(t) | Pause::Backoff(t) | Pause::CrashLoop(t) => Some(t),
             Pause::Instances | Pause::Connections => None,
         }
     }
@@ -179,6 +195,8 @@ pub struct Load {
     pub max_connections: usize,
     /// A resource backoff in force for this service, if any.
     pub backoff_until: Option<Instant>,
+    /// A wait service's crash-loop pause in force, if any.
+    pub crash_until: Option<Instant>,
 }
 
 /// May the service accept now? `None`: yes. Checked in an order that
@@ -187,6 +205,11 @@ pub fn capacity(limits: &Limits, load: Load, bucket: &Bucket, now: Instant) -> O
     if let Some(t) = load.backoff_until {
         if t > now {
             return Some(Pause::Backoff(t));
+        }
+    }
+    if let Some(t) = load.crash_until {
+        if t > now {
+            return Some(Pause::CrashLoop(t));
         }
     }
     if load.total >= load.max_connections {
@@ -276,9 +299,15 @@ impl Backoff {
 
     /// Records a failure; returns the delay before the next try.
     pub fn fail(&mut self) -> Duration {
+        self.fail_from(Self::FIRST, Self::CAP)
+    }
+
+    /// [`fail`](Self::fail) on another scale: `first`, doubling, at most
+    /// `cap` (reached within six doublings, as `CAP` is from `FIRST`).
+    pub fn fail_from(&mut self, first: Duration, cap: Duration) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let shift = (self.failures - 1).min(6);
-        (Self::FIRST * (1u32 << shift)).min(Self::CAP)
+        (first * (1u32 << shift)).min(cap)
     }
 
     /// Ends the episode; returns how many failures it had.
@@ -448,6 +477,7 @@ mod tests {
             total,
             max_connections: 10,
             backoff_until,
+            crash_until: None,
         };
         let b = Bucket::new();
         assert_eq!(capacity(&l, load(0, 0, None), &b, now), None);
@@ -512,6 +542,23 @@ mod tests {
             took >= Duration::from_millis(4990) && took <= Duration::from_millis(5100),
             "{took:?}"
         );
+    }
+
+    #[test]
+    fn a_crash_loop_pause_is_reported_as_such() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let load = Load {
+            running: 0,
+            total: 0,
+            max_connections: 10,
+            backoff_until: None,
+            crash_until: Some(later),
+        };
+        let p = capacity(&Limits::default(), load, &Bucket::new(), now);
+        assert_eq!(p, Some(Pause::CrashLoop(later)));
+        assert_eq!(p.map(|p| p.reason().as_str()), Some("crash_loop"));
+        assert_eq!(p.and_then(Pause::until), Some(later));
     }
 
     #[test]

@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 
@@ -51,6 +51,9 @@ pub enum Listener {
     Tcp(TcpListener),
     /// A Unix stream listening socket (its file removed when it closes).
     Unix(UnixSocket),
+    /// A bound UDP socket, for a wait service: the daemon never reads
+    /// it, it hands it to a handler when it becomes readable.
+    Udp(UdpSocket),
 }
 
 impl AsFd for Listener {
@@ -58,6 +61,7 @@ impl AsFd for Listener {
         match self {
             Listener::Tcp(l) => l.as_fd(),
             Listener::Unix(l) => l.as_fd(),
+            Listener::Udp(l) => l.as_fd(),
         }
     }
 }
@@ -115,6 +119,7 @@ impl std::error::Error for ListenError {}
 pub fn bind(end: &Endpoint, opts: &SockOpts) -> Result<Listener, ListenError> {
     let l = match end {
         Endpoint::Tcp(a) => bind_tcp(*a, opts).map(Listener::Tcp)?,
+        Endpoint::Udp(a) => bind_udp(*a, opts).map(Listener::Udp)?,
         // `socket_*` is for the service's socket files; an abstract name
         // beside them has none.
         Endpoint::Unix(n) if n.path().is_none() => {
@@ -180,6 +185,37 @@ fn bind_tcp(addr: SocketAddr, opts: &SockOpts) -> Result<TcpListener, ListenErro
     Ok(TcpListener::from(fd))
 }
 
+/// Opens one UDP socket: IPV6_V6ONLY on IPv6, non-blocking,
+/// close-on-exec, like [`bind_tcp`] (the same steps, kept apart so that
+/// each kind's options stay its own), but without SO_REUSEADDR. UDP has no
+/// TIME_WAIT to wait out, and on a UDP socket the option means something
+/// else: any other socket with it set, of any user, may bind the same
+/// address too and take the datagrams (Linux delivers each to one of
+/// them). Without it, a port in use is refused at bind, as for TCP.
+fn bind_udp(addr: SocketAddr, opts: &SockOpts) -> Result<UdpSocket, ListenError> {
+    let err = |doing, errno| ListenError {
+        addr: Endpoint::Udp(addr),
+        doing,
+        errno,
+        reason: None,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket::socket(family, SockType::Datagram, flags, None)
+        .map_err(|e| err("creating a socket for", e))?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+            .map_err(|e| err("setting IPV6_V6ONLY on", e))?;
+    }
+    opts::before_bind(&fd, opts).map_err(|(doing, e)| err(doing, e))?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| err("binding", e))?;
+    Ok(UdpSocket::from(fd))
+}
+
 /// Whether a failure to open a wildcard IPv6 socket means "this host has no
 /// IPv6", which a bare `"PORT"` tolerates with a warning.
 pub fn no_ipv6(e: &ListenError) -> bool {
@@ -227,9 +263,12 @@ pub enum Adoption {
     },
 }
 
-/// Checks one inherited descriptor: it must be a listening stream socket of
-/// an IP family, or a Unix one with a name (matched by its path). A connected socket (systemd's `Accept=yes`) is refused:
-/// accepting on it would fail with EINVAL forever. `owned` is the
+/// Checks one inherited descriptor: it must be a listening stream socket
+/// of an IP family, a Unix one with a name (matched by its path), or a
+/// datagram socket of an IP family (its type says which endpoint it can
+/// serve: `Tcp`, `Unix` or `Udp`). A connected stream socket (systemd's
+/// `Accept=yes`) is refused: accepting on it would fail with EINVAL
+/// forever. `owned` is the
 /// descriptor taken over (`spawn::own_inherited`, called by the caller so
 /// that this module stays below `spawn`), `None` if it was not open.
 pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
@@ -248,12 +287,14 @@ pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
         name: inh.name.clone(),
         why,
     };
-    match socket::getsockopt(&fd, sockopt::SockType) {
-        Ok(SockType::Stream) => {}
-        Ok(t) => return reject(format!("not a stream socket ({t:?})")),
+    let datagram = match socket::getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::Stream) => false,
+        Ok(SockType::Datagram) => true,
+        Ok(t) => return reject(format!("not a stream or datagram socket ({t:?})")),
         Err(e) => return reject(format!("not a socket ({})", crate::text::os_error(e))),
-    }
+    };
     match socket::getsockopt(&fd, sockopt::AcceptConn) {
+        Ok(_) if datagram => {}
         Ok(true) => {}
         Ok(false) => {
             return reject(
@@ -271,6 +312,13 @@ pub fn adopt(inh: Inherited, owned: Option<OwnedFd>) -> Adoption {
         },
         Err(e) => return reject(format!("getsockname: {}", crate::text::os_error(e))),
     };
+    if datagram {
+        let sock = UdpSocket::from(fd);
+        if let Err(e) = sock.set_nonblocking(true) {
+            return reject(format!("setting O_NONBLOCK: {e}"));
+        }
+        return Adoption::Listening(Endpoint::Udp(addr), Listener::Udp(sock));
+    }
     let listener = TcpListener::from(fd);
     if let Err(e) = listener.set_nonblocking(true) {
         return reject(format!("setting O_NONBLOCK: {e}"));
@@ -341,14 +389,17 @@ pub enum Change {
     },
 }
 
-/// Whether two addresses cannot both be bound: the same family and port,
-/// and one of them a wildcard of that family (IPv6 sockets are
-/// IPV6_V6ONLY, so the families never collide).
+/// Whether two addresses cannot both be bound: the same protocol, family
+/// and port, and one of them a wildcard of that family (IPv6 sockets are
+/// IPV6_V6ONLY, so the families never collide; TCP and UDP ports are apart).
 fn overlaps(a: &Endpoint, b: &Endpoint) -> bool {
     match (a, b) {
-        (Endpoint::Tcp(a), Endpoint::Tcp(b)) => overlaps_inet(a, b),
+        (Endpoint::Tcp(a), Endpoint::Tcp(b)) | (Endpoint::Udp(a), Endpoint::Udp(b)) => {
+            overlaps_inet(a, b)
+        }
         // A Unix name is one socket; the same name is not an overlap.
         (Endpoint::Unix(_), _) | (_, Endpoint::Unix(_)) => false,
+        (Endpoint::Tcp(_), Endpoint::Udp(_)) | (Endpoint::Udp(_), Endpoint::Tcp(_)) => false,
     }
 }
 
@@ -521,71 +572,4 @@ fn rebind_made_room(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bind_sets_nonblocking_and_cloexec() {
-        let l = bind(
-            &Endpoint::Tcp("127.0.0.1:0".parse().unwrap()),
-            &SockOpts::default(),
-        )
-        .unwrap();
-        let fd = l.as_fd().as_raw_fd();
-        let flags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFL).unwrap();
-        assert!(flags & libc::O_NONBLOCK != 0);
-        let fdflags = nix::fcntl::fcntl(&l, nix::fcntl::FcntlArg::F_GETFD).unwrap();
-        assert!(fdflags & libc::FD_CLOEXEC != 0, "fd {fd} not cloexec");
-    }
-
-    // `reconcile` itself is tested against the real daemon (tests/it/reload.rs):
-    // closing a socket to make room only frees its address if no other
-    // process holds a copy of the descriptor, and in this multithreaded
-    // test process any concurrent fork (a spawn test, a `getent` run by a
-    // config parse) briefly does.
-
-    #[test]
-    fn overlapping_addresses_are_same_family_same_port_one_wildcard() {
-        let a = |s: &str| Endpoint::Tcp(s.parse().unwrap());
-        assert!(overlaps(&a("127.0.0.1:80"), &a("0.0.0.0:80")));
-        assert!(overlaps(&a("0.0.0.0:80"), &a("127.0.0.2:80")));
-        assert!(overlaps(&a("[::]:80"), &a("[::1]:80")));
-        assert!(!overlaps(&a("127.0.0.1:80"), &a("127.0.0.2:80")));
-        assert!(!overlaps(&a("0.0.0.0:80"), &a("0.0.0.0:81")));
-        assert!(!overlaps(&a("0.0.0.0:80"), &a("[::]:80")), "V6ONLY");
-        assert!(!overlaps(&a("0.0.0.0:80"), &a("0.0.0.0:80")), "the same");
-    }
-
-    #[test]
-    fn a_privileged_port_refused_says_what_it_needs() {
-        let e = |port: u16| ListenError {
-            addr: Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
-            doing: "binding",
-            errno: Errno::EACCES,
-            reason: None,
-        };
-        assert_eq!(
-            e(80).to_string(),
-            "binding 127.0.0.1:80: Permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-        );
-        assert_eq!(
-            e(8080).to_string(),
-            "binding 127.0.0.1:8080: Permission denied"
-        );
-    }
-
-    #[test]
-    fn bind_error_names_the_address() {
-        let opts = SockOpts::default();
-        let l = bind(&Endpoint::Tcp("127.0.0.1:0".parse().unwrap()), &opts).unwrap();
-        let Listener::Tcp(l) = l else {
-            panic!("a TCP socket")
-        };
-        let addr = l.local_addr().unwrap();
-        let e = bind(&Endpoint::Tcp(addr), &opts).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("binding {addr}: Address already in use")
-        );
-    }
-}
+mod tests;

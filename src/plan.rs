@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 mod sock;
 
-pub use sock::{Keepalive, SockOpts, UnixName, DEFAULT_BACKLOG, MAX_NAME};
+pub use sock::{Keepalive, Protocol, SockOpts, UnixName, DEFAULT_BACKLOG, MAX_NAME};
 
 /// Where the daemon writes its log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,13 +189,16 @@ pub enum Endpoint {
     Tcp(SocketAddr),
     /// A Unix stream listening socket, by its path or abstract name.
     Unix(UnixName),
+    /// A UDP socket (`protocol = "udp"`), shown as `ADDR/udp` (the
+    /// `/etc/services` way of writing it); TCP keeps its bare address.
+    Udp(SocketAddr),
 }
 
 impl Endpoint {
     /// The IP address and port, for the kinds that have them.
     pub fn inet(&self) -> Option<SocketAddr> {
         match self {
-            Endpoint::Tcp(a) => Some(*a),
+            Endpoint::Tcp(a) | Endpoint::Udp(a) => Some(*a),
             Endpoint::Unix(_) => None,
         }
     }
@@ -206,6 +209,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp(a) => write!(f, "{a}"),
             Endpoint::Unix(n) => write!(f, "{n}"),
+            Endpoint::Udp(a) => write!(f, "{a}/udp"),
         }
     }
 }
@@ -221,6 +225,11 @@ pub enum Client {
         /// `TCPLOCALIP`, `TCPLOCALPORT`.
         local: SocketAddr,
     },
+    /// A wait service's handler: it gets the socket itself (`Endpoint`),
+    /// serves whoever comes, and has no per-client variables; its
+    /// environment has `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`
+    /// instead.
+    Listener(Endpoint),
     /// A Unix stream connection: the peer's credentials as the kernel
     /// recorded them at connect (`SO_PEERCRED`), and the socket it
     /// connected to.
@@ -248,7 +257,7 @@ impl Client {
                 UnixName::Path(p) => p.display().to_string(),
                 UnixName::Abstract(n) => format!("@{}", String::from_utf8_lossy(n)),
             }),
-            Client::Inet { .. } => None,
+            Client::Inet { .. } | Client::Listener(_) => None,
         }
     }
 }
@@ -265,13 +274,15 @@ pub enum Source {
     Uid(u32),
 }
 
-/// The `peer=` of log lines.
+/// The `peer=` of log lines: `-` for a wait handler, which has no one
+/// client.
 impl fmt::Display for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Client::Inet { peer, .. } => write!(f, "{peer}"),
             // One token, no spaces and no `=`: `peer=uid:1000/gid:1000/pid:4242`.
             Client::Unix { pid, uid, gid, .. } => write!(f, "uid:{uid}/gid:{gid}/pid:{pid}"),
+            Client::Listener(_) => f.write_str("-"),
         }
     }
 }
@@ -480,6 +491,11 @@ pub struct Service {
     pub stderr: Stderr,
     /// The options of its listening sockets (SPEC §10.3, §10.4).
     pub sockopts: SockOpts,
+    /// What the IP `listen` addresses are bound for (`protocol`, SPEC §10.5).
+    pub protocol: Protocol,
+    /// `wait = true`: each socket is handed to one handler, which serves
+    /// it until it exits, instead of a handler per connection (SPEC §10.5).
+    pub wait: bool,
 }
 
 /// The `stderr` key: what a handler's fd 2 is.
@@ -527,7 +543,8 @@ impl Service {
     /// The sockets this service listens on, each with whether it is a bare
     /// `"PORT"`'s IPv6 half (which a host without IPv6 may skip).
     pub fn endpoints(&self) -> impl Iterator<Item = (Endpoint, bool)> + '_ {
-        self.listen.iter().flat_map(|l| {
+        let protocol = self.protocol;
+        self.listen.iter().flat_map(move |l| {
             let any = matches!(l, ListenAddr::Any(_));
             let unix = match l {
                 ListenAddr::Unix(n) => Some((Endpoint::Unix(n.clone()), false)),
@@ -535,7 +552,7 @@ impl Service {
             };
             l.sockets()
                 .into_iter()
-                .map(move |a| (Endpoint::Tcp(a), any && a.is_ipv6()))
+                .map(move |a| (protocol.endpoint(a), any && a.is_ipv6()))
                 .chain(unix)
         })
     }

@@ -45,7 +45,8 @@ pub fn describe_service(s: &Service) -> String {
 }
 
 fn service(out: &mut String, s: &Service) {
-    let listen: Vec<String> = s.listen.iter().map(ToString::to_string).collect();
+    let suffix = s.protocol.suffix();
+    let listen: Vec<String> = s.listen.iter().map(|l| format!("{l}{suffix}")).collect();
     let _ = write!(
         out,
         "{} listen={} program={}",
@@ -102,6 +103,14 @@ fn service(out: &mut String, s: &Service) {
     hardening(out, &s.image.hardening);
     let _ = write!(out, " stderr={}", s.stderr.as_str());
     sockopts(out, &s.sockopts);
+    // After every older field, and only when not the default, so that
+    // the lines of TCP services stay as they were.
+    if s.protocol != crate::plan::Protocol::Tcp {
+        let _ = write!(out, " protocol={}", s.protocol.as_str());
+    }
+    if s.wait {
+        out.push_str(" wait=true");
+    }
 }
 
 /// The socket keys (SPEC §10.3, §10.4), after every older field, each only

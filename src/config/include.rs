@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use toml::de::DeValue;
 
 use super::check::{esc, Checker, Value};
-use super::service::{conflicts, Checked};
+use super::cross::conflicts;
+use super::service::Checked;
 use super::{line_col, line_col_bytes, Problem, System};
-use crate::plan::{Daemon, ListenAddr};
+use crate::plan::{Daemon, ListenAddr, Protocol};
 use crate::trust::{self, Refusal};
 
 /// Every message about the key has this context.
@@ -32,8 +33,9 @@ pub(super) struct Dropins {
 struct Known {
     /// Its name and where the name was written.
     name: (String, String),
-    /// Each socket it binds, the address as written, and where.
-    sockets: Vec<(SocketAddr, ListenAddr, String)>,
+    /// Each socket it binds (a TCP and a UDP one never collide), the
+    /// address as written, and where.
+    sockets: Vec<(SocketAddr, Protocol, ListenAddr, String)>,
     /// Its Unix sockets, and where each was written.
     unix: Vec<(ListenAddr, String)>,
 }
@@ -48,7 +50,7 @@ impl Known {
         let mut unix = Vec::new();
         for (addr, span) in c.service.listen.iter().zip(&c.listen_spans) {
             for sock in addr.sockets() {
-                sockets.push((sock, addr.clone(), at(span.start)));
+                sockets.push((sock, c.service.protocol, addr.clone(), at(span.start)));
             }
             if addr.is_unix() {
                 unix.push((addr.clone(), at(span.start)));
@@ -277,8 +279,8 @@ impl Checker<'_> {
                 known.iter().find_map(|k| {
                     k.sockets
                         .iter()
-                        .find(|(other, _, _)| conflicts(*other, sock))
-                        .map(|(_, wrote, at)| (&k.name.0, wrote.clone(), at))
+                        .find(|(other, p, _, _)| *p == s.protocol && conflicts(*other, sock))
+                        .map(|(_, _, wrote, at)| (&k.name.0, wrote.clone(), at))
                 })
             });
             let same_unix = known.iter().find_map(|k| {

@@ -15,6 +15,7 @@
 //! the pure parsers, `describe` writes the `--check` report.
 
 mod check;
+mod cross;
 mod daemon;
 mod describe;
 mod fields;
@@ -26,6 +27,7 @@ mod service;
 mod sockopt;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 use std::fmt;
 use std::os::fd::OwnedFd;

@@ -3,8 +3,6 @@
 //! credentials, and the checks across services (unique names, no address
 //! served twice).
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::ops::Range;
 
 use toml::de::{DeTable, DeValue};
@@ -14,8 +12,9 @@ use super::fields::{check_env_name, parse_listen, valid_name};
 use super::hardening::HARDENING_KEYS;
 use super::resolve::{exec_image, resolve_program};
 use super::sockopt::{SockDraft, SOCKOPT_KEYS};
-use super::{line_col, System};
-use crate::plan::{Access, Daemon, Hardening, Limits, ListenAddr, Service, Stderr};
+use super::wait::{handover_env, Written};
+use super::System;
+use crate::plan::{Access, Daemon, Hardening, Limits, ListenAddr, Protocol, Service, Stderr};
 use crate::trust;
 
 pub(super) const SERVICE_KEYS: &[&str] = &[
@@ -60,12 +59,14 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "socket_mode",
     "socket_user",
     "socket_group",
+    "protocol",
+    "wait",
 ];
 
 /// Keys reserved for later versions (tinyinetd.toml(5), README.md). They are refused
 /// with a message that says so, rather than accepted and ignored: a
 /// setting that silently does nothing is worse than an error.
-const RESERVED_SERVICE_KEYS: &[&str] = &["proxy_protocol", "trusted_proxies", "protocol", "wait"];
+const RESERVED_SERVICE_KEYS: &[&str] = &["proxy_protocol", "trusted_proxies"];
 
 /// A validated service with the spans that cross-service checks point at.
 pub(super) struct Checked {
@@ -112,6 +113,10 @@ struct Draft {
     stderr: Stderr,
     /// The socket keys (`sockopt.rs`), with where each was written.
     sock: SockDraft,
+    /// `protocol`, with where it was written (`wait.rs`).
+    protocol: Written<Protocol>,
+    /// `wait`, with where it was written (`wait.rs`).
+    wait: Written<bool>,
     /// False once a required part is unusable: the service is not built.
     ok: bool,
 }
@@ -135,6 +140,8 @@ impl Draft {
             hardening: Hardening::default(),
             stderr: Stderr::default(),
             sock: SockDraft::default(),
+            protocol: (Protocol::Tcp, None),
+            wait: (false, None),
             ok: true,
         }
     }
@@ -220,6 +227,8 @@ impl Checker<'_> {
                 "enabled" => self.enabled(value, &mut d),
                 "umask" => self.umask(value, &mut d),
                 "stderr" => self.stderr(value, &mut d),
+                "protocol" => d.protocol = self.protocol(value, &ctx).unwrap_or(d.protocol),
+                "wait" => d.wait = self.wait(value, &ctx).unwrap_or(d.wait),
                 k if HARDENING_KEYS.contains(&k) => {
                     self.hardening(k, value, &ctx, &mut d.hardening, identity_uid)
                 }
@@ -227,9 +236,12 @@ impl Checker<'_> {
                 _ => self.unknown_key(key, &ctx, SERVICE_KEYS, RESERVED_SERVICE_KEYS),
             }
         }
+        let ctx = d.ctx.clone();
+        self.wait_mode(t, &ctx, (&d.protocol, &d.wait), &mut d.limits);
         self.required(t, &d, &span);
         let ctx = d.ctx.clone();
         self.sockopt_fit(&mut d.sock, &d.listen, &ctx, sys);
+        self.wait_fit(&ctx, (&d.protocol, &d.wait), &d.listen, &d.sock);
         self.build(d, span, daemon, sys, identity_uid)
     }
 
@@ -511,11 +523,11 @@ impl Checker<'_> {
             return None;
         }
         let mut image = exec_image(&name, &program, &path, fd, &d.args, &d.env, d.umask)?;
-        if d.listen.iter().any(|(a, _)| a.is_unix()) {
-            super::sockopt::unix_proto(&mut image.env);
-        }
         image.hardening = d.hardening;
         image.interpreter = interpreter;
+        let unix = d.listen.iter().any(|(a, _)| a.is_unix());
+        let proto = if unix { "UNIX" } else { d.protocol.0.env() };
+        handover_env(&mut image, &name, proto, d.wait.0)?;
         let listen_spans = d.listen.iter().map(|(_, s)| s.clone()).collect();
         Some(Checked {
             service: Service {
@@ -528,72 +540,11 @@ impl Checker<'_> {
                 enabled: d.enabled,
                 stderr: d.stderr,
                 sockopts: d.sock.opts,
+                protocol: d.protocol.0,
+                wait: d.wait.0,
             },
             name_span,
             listen_spans,
         })
     }
-
-    /// Checks across services: unique names, and no address served twice.
-    pub(super) fn cross_check(&mut self, services: &[Checked]) {
-        let mut names: HashMap<&str, usize> = HashMap::new();
-        for c in services {
-            let s = &c.service;
-            if let Some(first) = names.insert(&s.name, line_col(self.text, c.name_span.start).0) {
-                let ctx = format!("service \"{}\"", s.name);
-                let m = format!(
-                    "duplicate service name \"{}\" (first defined on line {first})",
-                    s.name
-                );
-                self.problem(c.name_span.clone(), &ctx, m);
-            }
-        }
-        // Every socket seen so far: (socket, service index, service name,
-        // the address as that service wrote it). Each entry is compared with
-        // those before it, within its own service too: `"127.0.0.1:P"` and
-        // `"P"` in one service would fail at bind just the same.
-        let mut seen: Vec<(SocketAddr, usize, &str, ListenAddr)> = Vec::new();
-        for (index, c) in services.iter().enumerate() {
-            let s = &c.service;
-            for (addr, span) in s.listen.iter().zip(&c.listen_spans) {
-                let clash = addr.sockets().into_iter().find_map(|sock| {
-                    seen.iter()
-                        .find(|(a, _, _, _)| conflicts(*a, sock))
-                        .map(|(_, i, name, wrote)| (*i, *name, wrote.clone()))
-                });
-                if let Some((other_index, other, wrote)) = clash {
-                    let ctx = format!("service \"{}\"", s.name);
-                    let m = if other_index == index {
-                        format!("listen address \"{addr}\" overlaps \"{wrote}\" of this service")
-                    } else if wrote == *addr {
-                        format!("listen address \"{addr}\" is already used by service \"{other}\"")
-                    } else {
-                        format!(
-                            "listen address \"{addr}\" conflicts with \"{wrote}\" of service \"{other}\""
-                        )
-                    };
-                    self.problem(span.clone(), &ctx, m);
-                }
-                for sock in addr.sockets() {
-                    seen.push((sock, index, &s.name, addr.clone()));
-                }
-            }
-        }
-        let entries = services.iter().flat_map(|c| {
-            let s = &c.service;
-            s.listen
-                .iter()
-                .zip(&c.listen_spans)
-                .map(|(a, sp)| (s.name.as_str(), a, sp))
-        });
-        self.unix_cross_check(entries);
-    }
-}
-
-/// Whether two sockets would collide on bind: the same address, or a
-/// wildcard and a specific address of the same family on the same port.
-pub(super) fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }

@@ -77,6 +77,13 @@ pub(super) struct SockDraft {
 }
 
 impl SockDraft {
+    /// Each socket key given, with its value's span.
+    pub(super) fn seen(&self) -> impl Iterator<Item = &(String, Range<usize>)> {
+        self.seen.iter()
+    }
+}
+
+impl SockDraft {
     /// Records that `key` was written at `span` (for keys checked elsewhere,
     /// `allow` and `deny`).
     pub(super) fn saw(&mut self, key: &str, span: Range<usize>) {
@@ -362,16 +369,6 @@ impl Checker<'_> {
                 );
                 self.warning(span, ctx, m);
             }
-        }
-    }
-}
-
-/// A Unix service's handlers get `PROTO=UNIX` (SPEC §10.4): the fixed
-/// part of the environment says `PROTO=TCP`, and `env` cannot redefine it.
-pub(super) fn unix_proto(env: &mut [std::ffi::CString]) {
-    for e in env {
-        if e.as_bytes() == b"PROTO=TCP" {
-            *e = c"PROTO=UNIX".to_owned();
         }
     }
 }

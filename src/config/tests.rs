@@ -7,8 +7,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::check::suggest;
+use super::cross::conflicts;
 use super::daemon::DAEMON_KEYS;
-use super::service::{conflicts, SERVICE_KEYS};
+use super::service::SERVICE_KEYS;
 use super::*;
 use crate::plan::{Level, Limits, ListenAddr, LogTarget};
 
@@ -430,9 +431,9 @@ fn env_may_not_redefine_connection_variables() {
 
 #[test]
 fn reserved_keys_are_refused_not_ignored() {
-    let e = errors(&format!("{MINIMAL}wait = true\n"));
+    let e = errors(&format!("{MINIMAL}trusted_proxies = []\n"));
     assert!(
-        e.contains("key \"wait\" is reserved for a later version"),
+        e.contains("key \"trusted_proxies\" is reserved for a later version"),
         "{e}"
     );
 }

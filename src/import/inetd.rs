@@ -6,7 +6,9 @@
 //! (`#<off>#`) or by hand (`#` right before an entry) is an entry too: it
 //! is mapped with `enabled = false`.
 
-use super::{internal, listen_for, Entry, Mapped, Outcome, Ports, WAIT_RESERVED};
+use super::{
+    internal, listen_for, no_handler, Entry, Mapped, Outcome, Ports, UDP_NOWAIT, WAIT_MAX,
+};
 use crate::text::escape;
 
 /// The socket types inetd knows: a `#` line starting with one of them in
@@ -83,31 +85,32 @@ fn entry(f: &[&str], default_host: Option<&str>, ports: &Ports) -> Result<Mapped
     if proto.starts_with("rpc/") {
         return Err("RPC services are not served by tinyinetd".into());
     }
-    if proto.starts_with("udp") || socket_type == "dgram" {
-        return Err(format!("{socket_type}/{proto}: {WAIT_RESERVED}"));
-    }
-    if socket_type != "stream" {
+    let udp = socket_type == "dgram" && proto.starts_with("udp");
+    if !udp && socket_type != "stream" {
         return Err(format!(
-            "socket type \"{}\" is not served (tinyinetd serves stream sockets)",
+            "socket type \"{}\" is not served (tinyinetd serves stream sockets, and dgram over udp)",
             escape(socket_type)
         ));
     }
     let (mode, max) = wait
         .split_once('.')
         .map_or((wait, None), |(w, m)| (w, Some(m)));
-    match mode {
-        "nowait" => {}
-        "wait" => return Err(format!("wait: {WAIT_RESERVED}")),
+    let waits = match mode {
+        "nowait" if udp => return Err(format!("{socket_type}/{proto} nowait: {UDP_NOWAIT}")),
+        "nowait" => false,
+        "wait" => true,
         other => return Err(format!("\"{}\" is neither wait nor nowait", escape(other))),
-    }
-    let family = match proto {
-        "tcp" | "tcp4" => "tcp",
-        "tcp6" | "tcp46" => proto,
-        other => return Err(format!("protocol \"{}\" is not served", escape(other))),
     };
-    let port = ports.port(service, "tcp").ok_or_else(|| {
+    let family = match (udp, proto) {
+        (false, "tcp" | "tcp4") | (true, "udp" | "udp4") => "tcp",
+        (false, "tcp6") | (true, "udp6") => "tcp6",
+        (false, "tcp46") | (true, "udp46") => "tcp46",
+        (_, other) => return Err(format!("protocol \"{}\" is not served", escape(other))),
+    };
+    let by = if udp { "udp" } else { "tcp" };
+    let port = ports.port(service, by).ok_or_else(|| {
         format!(
-            "service \"{}\" is not a port number nor a tcp service in /etc/services",
+            "service \"{}\" is not a port number nor a {by} service in /etc/services",
             escape(service)
         )
     })?;
@@ -118,10 +121,16 @@ fn entry(f: &[&str], default_host: Option<&str>, ports: &Ports) -> Result<Mapped
             service.to_string()
         },
         listen: listen_for(host, port, family)?,
+        protocol: udp.then_some("udp"),
+        wait: waits,
         ..Mapped::default()
     };
-    if let Some(max) = max {
-        rate(&mut m, max)?;
+    match max {
+        Some(_) if waits => m
+            .notes
+            .push(format!("{wait}: {WAIT_MAX}", wait = escape(wait))),
+        Some(max) => rate(&mut m, max)?,
+        None => {}
     }
     let (u, g) = match user.split_once([':', '.']) {
         Some((u, g)) => (u, Some(g)),
@@ -130,6 +139,9 @@ fn entry(f: &[&str], default_host: Option<&str>, ports: &Ports) -> Result<Mapped
     m.user = Some(u.to_string());
     m.group = g.map(String::from);
     if program == "internal" {
+        if udp || waits {
+            return Err(no_handler(service, udp));
+        }
         internal(service, &mut m)?;
         return Ok(m);
     }
@@ -193,7 +205,7 @@ mod tests {
     use super::*;
 
     fn ports() -> Ports {
-        Ports::parse("echo 7/tcp\nfinger 79/tcp\ntelnet 23/tcp\ndaytime 13/tcp\nchargen 19/tcp\n")
+        Ports::parse("echo 7/tcp\nfinger 79/tcp\ntelnet 23/tcp\ndaytime 13/tcp\nchargen 19/tcp\necho 7/udp\ntftp 69/udp\n")
     }
 
     fn one(line: &str) -> Outcome {
@@ -246,13 +258,67 @@ mod tests {
 
     #[test]
     fn what_cannot_map_says_why() {
-        assert!(skipped("echo dgram udp wait root internal").contains("reserved"));
-        assert!(skipped("echo stream tcp wait root internal").contains("reserved"));
+        assert!(
+            skipped("echo dgram udp wait root internal").contains("no tinyinetd handler over UDP")
+        );
+        assert!(skipped("echo stream tcp wait root internal").contains("in wait mode"));
+        assert!(
+            skipped("tftp dgram udp nowait root /usr/sbin/in.tftpd in.tftpd")
+                .contains("a UDP service is a wait service")
+        );
+        assert!(
+            skipped("tftp stream tcp wait root /usr/sbin/in.tftpd in.tftpd")
+                .contains("nor a tcp service in /etc/services")
+        );
         assert!(skipped("chargen stream tcp nowait root internal").contains("no tinyinetd handler"));
         assert!(skipped("nosuch stream tcp nowait root /bin/x x").contains("/etc/services"));
         assert!(skipped("echo stream tcp nowait root").contains("5 fields"));
         assert!(skipped("rstatd/1-3 dgram rpc/udp wait root /x x").contains("RPC"));
         assert!(skipped("host.example:echo stream tcp nowait root internal").contains("host name"));
+    }
+
+    #[test]
+    fn wait_and_udp_entries_map_to_protocol_and_wait() {
+        let m = mapped("tftp dgram udp wait root /usr/sbin/in.tftpd in.tftpd -s /srv/tftp");
+        assert_eq!((m.protocol, m.wait), (Some("udp"), true));
+        assert_eq!(m.listen, ["0.0.0.0:69"]);
+        assert_eq!(
+            (m.program.as_str(), m.args.as_slice()),
+            (
+                "/usr/sbin/in.tftpd",
+                &["-s".to_string(), "/srv/tftp".to_string()][..]
+            )
+        );
+        assert_eq!(m.user.as_deref(), Some("root"));
+        let m = mapped("tftp dgram udp46 wait.100 root /usr/sbin/in.tftpd in.tftpd");
+        assert_eq!(
+            (m.listen.as_slice(), m.max_rate),
+            (&["69".to_string()][..], None)
+        );
+        assert!(
+            m.notes.iter().any(|n| n.contains("wait.100")),
+            "{:?}",
+            m.notes
+        );
+        let m = mapped("7000 stream tcp wait nobody /usr/local/bin/acceptor acceptor");
+        assert_eq!((m.protocol, m.wait), (None, true));
+        assert_eq!(m.listen, ["0.0.0.0:7000"]);
+    }
+
+    #[test]
+    fn a_udp_and_a_tcp_entry_on_one_port_both_map() {
+        let text = "7000 stream tcp nowait nobody /bin/cat cat\n7000 dgram udp wait nobody /bin/cat cat\n7000 dgram udp wait nobody /bin/cat cat\n";
+        let r = crate::import::render(parse("t", text, &ports()), "t");
+        assert!(
+            r.toml.contains("listen = [\"0.0.0.0:7000\"]\nprotocol = \"udp\"\nwait = true\nprogram = \"/bin/cat\"\n"),
+            "{}",
+            r.toml
+        );
+        assert!(
+            r.toml.contains("# t:3: not mapped: listen address \"0.0.0.0:7000\" is already used by service \"port-7000-2\" above"),
+            "{}",
+            r.toml
+        );
     }
 
     #[test]

@@ -21,8 +21,11 @@ use crate::text::escape;
 /// Where services are named by port: `/etc/services`.
 pub const SERVICES_PATH: &str = "/etc/services";
 
-/// What the reserved keys' absence means for wait and UDP entries.
-pub const WAIT_RESERVED: &str = "the \"protocol\" and \"wait\" keys are reserved for a later version of tinyinetd (wait mode and UDP are not served yet)";
+/// Why a UDP entry that is not `wait` cannot map.
+pub const UDP_NOWAIT: &str = "a UDP service is a wait service in tinyinetd (one handler holds the socket); inetd would start a handler per datagram";
+
+/// What becomes of the `.max` of a `wait.max` entry.
+pub const WAIT_MAX: &str = "its maximum of starts a minute has no equivalent for a wait service (which has no max_rate): tinyinetd pauses a wait service whose handlers keep exiting at once instead";
 
 /// The ports of service names, as `/etc/services` lists them.
 #[derive(Debug, Default)]
@@ -81,6 +84,10 @@ pub struct Mapped {
     pub name: String,
     /// `listen` entries, as tinyinetd writes them.
     pub listen: Vec<String>,
+    /// `protocol`, when not tcp (`Some("udp")`).
+    pub protocol: Option<&'static str>,
+    /// `wait = true`.
+    pub wait: bool,
     /// An absolute path, or a shipped handler's bare name.
     pub program: String,
     /// `argv[1..]`.
@@ -148,7 +155,7 @@ pub struct Report {
 pub fn render(mut entries: Vec<Entry>, title: &str) -> Report {
     let mut toml = format!("# tinyinetd.toml written by `tinyinetd import` from {title}.\n# Review it, then see tinyinetd.toml(5).\n");
     let mut names: Vec<String> = Vec::new();
-    let mut sockets: Vec<(SocketAddr, String)> = Vec::new();
+    let mut sockets: Vec<Bound> = Vec::new();
     let (mut whole, mut partly, mut skipped) = (0, 0, 0);
     let mut lines = Vec::new();
     for e in &mut entries {
@@ -163,7 +170,7 @@ pub fn render(mut entries: Vec<Entry>, title: &str) -> Report {
                 names.push(m.name.clone());
                 for l in &m.listen {
                     for s in parse_listen(l).map(|a| a.sockets()).unwrap_or_default() {
-                        sockets.push((s, m.name.clone()));
+                        sockets.push((s, m.protocol, m.name.clone()));
                     }
                 }
                 write_mapped(&mut toml, e, m);
@@ -204,11 +211,7 @@ pub fn render(mut entries: Vec<Entry>, title: &str) -> Report {
 
 /// Whether `m` can be printed as valid input after the services before it;
 /// makes its name valid and unique on the way.
-fn usable(
-    m: &mut Mapped,
-    names: &[String],
-    sockets: &[(SocketAddr, String)],
-) -> Result<(), String> {
+fn usable(m: &mut Mapped, names: &[String], sockets: &[Bound]) -> Result<(), String> {
     let base = service_name(&m.name);
     let mut name = base.clone();
     for i in 2..1000 {
@@ -227,7 +230,8 @@ fn usable(
     for l in &m.listen {
         let addr = parse_listen(l).map_err(|e| format!("listen \"{l}\": {e}"))?;
         for s in addr.sockets() {
-            if let Some((_, other)) = sockets.iter().find(|(o, _)| clash(*o, s)) {
+            let taken = |(o, p, _): &&Bound| *p == m.protocol && clash(*o, s);
+            if let Some((_, _, other)) = sockets.iter().find(taken) {
                 return Err(format!(
                     "listen address \"{l}\" is already used by service \"{other}\" above"
                 ));
@@ -292,6 +296,10 @@ fn service_name(s: &str) -> String {
     n
 }
 
+/// A socket of a service printed above: its address, its `protocol` (a
+/// TCP and a UDP socket never collide) and the service's name.
+type Bound = (SocketAddr, Option<&'static str>, String);
+
 /// Two sockets that would collide on bind (as `config` checks them).
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
@@ -332,6 +340,12 @@ fn write_mapped(out: &mut String, e: &Entry, m: &Mapped) {
     }
     let _ = writeln!(out, "[[service]]\nname = {}", q(&m.name));
     let _ = writeln!(out, "listen = {}", list(&m.listen));
+    if let Some(p) = m.protocol {
+        let _ = writeln!(out, "protocol = {}", q(p));
+    }
+    if m.wait {
+        out.push_str("wait = true\n");
+    }
     let _ = writeln!(out, "program = {}", q(&m.program));
     if !m.args.is_empty() {
         let _ = writeln!(out, "args = {}", list(&m.args));
@@ -423,6 +437,43 @@ pub fn internal(service: &str, m: &mut Mapped) -> Result<(), String> {
     // It ran inside the superserver, as root; the handler needs nothing.
     m.user = None;
     m.group = None;
+    Ok(())
+}
+
+/// Why an internal service over UDP (`udp`) or in wait mode cannot map.
+pub fn no_handler(service: &str, udp: bool) -> String {
+    let how = if udp { "over UDP" } else { "in wait mode" };
+    format!(
+        "internal service \"{}\" has no tinyinetd handler {how} (the shipped handlers serve one TCP connection each)",
+        escape(service)
+    )
+}
+
+/// A wait service takes none of the per-client keys: tinyinetd never sees
+/// its clients (its handler holds the socket). An address restriction
+/// cannot be left out (everyone would get in); the limits are lost, and
+/// `instances` is one per socket.
+pub fn wait_limits(m: &mut Mapped, one: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+    if !m.allow.is_empty() || !m.deny.is_empty() {
+        return Err("only_from or no_access on a wait service: tinyinetd cannot restrict the clients of a wait service (its handler holds the socket), and leaving them out would let everyone in".into());
+    }
+    let why = "a wait service's clients are not seen by tinyinetd (its handler holds the socket)";
+    for (key, limit) in [
+        ("per_source", &mut m.max_per_source),
+        ("cps", &mut m.max_rate),
+    ] {
+        if limit.take().is_some() {
+            let v = one(key).unwrap_or_default();
+            m.lost.push(format!("{key} = {}: {why}", escape(&v)));
+        }
+    }
+    if m.max_instances.take().is_some() {
+        let v = one("instances").unwrap_or_default();
+        m.notes.push(format!(
+            "instances = {}: a wait service runs one handler per socket",
+            escape(&v)
+        ));
+    }
     Ok(())
 }
 

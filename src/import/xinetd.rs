@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{internal, listen_for, Entry, Mapped, Outcome, Ports, WAIT_RESERVED};
+use super::{
+    internal, listen_for, no_handler, wait_limits, Entry, Mapped, Outcome, Ports, UDP_NOWAIT,
+};
 use crate::text::escape;
 
 /// How deep `include` and `includedir` may nest (a loop ends here).
@@ -275,16 +277,17 @@ fn map(b: &Block, defaults: &[Attr], ports: &Ports) -> Result<Mapped, String> {
     let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let one = |k: &str| get(k).map(|v| v.join(" "));
     let types = get("type").unwrap_or_default();
-    shape(&types, &one)?;
+    let (udp, wait) = shape(&types, &one)?;
+    let by = if udp { "udp" } else { "tcp" };
     let port = match one("port") {
         Some(p) => p
             .parse::<u16>()
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("port \"{}\" is not a port number", escape(&p)))?,
-        None => ports.port(&b.name, "tcp").ok_or_else(|| {
+        None => ports.port(&b.name, by).ok_or_else(|| {
             format!(
-                "service \"{}\" has no port and is not a tcp service in /etc/services",
+                "service \"{}\" has no port and is not a {by} service in /etc/services",
                 escape(&b.name)
             )
         })?,
@@ -299,9 +302,14 @@ fn map(b: &Block, defaults: &[Attr], ports: &Ports) -> Result<Mapped, String> {
     let mut m = Mapped {
         name: b.name.clone(),
         listen: listen_for(host.as_deref(), port, family)?,
+        protocol: udp.then_some("udp"),
+        wait,
         ..Mapped::default()
     };
     if types.iter().any(|t| t == "INTERNAL") {
+        if udp || wait {
+            return Err(no_handler(&b.name, udp));
+        }
         internal(&b.name, &mut m)?;
     } else {
         let server = one("server").ok_or("no server attribute (and not INTERNAL)")?;
@@ -321,12 +329,16 @@ fn map(b: &Block, defaults: &[Attr], ports: &Ports) -> Result<Mapped, String> {
     for (name, values) in &attrs {
         attribute(&mut m, name, values)?;
     }
+    if wait {
+        wait_limits(&mut m, &one)?;
+    }
     Ok(m)
 }
 
 /// What decides whether the service can be served at all: its type,
-/// socket, protocol and wait mode, and forwarding.
-fn shape(types: &[String], one: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+/// socket, protocol and wait mode, and forwarding. Says whether it is UDP
+/// and whether it waits.
+fn shape(types: &[String], one: &dyn Fn(&str) -> Option<String>) -> Result<(bool, bool), String> {
     if types.iter().any(|t| t == "RPC") {
         return Err("RPC services are not served by tinyinetd".into());
     }
@@ -337,30 +349,37 @@ fn shape(types: &[String], one: &dyn Fn(&str) -> Option<String>) -> Result<(), S
         return Err(format!("redirect = {}: xinetd forwards such connections itself; tinyinetd runs a handler per connection and has no forwarding", escape(&r)));
     }
     let socket_type = one("socket_type").unwrap_or_default();
-    let protocol = one("protocol").unwrap_or_else(|| "tcp".into());
-    if protocol == "udp" || socket_type == "dgram" {
-        return Err(format!("{socket_type}/{protocol}: {WAIT_RESERVED}"));
-    }
-    if socket_type != "stream" {
+    let udp = socket_type == "dgram";
+    let protocol = one("protocol").unwrap_or_else(|| if udp { "udp" } else { "tcp" }.into());
+    if !udp && socket_type != "stream" {
         return Err(format!(
-            "socket_type \"{}\" is not served (tinyinetd serves stream sockets)",
+            "socket_type \"{}\" is not served (tinyinetd serves stream sockets, and dgram over udp)",
             escape(&socket_type)
         ));
     }
-    if protocol != "tcp" {
-        return Err(format!("protocol \"{}\" is not served", escape(&protocol)));
+    if protocol != if udp { "udp" } else { "tcp" } {
+        return Err(format!(
+            "protocol \"{}\" is not served with socket_type \"{}\"",
+            escape(&protocol),
+            escape(&socket_type)
+        ));
     }
-    match one("wait").as_deref() {
-        Some("yes") => return Err(format!("wait = yes: {WAIT_RESERVED}")),
-        Some("no") | None => {}
+    let wait = match one("wait").as_deref() {
+        Some("yes") => true,
+        Some("no") | None => false,
         Some(other) => {
             return Err(format!(
                 "wait = \"{}\" is neither yes nor no",
                 escape(other)
             ))
         }
+    };
+    if udp && !wait {
+        return Err(format!(
+            "{socket_type}/{protocol} with wait = no: {UDP_NOWAIT}"
+        ));
     }
-    Ok(())
+    Ok((udp, wait))
 }
 
 /// `disable = yes`, or the defaults' `disabled`/`enabled` lists.
@@ -486,7 +505,7 @@ mod tests {
     use super::*;
 
     fn ports() -> Ports {
-        Ports::parse("echo 7/tcp\nfinger 79/tcp\n")
+        Ports::parse("echo 7/tcp\nfinger 79/tcp\necho 7/udp\ntftp 69/udp\n")
     }
 
     fn entries(text: &str) -> Vec<Entry> {
@@ -512,6 +531,37 @@ mod tests {
     }
 
     #[test]
+    fn a_udp_wait_block_maps_and_its_per_client_limits_do_not() {
+        let tftp = "service tftp\n{\n socket_type = dgram\n protocol = udp\n wait = yes\n user = root\n server = /usr/sbin/in.tftpd\n server_args = -s /srv/tftp\n instances = 4\n cps = 100 2\n}\n";
+        let e = entries(tftp);
+        let Outcome::Mapped(m) = &e[0].outcome else {
+            panic!("{:?}", e[0].outcome)
+        };
+        assert_eq!((m.protocol, m.wait), (Some("udp"), true));
+        assert_eq!(m.listen, ["0.0.0.0:69"]);
+        assert_eq!((m.max_instances, m.max_rate), (None, None));
+        assert!(
+            m.lost.iter().any(|l| l.starts_with("cps = 100 2: ")),
+            "{:?}",
+            m.lost
+        );
+        assert!(
+            m.notes.iter().any(|n| n.starts_with("instances = 4: ")),
+            "{:?}",
+            m.notes
+        );
+        let e = entries(&tftp.replace(" cps = 100 2\n", " only_from = 10.0.0.0\n"));
+        let Outcome::Skipped(why) = &e[0].outcome else {
+            panic!("{:?}", e[0].outcome)
+        };
+        assert!(why.contains("would let everyone in"), "{why}");
+        let e = entries(&tftp.replace("wait = yes", "wait = no"));
+        assert!(
+            matches!(&e[0].outcome, Outcome::Skipped(w) if w.contains("a UDP service is a wait service"))
+        );
+    }
+
+    #[test]
     fn blocks_that_cannot_map_say_why() {
         let e = entries("service echo\n{\n type = INTERNAL\n socket_type = dgram\n protocol = udp\n wait = yes\n}\nservice x\n{\n redirect = 10.0.0.1 80\n port = 8080\n}\nservice y\n{\n nonsense here\n}\nservice z\n{\n");
         let why: Vec<String> = e
@@ -521,7 +571,7 @@ mod tests {
                 Outcome::Mapped(m) => panic!("mapped {m:?}"),
             })
             .collect();
-        assert!(why[0].contains("reserved"), "{why:?}");
+        assert!(why[0].contains("no tinyinetd handler over UDP"), "{why:?}");
         assert!(why[1].contains("redirect"), "{why:?}");
         assert!(why[2].contains("is not \"attribute = value\""), "{why:?}");
         assert!(why[3].contains("no closing"), "{why:?}");

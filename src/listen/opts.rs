@@ -69,6 +69,8 @@ pub(super) fn set_in_place(
     let fd = l.as_fd();
     match l {
         Listener::Tcp(_) => tcp(fd, old, new).map_err(err)?,
+        // Only the buffers below apply (the config refuses the TCP keys).
+        Listener::Udp(_) => {}
         Listener::Unix(u) => {
             let changed = old.is_some_and(|o| ownership(o) != ownership(new));
             // An inherited socket's file is the service manager's.
@@ -86,7 +88,8 @@ pub(super) fn set_in_place(
         socket::setsockopt(&fd, sockopt::SndBuf, &(n as usize))
             .map_err(|e| err(("setting SO_SNDBUF on", e)))?;
     }
-    if old.is_none_or(|o| o.backlog != new.backlog) {
+    // A datagram socket does not listen (and has no backlog).
+    if !matches!(l, Listener::Udp(_)) && old.is_none_or(|o| o.backlog != new.backlog) {
         crate::spawn::listen(fd, backlog(new)).map_err(|e| err(("listening on", e)))?;
     }
     Ok(())

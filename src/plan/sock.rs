@@ -1,8 +1,12 @@
-//! The plain values of SPEC §10.3 and §10.4: a Unix socket's name, and the
-//! options of a service's listening sockets.
+//! The plain values of SPEC §10.3, §10.4 and §10.5: a Unix socket's name,
+//! the options of a service's listening sockets, and the protocol of its
+//! IP addresses.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use super::Endpoint;
 
 /// A Unix socket's name: a path in the filesystem, or a name in Linux's
 /// abstract namespace (no file; `unix:@name`).
@@ -155,6 +159,51 @@ impl SockOpts {
             Some("send_buffer")
         } else {
             None
+        }
+    }
+}
+
+/// The `protocol` key: what an IP `listen` address is bound for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Stream sockets (the default).
+    #[default]
+    Tcp,
+    /// Datagram sockets; a UDP service is always a wait service.
+    Udp,
+}
+
+impl Protocol {
+    /// The key's value as written, and shown by `--check`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// `PROTO=` in a handler's environment.
+    pub fn env(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+
+    /// The endpoint of an IP address bound for this protocol.
+    pub fn endpoint(self, a: SocketAddr) -> Endpoint {
+        match self {
+            Protocol::Tcp => Endpoint::Tcp(a),
+            Protocol::Udp => Endpoint::Udp(a),
+        }
+    }
+
+    /// What status lines and `--check` append to an address of this
+    /// protocol (as [`Endpoint`]'s `Display` does).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "",
+            Protocol::Udp => "/udp",
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
-use super::slot::{ChildArgs, SlotData, Step};
+use super::slot::{ChildArgs, SlotData, Step, PID_DIGITS};
 use crate::plan::{Resource, Rlimit};
 
 /// Raw system calls for the child: they return the result or `-errno` and
@@ -92,8 +92,9 @@ pub(super) extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// The child half: runs between clone and exec, one step per line, in
-/// this order: signal dispositions and mask, session, the connection on
-/// 0–2, close-on-exec for the rest, working directory and umask, limits
+/// this order: signal dispositions and mask, session, a wait handler's
+/// `LISTEN_PID`, the connection on 0–2 (and a wait handler's socket on 3),
+/// close-on-exec for the rest, working directory and umask, limits
 /// and nice, credentials, no_new_privs, exec. The limits and nice come
 /// before the credentials are dropped, because raising a hard limit or
 /// lowering nice below 0 needs root; no_new_privs comes last, just
@@ -108,8 +109,15 @@ unsafe fn child_main(d: &SlotData) -> ! {
     reset_signals(a);
     empty_signal_mask();
     own_session(d);
+    write_own_pid(a.pid_field);
     connection_on_stdio(d, a.conn as usize, a.err);
-    close_on_exec_from_3(d);
+    let mut exec_fd = a.exec_fd;
+    let mut keep = 3;
+    if a.listen_fd3 {
+        exec_fd = socket_on_fd3(d, exec_fd);
+        keep = 4;
+    }
+    close_on_exec_from(d, keep);
     root_and_umask(d, a.umask);
     limits_and_nice(d, a);
     if let Some(cred) = a.cred {
@@ -118,7 +126,7 @@ unsafe fn child_main(d: &SlotData) -> ! {
     if a.no_new_privs {
         no_new_privs(d);
     }
-    exec(d, a)
+    exec(d, a, exec_fd)
 }
 
 /// `rc` as a non-negative result; on `-errno`, records `step` as failed
@@ -222,7 +230,73 @@ unsafe fn above_stdio(d: &SlotData, fd: usize) -> usize {
     )
 }
 
-/// Nothing else may reach the handler: marks every descriptor from 3 up
+/// A wait handler's `LISTEN_PID`: its own pid, which exists only now that
+/// the child does, written into the field the daemon reserved for it in
+/// the slot's variables (`pid_field`, null for other handlers; see
+/// `ChildArgs::pid_field`).
+///
+/// Why this is within the child's rules (module doc of `spawn`): the pid
+/// comes from the raw `getpid` system call (libc's may answer from a
+/// cache that holds the daemon's pid, and writes nothing else anyway);
+/// the digits are made by integer division on the stack, no formatting
+/// machinery, no allocation, no panic path (the loop is bounded by the
+/// field's width and writes through the raw pointer only); and the field
+/// is memory of this child's slot that the daemon neither reads nor
+/// writes until the kernel has zeroed `busy`, the same rule as the failure
+/// report's. The value is NUL-terminated where its digits end, so the
+/// variable is exactly `LISTEN_PID=<pid>` (no padding, no leading zeros,
+/// which sd_listen_fds would read as octal).
+///
+/// # Safety
+/// Only in the child; `field` is null or points at `PID_DIGITS + 1`
+/// writable bytes.
+#[inline(always)]
+unsafe fn write_own_pid(field: *mut u8) {
+    if field.is_null() {
+        return;
+    }
+    // getpid cannot fail.
+    let pid = sys::call(libc::SYS_getpid, [0; 6]).max(0) as u64;
+    let mut len = 1;
+    let mut rest = pid / 10;
+    while rest > 0 && len < PID_DIGITS {
+        len += 1;
+        rest /= 10;
+    }
+    let (mut n, mut at) = (pid, len);
+    while at > 0 {
+        at -= 1;
+        *field.add(at) = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    *field.add(len) = 0;
+}
+
+/// A wait handler: the socket on fd 3 as well (systemd's `LISTEN_FDS=1`
+/// starts at 3). Fd 0 is the socket by now ([`connection_on_stdio`]), and
+/// never 3, so `dup3(0, 3)` always copies it and clears FD_CLOEXEC on the
+/// copy. Whatever fd 3 was is replaced: the daemon's copy of the socket,
+/// or of `err` (already on 2), is not needed; the program's own descriptor
+/// is, so if it is 3 it is moved above first. Returns the program's
+/// descriptor as it is now.
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn socket_on_fd3(d: &SlotData, exec_fd: RawFd) -> RawFd {
+    let exec_fd = if exec_fd == 3 {
+        let dupfd = libc::F_DUPFD_CLOEXEC as usize;
+        let rc = sys::call(libc::SYS_fcntl, [3, dupfd, 4, 0, 0, 0]);
+        check(d, Step::Dup, rc) as RawFd
+    } else {
+        exec_fd
+    };
+    check(d, Step::Dup, sys::call(libc::SYS_dup3, [0, 3, 0, 0, 0, 0]));
+    exec_fd
+}
+
+/// Nothing else may reach the handler: marks every descriptor from
+/// `first` up (3, or 4 for a wait handler, whose fd 3 is its socket)
 /// close-on-exec (close_range(2), Linux 5.11). The descriptor table is
 /// the child's own copy (no CLONE_FILES): this never touches the daemon's
 /// descriptors.
@@ -230,9 +304,9 @@ unsafe fn above_stdio(d: &SlotData, fd: usize) -> usize {
 /// # Safety
 /// Only in the child.
 #[inline(always)]
-unsafe fn close_on_exec_from_3(d: &SlotData) {
+unsafe fn close_on_exec_from(d: &SlotData, first: usize) {
     let (all, cloexec) = (u32::MAX as usize, libc::CLOSE_RANGE_CLOEXEC as usize);
-    let rc = sys::call(libc::SYS_close_range, [3, all, cloexec, 0, 0, 0]);
+    let rc = sys::call(libc::SYS_close_range, [first, all, cloexec, 0, 0, 0]);
     check(d, Step::CloseFds, rc);
 }
 
@@ -347,12 +421,13 @@ unsafe fn drop_privileges(
 /// copy open until the exec. The call only returns on failure.
 ///
 /// # Safety
-/// Only in the child; `a`'s pointers are valid.
+/// Only in the child; `a`'s pointers are valid; `exec_fd` is `a.exec_fd`,
+/// or where [`socket_on_fd3`] moved it.
 #[inline(always)]
-unsafe fn exec(d: &SlotData, a: &ChildArgs) -> ! {
+unsafe fn exec(d: &SlotData, a: &ChildArgs, exec_fd: RawFd) -> ! {
     let (argv, envp) = (a.argv as usize, a.envp as usize);
-    let rc = if a.exec_fd >= 0 {
-        let (fd, empty) = (a.exec_fd as usize, c"".as_ptr() as usize);
+    let rc = if exec_fd >= 0 {
+        let (fd, empty) = (exec_fd as usize, c"".as_ptr() as usize);
         let flags = libc::AT_EMPTY_PATH as usize;
         sys::call(libc::SYS_execveat, [fd, empty, argv, envp, flags, 0])
     } else {
@@ -362,7 +437,7 @@ unsafe fn exec(d: &SlotData, a: &ChildArgs) -> ! {
     // "permission denied": its interpreter is missing or not executable
     // for this user. One more call, on the failure path only.
     let (enoent, eacces) = (-(libc::ENOENT as isize), -(libc::EACCES as isize));
-    if a.exec_fd < 0 && (rc == enoent || rc == eacces) {
+    if exec_fd < 0 && (rc == enoent || rc == eacces) {
         let (cwd, f_ok) = (libc::AT_FDCWD as isize as usize, libc::F_OK as usize);
         let there = sys::call(libc::SYS_faccessat, [cwd, a.path as usize, f_ok, 0, 0, 0]);
         if there == 0 {

@@ -61,9 +61,12 @@
 //! * **Shared memory.** The child reads only its slot and, through the
 //!   `Arc<Service>` the slot holds, the service's exec image and
 //!   credentials, all built before clone and unchanged until `busy` is
-//!   zero; it writes only its own stack and the slot's failure report
-//!   (atomics). The daemon touches none of the child's stack, and the
-//!   stack has a guard page below it.
+//!   zero; it writes only its own stack, the slot's failure report
+//!   (atomics) and, for a wait handler, the digits of its `LISTEN_PID` in
+//!   the field the daemon reserved in the slot's variables (its pid exists
+//!   only once it does; `child::write_own_pid` gives the argument). The
+//!   daemon touches none of the child's stack, and none of the slot until
+//!   `busy` is zero; the stack has a guard page below it.
 //! * **No libc in the child.** The child runs while the daemon runs, and
 //!   shares its thread-local storage, `errno` included: anything that
 //!   writes errno or takes a lock could corrupt the daemon. So between
@@ -94,9 +97,12 @@
 //!   [`Conn::err`] on 2 for `stderr = "log" | "null"`: a pipe's write end
 //!   or the daemon's one `/dev/null`, put there by the same raw `dup3`; the
 //!   child opens nothing) and marks every descriptor from 3 up
-//!   close-on-exec; nothing else survives the exec. The daemon closes its
-//!   copy of the connection (and of a pipe's write end) as soon as clone
-//!   returns.
+//!   close-on-exec; nothing else survives the exec. A wait handler's
+//!   connection is a copy of the service's socket itself (the daemon
+//!   keeps its own, close-on-exec, out of the poll set meanwhile), and
+//!   it goes on fd 3 too, so only descriptors from 4 up are marked. The
+//!   daemon closes its copy of the connection (and of a pipe's write end)
+//!   as soon as clone returns.
 //!   A program that is not a script is exec'd through the `O_PATH`
 //!   descriptor its check opened at load (`execveat` with `AT_EMPTY_PATH`),
 //!   so the file that runs is the file that was checked; that descriptor
@@ -414,13 +420,15 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
     d.service = Some(Arc::clone(svc));
     d.reset = Arc::clone(reset);
     let img = &svc.image;
-    build_vars(&mut d.vars, &mut d.offsets, conn);
     d.argv.clear();
     d.argv.extend(img.argv.iter().map(|a| a.as_ptr()));
     d.argv.push(std::ptr::null());
+    let pid_at = build_vars(&mut d.vars, &mut d.offsets, conn);
     d.envp.clear();
     d.envp.extend(img.env.iter().map(|e| e.as_ptr()));
-    let base = d.vars.as_ptr();
+    // One pointer for the variables: the envp entries read through it, and
+    // a wait handler's child writes its pid through it.
+    let base = d.vars.as_mut_ptr();
     // SAFETY: every offset is < vars.len() and points at the start of a
     // NUL-terminated string written by build_vars.
     d.envp.extend(
@@ -428,6 +436,8 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
             .iter()
             .map(|&o| unsafe { base.add(o) } as *const c_char),
     );
+    // SAFETY: build_vars reserved PID_DIGITS + 1 bytes at this offset.
+    let pid_field = pid_at.map_or(std::ptr::null_mut(), |o| unsafe { base.add(o) });
     d.envp.push(std::ptr::null());
     d.args = ChildArgs {
         path: img.path.as_ptr(),
@@ -447,6 +457,8 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
         rlimits_len: img.hardening.rlimits.len(),
         nice: img.hardening.nice,
         no_new_privs: img.hardening.no_new_privs,
+        listen_fd3: matches!(conn.client, Client::Listener(_)),
+        pid_field,
     };
     d.failed_step.store(0, Ordering::Relaxed);
     d.failed_errno.store(0, Ordering::Relaxed);
@@ -496,10 +508,13 @@ fn start_child(slot: &mut Slot) -> Result<Pid, SpawnError> {
 
 /// Writes this connection's variables into `v`, recording where each
 /// starts in `o`. IPv4-mapped IPv6 addresses are shown as IPv4, IPv6
-/// without brackets.
-fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) {
+/// without brackets. For a wait handler, returns where in `v` the value of
+/// `LISTEN_PID` goes: [`slot::PID_DIGITS`] bytes and a NUL reserved, which
+/// its child fills in (`child::write_own_pid`).
+fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) -> Option<usize> {
     v.clear();
     o.clear();
+    let mut pid_at = None;
     let var = |o: &mut Vec<usize>, v: &mut Vec<u8>, name: &str, val: &dyn std::fmt::Display| {
         o.push(v.len());
         // Writing into a Vec cannot fail.
@@ -524,6 +539,16 @@ fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) {
                 var(o, v, "UNIXLOCALPATH", &path);
             }
         }
+        // No client: the systemd variables, LISTEN_FDS and LISTEN_FDNAMES
+        // being in the service's fixed environment.
+        Client::Listener(_) => {
+            o.push(v.len());
+            v.extend_from_slice(b"LISTEN_PID=");
+            pid_at = Some(v.len());
+            v.extend_from_slice(&[b'0'; slot::PID_DIGITS]);
+            v.push(0);
+        }
     }
     var(o, v, "TINYINETD_CONN_ID", &conn.id);
+    pid_at
 }

@@ -102,6 +102,11 @@ pub struct Failure {
     pub errno: Errno,
 }
 
+/// Digits reserved for a wait handler's `LISTEN_PID` in its slot's
+/// variables: a pid is at most 2^22 (seven digits) on Linux; ten hold any
+/// `u32`.
+pub(super) const PID_DIGITS: usize = 10;
+
 /// The child's stack, below a guard page: the child path uses a few
 /// hundred bytes, and only the pages it touches take memory.
 const CHILD_STACK: usize = 32 * 1024;
@@ -191,6 +196,9 @@ pub(super) struct SlotData {
     /// What the child reads, as raw pointers into this slot and the service.
     pub(super) args: ChildArgs,
     /// The per-connection variables, NUL-terminated one after the other.
+    /// A wait handler's child writes its pid into the `LISTEN_PID` value
+    /// reserved here (`ChildArgs::pid_field`); nothing else in the slot
+    /// but the failure report is written by a child.
     pub(super) vars: Vec<u8>,
     /// Start offsets of each variable in `vars`.
     pub(super) offsets: Vec<usize>,
@@ -245,6 +253,13 @@ pub(super) struct ChildArgs {
     pub(super) nice: Option<i32>,
     /// Whether to set `PR_SET_NO_NEW_PRIVS` just before exec.
     pub(super) no_new_privs: bool,
+    /// A wait handler: the socket goes on fd 3 too (systemd's
+    /// `LISTEN_FDS=1`), and only descriptors from 4 up are closed.
+    pub(super) listen_fd3: bool,
+    /// A wait handler: where in `SlotData::vars` its `LISTEN_PID` value
+    /// goes, [`PID_DIGITS`] + 1 bytes the daemon reserved; the child
+    /// writes its pid there, NUL-terminated. Null for every other handler.
+    pub(super) pid_field: *mut u8,
 }
 
 impl Slot {
@@ -268,6 +283,8 @@ impl Slot {
                 rlimits_len: 0,
                 nice: None,
                 no_new_privs: false,
+                listen_fd3: false,
+                pid_field: std::ptr::null_mut(),
             },
             vars: Vec::new(),
             offsets: Vec::new(),

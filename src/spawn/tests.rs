@@ -307,3 +307,44 @@ fn err_goes_on_fd_2_and_the_connection_on_0_and_1() {
     peer.read_to_string(&mut out).expect("read socket");
     assert_eq!(out, "out\n", "only stdout on the connection");
 }
+
+/// A wait handler: the socket on fds 0–3, and `LISTEN_PID` its own pid,
+/// written by the child into the field the daemon reserved.
+#[test]
+fn a_wait_handler_gets_its_own_pid_and_the_socket_on_fd_3() {
+    let text = "[[service]]\nname = \"w\"\nlisten = [\"127.0.0.1:9\"]\nprotocol = \"udp\"\nwait = true\nprogram = \"/bin/sh\"\nargs = [\"-c\", \"echo \\\"$LISTEN_PID $LISTEN_FDS $LISTEN_FDNAMES $PROTO\\\"; ls /proc/self/fd\"]\n";
+    let mut plan = crate::config::parse(
+        std::path::Path::new("test.toml"),
+        text,
+        &crate::config::RealSystem,
+    )
+    .expect("parse");
+    let svc = plan.services.remove(0);
+    let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+    let conn = Conn {
+        stream: theirs.into(),
+        client: crate::plan::Client::Listener(crate::plan::Endpoint::Udp(
+            "127.0.0.1:9".parse().expect("addr"),
+        )),
+        id: 7,
+        err: None,
+    };
+    let mut spawner = Spawner::new();
+    let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
+    drop(conn);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut ours, &mut out).expect("read");
+    assert_eq!(
+        waitpid(pid, None).expect("waitpid"),
+        WaitStatus::Exited(pid, 0)
+    );
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("{pid} 1 w UDP").as_str()),
+        "{out}"
+    );
+    // ls opens one descriptor of its own for the directory.
+    let fds: Vec<u32> = lines.filter_map(|l| l.parse().ok()).collect();
+    assert!(fds.starts_with(&[0, 1, 2, 3]) && fds.len() <= 5, "{out}");
+}

@@ -104,6 +104,9 @@ impl Supervisor {
                     let accepted = l.listener().accept();
                     accepted.map(|(s, _)| Taken::Unix(s, l.name().clone()))
                 }
+                // A UDP socket is a wait service's: handed over
+                // (`handover`), never accepted from.
+                Listener::Udp(_) => return,
             };
             match accepted {
                 Ok(taken) => {
@@ -131,7 +134,7 @@ impl Supervisor {
     }
 
     /// Whether service `svc_i` has capacity and a spawn slot is free.
-    fn may_accept(&mut self, svc_i: usize, now: Instant) -> bool {
+    pub(super) fn may_accept(&mut self, svc_i: usize, now: Instant) -> bool {
         let total = self.children.len();
         let max = self.plan.daemon.max_connections;
         if self.services.capacity(svc_i, total, max, now).is_some() {
@@ -245,6 +248,10 @@ impl Supervisor {
     fn serve(&mut self, svc_i: usize, mut conn: Conn, now: Instant) {
         self.services.accepted(svc_i);
         let st = self.services.get(svc_i);
+        // Wait handlers are started by `hand_over`, never here.
+        if matches!(conn.client, Client::Listener(_)) {
+            return;
+        }
         let source =
             match admit::decide(&st.svc.access, &st.svc.limits, &st.per_source, &conn.client) {
                 Decision::Admit(source) => source,
@@ -297,7 +304,7 @@ impl Supervisor {
     /// like a failed fork: the connection is closed (by the caller), the
     /// failure logged and the service backed off. It never falls back to
     /// the socket.
-    fn stderr_for(
+    pub(super) fn stderr_for(
         &mut self,
         svc_i: usize,
         svc: &Service,
@@ -332,7 +339,13 @@ impl Supervisor {
     }
 
     /// Makes a started handler's stderr pipe a poll source.
-    fn watch_stderr(&mut self, read_end: OwnedFd, svc: &Arc<Service>, conn: u64, pid: Pid) {
+    pub(super) fn watch_stderr(
+        &mut self,
+        read_end: OwnedFd,
+        svc: &Arc<Service>,
+        conn: u64,
+        pid: Pid,
+    ) {
         match StderrPipe::new(read_end, Arc::clone(svc), conn, pid) {
             Ok(p) => {
                 self.stderr_pipes.insert(pid, p);
@@ -352,7 +365,7 @@ impl Supervisor {
     }
 
     /// Puts a started handler in the table, with its `timeout`.
-    fn insert_child(
+    pub(super) fn insert_child(
         &mut self,
         service: Arc<Service>,
         conn: &Conn,

@@ -14,6 +14,7 @@
 
 mod conn;
 mod control;
+mod handover;
 mod reap;
 mod reload;
 mod services;
@@ -58,7 +59,14 @@ struct Sock {
     backoff: Backoff,
     /// The listener leaves the poll set until then.
     retry_at: Option<Instant>,
+    /// The wait handler this socket is handed to, while it runs: the
+    /// socket leaves the poll set until it is reaped (`handover`).
+    held: Option<nix::unistd::Pid>,
 }
+
+/// What a socket carries over a reload: its back-off, its retry moment
+/// and the wait handler holding it.
+type SockState = (Backoff, Option<Instant>, Option<nix::unistd::Pid>);
 
 /// The shutdown in progress.
 struct Drain {
@@ -231,7 +239,7 @@ impl Supervisor {
             ready: Vec::new(),
             pollfds: Vec::new(),
         };
-        sup.install(plan, held);
+        sup.install(plan, held, HashMap::new());
         for s in &sup.socks {
             let name = &sup.services.get(s.svc).svc.name;
             sup.log
@@ -246,8 +254,10 @@ impl Supervisor {
 
     /// Makes `plan` current with the sockets in `held`: rebuilds the service
     /// states (carrying counters over by name) and the socket list
-    /// (carrying backoffs over by address).
-    fn install(&mut self, plan: Plan, mut held: Sockets) {
+    /// (carrying each socket's state over by address: its back-off, and
+    /// the wait handler holding it). `carried` is that state of the sockets
+    /// a reload took out of the list to reconcile them.
+    fn install(&mut self, plan: Plan, mut held: Sockets, carried: HashMap<Endpoint, SockState>) {
         let running: Vec<(&str, crate::plan::Source)> = self
             .children
             .iter()
@@ -255,17 +265,17 @@ impl Supervisor {
             .collect();
         self.services.install(plan.enabled(), &running);
         drop(running);
-        let mut old_socks: HashMap<Endpoint, (Backoff, Option<Instant>)> = self
-            .socks
-            .drain(..)
-            .map(|s| (s.addr, (s.backoff, s.retry_at)))
-            .collect();
+        // A socket handed to a wait handler stays its handler's across the
+        // reload, whatever the new plan says of its service.
+        let mut old_socks = carried;
+        let state = |s: Sock| (s.addr, (s.backoff, s.retry_at, s.held));
+        old_socks.extend(self.socks.drain(..).map(state));
         let mut socks = Vec::new();
         // A held socket becomes service `svc`'s, keeping its back-off.
         let mut attach = |addr: Endpoint, svc: usize, held: &mut Sockets| {
             if let Some(listener) = held.by_addr.remove(&addr) {
-                let (backoff, retry_at) = old_socks.remove(&addr).unwrap_or_default();
                 let opts = held.opts.remove(&addr).unwrap_or_default();
+                let (backoff, retry_at, holder) = old_socks.remove(&addr).unwrap_or_default();
                 socks.push(Sock {
                     addr,
                     listener,
@@ -273,6 +283,7 @@ impl Supervisor {
                     svc,
                     backoff,
                     retry_at,
+                    held: holder,
                 });
             }
         };
@@ -398,7 +409,11 @@ impl Supervisor {
                 if let (Source::Listener(s), flags) = self.ready[i] {
                     if flags.intersects(PollFlags::POLLIN | PollFlags::POLLERR | PollFlags::POLLHUP)
                     {
-                        self.accept(s, now, ACCEPT_BUDGET);
+                        if self.services.get(self.socks[s].svc).svc.wait {
+                            self.hand_over(s, now);
+                        } else {
+                            self.accept(s, now, ACCEPT_BUDGET);
+                        }
                     }
                 }
             }
@@ -428,7 +443,9 @@ impl Supervisor {
         let now = Instant::now();
         if self.drain.is_none() {
             for (i, s) in self.socks.iter().enumerate() {
-                let waiting = s.retry_at.is_some_and(|t| t > now) || self.slot_retry.is_some();
+                let waiting = s.retry_at.is_some_and(|t| t > now)
+                    || self.slot_retry.is_some()
+                    || s.held.is_some();
                 if !waiting && self.services.get(s.svc).pause_now.is_none() {
                     fds.push(PollFd::new(s.listener.as_fd(), PollFlags::POLLIN));
                     self.sources.push(Source::Listener(i));

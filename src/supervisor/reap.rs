@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 use super::{Drain, Supervisor};
 use crate::children::{Child, Status, Termination};
 use crate::notify;
+use crate::plan::Client;
 use crate::plan::Level;
 use crate::spawn::{Failure, Step};
 
@@ -85,6 +86,9 @@ impl Supervisor {
             if let Some(i) = svc_i {
                 self.services.exited(i, c.source, ran);
             }
+            if let Client::Listener(_) = c.peer {
+                self.handed_back(svc_i, c, exit.duration, now);
+            }
             // Its last stderr lines come before its `exit` line.
             self.finish_stderr(c.pid, now);
             let (status, signal) = match exit.status {
@@ -150,8 +154,12 @@ impl Supervisor {
                 // queued on it: serve those first, as far as capacity
                 // allows. One arriving between the last accept and the
                 // close is still reset; nothing can close that window.
+                // A wait service's socket is not accepted from: a handler
+                // holding it finishes on its own copy.
                 for i in 0..self.socks.len() {
-                    self.accept(i, now, SHUTDOWN_ACCEPT_LIMIT);
+                    if !self.services.get(self.socks[i].svc).svc.wait {
+                        self.accept(i, now, SHUTDOWN_ACCEPT_LIMIT);
+                    }
                 }
                 // Closing the listeners refuses new clients at once.
                 self.socks.clear();

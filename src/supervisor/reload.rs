@@ -113,11 +113,13 @@ impl Supervisor {
                 .send();
         }
         let mut held = Sockets::default();
+        let mut carried = HashMap::new();
         for s in self.socks.drain(..) {
             held.owner
                 .insert(s.addr.clone(), self.services.get(s.svc).svc.name.clone());
             held.opts.insert(s.addr.clone(), s.opts);
-            held.by_addr.insert(s.addr, s.listener);
+            held.by_addr.insert(s.addr.clone(), s.listener);
+            carried.insert(s.addr, (s.backoff, s.retry_at, s.held));
         }
         // Who had each socket and who will: every listen/unlisten line
         // names its service.
@@ -133,7 +135,7 @@ impl Supervisor {
         let before: Vec<(String, String)> = service_lines(&self.plan);
         let old_daemon = self.plan.daemon.clone();
         let old_addrs: Vec<Endpoint> = owners.old.keys().cloned().collect();
-        self.install(plan, held);
+        self.install(plan, held, carried);
         let answer = self.changes(&before, &old_addrs, &tally);
         self.spawner.refresh_signals();
         self.log

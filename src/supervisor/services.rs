@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admit::{self, Backoff, Bucket, Load, Pause, PauseReason, Reason};
+use crate::admit::{self, Backoff, Bucket, CrashLoop, CrashStep, Load, Pause, PauseReason, Reason};
 use crate::plan::{Service, Source};
 
 /// Refusal log lines per service per second; the rest are counted and
@@ -124,6 +124,11 @@ pub struct SvcState {
     refusals: Limiter,
     /// Limits the handlers' stderr lines logged (`stderr = "log"`).
     stderr_lines: Limiter,
+    /// A wait service's handlers exiting at once: the crash-loop episode.
+    crash: CrashLoop,
+    /// The service's sockets are not handed over before then (a crash-loop
+    /// pause).
+    pub crash_until: Option<Instant>,
 }
 
 impl SvcState {
@@ -141,6 +146,8 @@ impl SvcState {
             pause_now: None,
             refusals: Limiter::default(),
             stderr_lines: Limiter::default(),
+            crash: CrashLoop::default(),
+            crash_until: None,
         }
     }
 }
@@ -282,6 +289,11 @@ impl ServiceTable {
             let mut st = match old.remove(&svc.name) {
                 Some(mut st) => {
                     st.svc = Arc::clone(svc);
+                    // A reload is how an administrator says "try again": a
+                    // crash-loop pause ends now. The episode goes on, so a
+                    // handler still broken pauses again at its first quick
+                    // exit, for the next, longer delay.
+                    st.crash_until = None;
                     st
                 }
                 None => SvcState::new(svc),
@@ -317,10 +329,14 @@ impl ServiceTable {
     fn load(&self, i: usize, total: usize, max_connections: usize) -> Load {
         let st = &self.list[i];
         Load {
-            running: st.running,
+            // A wait service's `max_instances` (1) is per socket: each
+            // socket leaves the poll set while its handler runs, and
+            // another socket of the service is served meanwhile.
+            running: if st.svc.wait { 0 } else { st.running },
             total,
             max_connections,
             backoff_until: st.backoff_until,
+            crash_until: st.crash_until,
         }
     }
 
@@ -347,7 +363,11 @@ impl ServiceTable {
             return None;
         }
         let from = std::mem::replace(&mut st.paused, to);
-        let quiet = to == Some(PauseReason::Rate) || from == Some(PauseReason::Rate);
+        // A rate pause comes and goes with every token; a crash-loop pause
+        // has its own lines (`wait-backoff`, `wait-resumed`) with its delay.
+        let quiet = [to, from]
+            .iter()
+            .any(|r| matches!(r, Some(PauseReason::Rate | PauseReason::CrashLoop)));
         Some(PauseChange { from, to, quiet })
     }
 
@@ -480,6 +500,17 @@ impl ServiceTable {
         let ep = st.exec_failures.take()?;
         st.backoff_until = None;
         Some((ep.failures, now.saturating_duration_since(ep.began)))
+    }
+
+    /// A wait handler of service `i` exited after `lived`: a crash-loop
+    /// pause starts (or grows), or an episode ends (see [`CrashLoop`]).
+    pub fn wait_exited(&mut self, i: usize, lived: Duration, now: Instant) -> CrashStep {
+        let st = &mut self.list[i];
+        let step = st.crash.exited(lived);
+        if let CrashStep::Pause(delay) = step {
+            st.crash_until = Some(now + delay);
+        }
+        step
     }
 
     /// A handler of service `i` that held `source` was reaped; `ran`: how

@@ -23,7 +23,7 @@ impl Supervisor {
                 if i > 0 {
                     listen.push(',');
                 }
-                let _ = write!(listen, "{l}");
+                let _ = write!(listen, "{l}{}", st.svc.protocol.suffix());
             }
             let c = &st.counters;
             self.log

@@ -26,3 +26,4 @@ mod structure;
 mod sum;
 mod supervision;
 mod unix;
+mod wait;

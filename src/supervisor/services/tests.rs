@@ -193,3 +193,50 @@ fn durations_fall_in_their_bucket_and_survive_a_reload() {
     // Two hours is over the last bound: only in +Inf (the count).
     assert_eq!(cum[DURATION_BUCKETS.len() - 1], 4);
 }
+
+/// A wait service: its handlers do not count against `max_instances`
+/// (each socket has its own, see `handover`); five quick exits pause it,
+/// a reload lifts the pause but keeps the episode, so the next quick exit
+/// pauses it for the next, longer delay.
+#[test]
+fn a_crash_loop_pauses_a_wait_service_and_a_reload_lifts_the_pause_only() {
+    let text = "[[service]]\nname = \"w\"\nlisten = [\"69\"]\nprotocol = \"udp\"\nwait = true\nprogram = \"/bin/sh\"\n";
+    let plan = crate::config::parse(
+        std::path::Path::new("test.toml"),
+        text,
+        &crate::config::RealSystem,
+    )
+    .expect("parse");
+    let mut t = ServiceTable::default();
+    t.install(plan.services.iter(), &[]);
+    let now = Instant::now();
+    let any = src("0.0.0.0/32");
+    t.started(0, any, now);
+    t.started(0, any, now);
+    assert_eq!(t.capacity(0, 2, 10, now), None, "two sockets, two handlers");
+    let quick = Duration::from_millis(3);
+    for _ in 0..4 {
+        assert_eq!(t.wait_exited(0, quick, now), CrashStep::Nothing);
+    }
+    let second = Duration::from_secs(1);
+    assert_eq!(t.wait_exited(0, quick, now), CrashStep::Pause(second));
+    assert_eq!(
+        t.capacity(0, 0, 10, now),
+        Some(Pause::CrashLoop(now + second))
+    );
+    assert!(
+        t.set_pause(0, t.capacity(0, 0, 10, now))
+            .expect("entered")
+            .quiet
+    );
+    t.install(plan.services.iter(), &[]);
+    assert_eq!(t.capacity(0, 0, 10, now), None, "the reload lifted it");
+    assert_eq!(
+        t.wait_exited(0, quick, now),
+        CrashStep::Pause(Duration::from_secs(2))
+    );
+    assert_eq!(
+        t.wait_exited(0, Duration::from_secs(2), now),
+        CrashStep::Resumed { quick: 6 }
+    );
+}
