@@ -82,6 +82,8 @@ pub struct Child {
     pub conn_id: u64,
     /// The client, for the `exit` line.
     pub peer: SocketAddr,
+    /// The proxy the connection came through, if any (`proxy=`).
+    pub proxy: Option<SocketAddr>,
     /// The `max_per_source` slot it holds, released when it is reaped.
     pub source: IpNet,
     /// When it was started, for `duration_ms` and the exec back-off.

@@ -20,6 +20,7 @@ pub mod listen;
 pub mod log;
 pub mod notify;
 pub mod plan;
+pub mod proxy_header;
 pub mod resolver;
 pub mod signals;
 pub mod spawn;

@@ -300,7 +300,49 @@ pub struct Service {
     pub enabled: bool,
     /// Where the handler's fd 2 goes (`stderr`, SPEC §10.2).
     pub stderr: Stderr,
+    /// `proxy_protocol` and its keys (SPEC §10.6); `None`: connections
+    /// are taken as they come, no header is read.
+    pub proxy: Option<Proxy>,
 }
+
+/// The PROXY protocol versions a service reads (`proxy_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// `"v1"`: the text line only.
+    V1,
+    /// `"v2"`: the binary header only.
+    V2,
+    /// `"any"`: either, told apart by its first bytes.
+    Any,
+}
+
+impl ProxyVersion {
+    /// The key's value as written in the file and shown by `--check`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+            ProxyVersion::Any => "any",
+        }
+    }
+}
+
+/// A service behind a load balancer: every connection starts with a PROXY
+/// protocol header from one of `trusted`, which names the real client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proxy {
+    /// Which header versions are accepted.
+    pub version: ProxyVersion,
+    /// `trusted_proxies`: a connection from anywhere else is refused
+    /// before a byte of it is read (never empty).
+    pub trusted: Vec<IpNet>,
+    /// `proxy_timeout`: a header not complete by then is refused.
+    pub timeout: Duration,
+}
+
+/// `proxy_timeout`'s default: the PROXY protocol specification asks for
+/// at least 3 s, to cover a TCP retransmission.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `stderr` key: what a handler's fd 2 is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -21,6 +21,7 @@ mod fields;
 mod hardening;
 mod include;
 mod lookups;
+mod proxy;
 mod resolve;
 mod service;
 #[cfg(test)]

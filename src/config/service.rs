@@ -12,6 +12,7 @@ use toml::de::{DeTable, DeValue};
 use super::check::{esc, Checker, Value};
 use super::fields::{check_env_name, parse_listen, valid_name};
 use super::hardening::HARDENING_KEYS;
+use super::proxy::{ProxyDraft, PROXY_KEYS};
 use super::resolve::{exec_image, resolve_program};
 use super::{line_col, System};
 use crate::plan::{Access, Daemon, Hardening, Limits, ListenAddr, Service, Stderr};
@@ -44,14 +45,15 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "rlimit_as",
     "rlimit_cpu",
     "stderr",
+    "proxy_protocol",
+    "trusted_proxies",
+    "proxy_timeout",
 ];
 
 /// Keys reserved for later versions (tinyinetd.toml(5), README.md). They are refused
 /// with a message that says so, rather than accepted and ignored: a
 /// setting that silently does nothing is worse than an error.
 const RESERVED_SERVICE_KEYS: &[&str] = &[
-    "proxy_protocol",
-    "trusted_proxies",
     "protocol",
     "wait",
     "socket_mode",
@@ -102,6 +104,8 @@ struct Draft {
     hardening: Hardening,
     /// `stderr`, `"socket"` unless given.
     stderr: Stderr,
+    /// `proxy_protocol` and its partner keys, as written.
+    proxy: ProxyDraft,
     /// False once a required part is unusable: the service is not built.
     ok: bool,
 }
@@ -124,6 +128,7 @@ impl Draft {
             umask: 0o022,
             hardening: Hardening::default(),
             stderr: Stderr::default(),
+            proxy: ProxyDraft::default(),
             ok: true,
         }
     }
@@ -202,6 +207,7 @@ impl Checker<'_> {
                 "enabled" => self.enabled(value, &mut d),
                 "umask" => self.umask(value, &mut d),
                 "stderr" => self.stderr(value, &mut d),
+                k if PROXY_KEYS.contains(&k) => self.proxy_key(key, value, &ctx, &mut d.proxy),
                 k if HARDENING_KEYS.contains(&k) => {
                     self.hardening(k, value, &ctx, &mut d.hardening, identity_uid)
                 }
@@ -449,12 +455,13 @@ impl Checker<'_> {
     /// another part failed), then builds the service if every part is usable.
     fn build(
         &mut self,
-        d: Draft,
+        mut d: Draft,
         span: Range<usize>,
         daemon: &Daemon,
         sys: &dyn System,
         identity_uid: u32,
     ) -> Option<Checked> {
+        let proxy = self.proxy_done(std::mem::take(&mut d.proxy), &d.ctx);
         let resolved = d.program.as_ref().and_then(|(p, pspan)| {
             let mode = trust::Mode::for_euid(identity_uid);
             match resolve_program(p, &daemon.handler_dir, sys, mode) {
@@ -503,6 +510,7 @@ impl Checker<'_> {
                 access: d.access,
                 enabled: d.enabled,
                 stderr: d.stderr,
+                proxy,
             },
             name_span,
             listen_spans,

@@ -186,6 +186,21 @@ pub struct Conn {
     /// a pipe's write end; `"null"`: `/dev/null`). Borrowed: the caller
     /// owns it and closes its copy once `spawn` has returned.
     pub err: Option<RawFd>,
+    /// The proxy the connection came through (`proxy_protocol`): `peer`
+    /// and `local` are then the original client and destination. Boxed,
+    /// so a connection without a proxy costs one word and no allocation.
+    pub proxy: Option<Box<Proxied>>,
+}
+
+/// What a PROXY protocol header told about a connection, beyond the
+/// client's and destination's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxied {
+    /// The proxy itself: the connection's own peer
+    /// (`TINYINETD_PROXY_IP`, `TINYINETD_PROXY_PORT`).
+    pub addr: SocketAddr,
+    /// The exported v2 TLVs: (variable, escaped and bounded value).
+    pub vars: Vec<(&'static str, String)>,
 }
 
 /// Why a child could not be started at all (nothing was cloned).
@@ -514,4 +529,11 @@ fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) {
     var(o, v, "REMOTE_ADDR", &rip);
     var(o, v, "REMOTE_PORT", &conn.peer.port());
     var(o, v, "TINYINETD_CONN_ID", &conn.id);
+    if let Some(p) = &conn.proxy {
+        var(o, v, "TINYINETD_PROXY_IP", &p.addr.ip().to_canonical());
+        var(o, v, "TINYINETD_PROXY_PORT", &p.addr.port());
+        for (name, value) in &p.vars {
+            var(o, v, name, value);
+        }
+    }
 }

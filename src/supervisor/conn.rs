@@ -114,7 +114,7 @@ impl Supervisor {
 
     /// Whether service `svc_i` has capacity and a spawn slot is free.
     fn may_accept(&mut self, svc_i: usize, now: Instant) -> bool {
-        let total = self.children.len();
+        let total = self.children.len() + self.proxies.len();
         let max = self.plan.daemon.max_connections;
         if self.services.capacity(svc_i, total, max, now).is_some() {
             return false;
@@ -167,6 +167,7 @@ impl Supervisor {
             local,
             id,
             err: None,
+            proxy: None,
         }
     }
 
@@ -193,9 +194,20 @@ impl Supervisor {
         }
     }
 
-    /// Admits or refuses one accepted connection, and spawns its handler.
-    fn serve(&mut self, svc_i: usize, mut conn: Conn, now: Instant) {
+    /// Takes one accepted connection on: a `proxy_protocol` service's
+    /// waits for its header first (`proxy`), any other is admitted now.
+    fn serve(&mut self, svc_i: usize, conn: Conn, now: Instant) {
         self.services.accepted(svc_i);
+        let svc = Arc::clone(&self.services.get(svc_i).svc);
+        match &svc.proxy {
+            Some(p) => self.hold_for_header(svc_i, conn, p, now),
+            None => self.admit(svc_i, conn, now),
+        }
+    }
+
+    /// Admits or refuses a connection by its client (the original one,
+    /// behind a proxy), and spawns its handler.
+    pub(super) fn admit(&mut self, svc_i: usize, mut conn: Conn, now: Instant) {
         let st = self.services.get(svc_i);
         let source = match admit::decide(
             &st.svc.access,
@@ -205,7 +217,7 @@ impl Supervisor {
         ) {
             Decision::Admit(source) => source,
             Decision::Refuse(reason) => {
-                self.log_refusal(svc_i, &conn, reason, now);
+                self.log_refusal(svc_i, &conn, reason, None, now);
                 return; // dropping `conn` closes it: no fork happened
             }
         };
@@ -229,6 +241,7 @@ impl Supervisor {
                     .kv("conn", conn.id)
                     .kv("pid", pid)
                     .kv("peer", conn.peer)
+                    .opt("proxy", proxy_of(&conn))
                     .send();
                 self.insert_child(svc, &conn, pid, source, now);
             }
@@ -240,6 +253,7 @@ impl Supervisor {
                     .kv("service", &svc.name)
                     .kv("conn", conn.id)
                     .kv("peer", conn.peer)
+                    .opt("proxy", proxy_of(&conn))
                     .kv("error", e)
                     .kv("retry_ms", delay.as_millis())
                     .send();
@@ -278,6 +292,7 @@ impl Supervisor {
                         .kv("service", &svc.name)
                         .kv("conn", conn.id)
                         .kv("peer", conn.peer)
+                        .opt("proxy", proxy_of(conn))
                         .kv("error", crate::text::os_error(e))
                         .kv("retry_ms", delay.as_millis())
                         .send();
@@ -322,6 +337,7 @@ impl Supervisor {
             service,
             conn_id: conn.id,
             peer: conn.peer,
+            proxy: proxy_of(conn),
             source,
             started: now,
             term_at,
@@ -330,7 +346,16 @@ impl Supervisor {
         });
     }
 
-    fn log_refusal(&mut self, svc_i: usize, conn: &Conn, reason: Reason, now: Instant) {
+    /// Counts a refusal and logs it (within the refusal lines' rate),
+    /// with what was wrong when there is more to say than the reason.
+    pub(super) fn log_refusal(
+        &mut self,
+        svc_i: usize,
+        conn: &Conn,
+        reason: Reason,
+        error: Option<&str>,
+        now: Instant,
+    ) {
         let log = self.services.refused(svc_i, reason, now);
         let name = &self.services.get(svc_i).svc.name;
         if let Some(count) = log.summary {
@@ -346,10 +371,17 @@ impl Supervisor {
                 .kv("service", name)
                 .kv("conn", conn.id)
                 .kv("peer", conn.peer)
+                .opt("proxy", proxy_of(conn))
                 .kv("reason", reason)
+                .opt("error", error)
                 .send();
         }
     }
+}
+
+/// The proxy a connection came through, for the `proxy=` of its lines.
+fn proxy_of(conn: &Conn) -> Option<SocketAddr> {
+    conn.proxy.as_ref().map(|p| p.addr)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! clients and nothing is dropped.
 
 mod conn;
+mod proxy;
 mod reap;
 mod reload;
 mod services;
@@ -81,6 +82,8 @@ enum Source {
     Resolver,
     /// The stderr pipe of a handler (`stderr = "log"`), by its pid.
     Stderr(nix::unistd::Pid),
+    /// A connection whose PROXY header is awaited, by its id (`proxy`).
+    Proxy(u64),
 }
 
 /// Why the daemon could not start.
@@ -113,6 +116,8 @@ pub struct Supervisor {
     spare: HashMap<SocketAddr, TcpListener>,
     /// The running handlers.
     children: Children,
+    /// Connections whose PROXY protocol header is being read.
+    proxies: proxy::Proxies,
     /// The signalfd for the signals the daemon acts on.
     signals: Signals,
     /// Where log lines go.
@@ -198,6 +203,7 @@ impl Supervisor {
             socks: Vec::new(),
             spare,
             children: Children::default(),
+            proxies: proxy::Proxies::default(),
             signals,
             log,
             next_conn: 1,
@@ -239,6 +245,11 @@ impl Supervisor {
             .collect();
         self.services.install(plan.enabled(), &running);
         drop(running);
+        for name in self.proxies.service_names() {
+            if let Some(i) = self.services.position(name) {
+                self.services.header_pending(i);
+            }
+        }
         let mut old_socks: HashMap<SocketAddr, (Backoff, Option<Instant>)> = self
             .socks
             .drain(..)
@@ -334,6 +345,8 @@ impl Supervisor {
                 Source::Listener(_) => {}
                 // Read below, before the reaping.
                 Source::Stderr(_) => {}
+                // Read after the deadlines, before the accepts.
+                Source::Proxy(_) => {}
             }
         }
         let sig = if signals_ready {
@@ -369,6 +382,7 @@ impl Supervisor {
             self.reap(now);
         }
         self.fire_deadlines(now);
+        self.read_headers(now);
 
         if self.drain.is_none() {
             for i in 0..self.ready.len() {
@@ -383,7 +397,8 @@ impl Supervisor {
         self.ping_watchdog(now);
         // A group whose SIGKILL is still due keeps the daemon: once it has
         // exited, nobody would send it.
-        self.drain.is_some() && self.children.is_empty() && !self.children.has_groups()
+        let idle = self.children.is_empty() && self.proxies.is_empty();
+        self.drain.is_some() && idle && !self.children.has_groups()
     }
 
     /// Builds the poll set, polls, and records which slots are ready.
@@ -401,6 +416,7 @@ impl Supervisor {
             fds.push(PollFd::new(p.fd.as_fd(), PollFlags::POLLIN));
             self.sources.push(Source::Stderr(*pid));
         }
+        self.proxies.poll_set(&mut fds, &mut self.sources);
         let now = Instant::now();
         if self.drain.is_none() {
             for (i, s) in self.socks.iter().enumerate() {
@@ -471,13 +487,14 @@ impl Supervisor {
         }
         consider(self.watchdog.map(|(_, t)| t));
         consider(self.reloading.as_ref().map(|p| p.deadline));
+        consider(self.proxies.next_deadline());
         next
     }
 
     /// Computes each service's capacity for this turn, logging entering
     /// and leaving a pause once each.
     fn update_pauses(&mut self, now: Instant) {
-        let total = self.children.len();
+        let total = self.children.len() + self.proxies.len();
         let max_connections = self.plan.daemon.max_connections;
         let mut changed = false;
         for i in 0..self.services.len() {

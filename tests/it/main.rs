@@ -16,6 +16,7 @@ mod logformat;
 mod logsink;
 mod lookups;
 mod platform;
+mod proxy;
 mod reload;
 mod security;
 mod stderr;
