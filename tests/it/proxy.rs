@@ -484,3 +484,395 @@ fn a_flood_of_idle_connections_is_bounded_and_cleaned_up() {
     assert!(d.log_lines("start service=p").is_empty());
     assert!(d.try_exit().is_none());
 }
+
+/// A real HAProxy (`/usr/sbin/haproxy`, Debian package `haproxy`) in
+/// front of two daemons on 127.0.0.2 and 127.0.0.3: one frontend with a
+/// `send-proxy` (v1) backend, one with a `send-proxy-v2` backend whose
+/// servers are health-checked. HAProxy connects from 127.0.0.9, the one
+/// trusted proxy; clients connect from their own 127.0.0.x.
+mod haproxy {
+    use super::*;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::process::{Child, Command, Stdio};
+
+    const HAPROXY: &str = "/usr/sbin/haproxy";
+
+    /// The binary, or `None` (with the reason printed) when this machine
+    /// cannot run these tests.
+    fn binary() -> Option<&'static str> {
+        if Path::new(HAPROXY).exists() {
+            return Some(HAPROXY);
+        }
+        assert!(
+            !is_root(),
+            "{HAPROXY} is missing: tests/run installs it as root (apt-get install haproxy)"
+        );
+        eprintln!("skipped: {HAPROXY} is not installed (Debian package haproxy; tests/run installs it when run as root)");
+        None
+    }
+
+    /// One HAProxy in the foreground (`-db`: one process, no daemon),
+    /// stopped by its pid when dropped.
+    struct Haproxy {
+        child: Child,
+        _dir: tempfile::TempDir,
+        log: PathBuf,
+    }
+
+    impl Drop for Haproxy {
+        fn drop(&mut self) {
+            let pid = Pid::from_raw(self.child.id() as i32);
+            let _ = kill(pid, Signal::SIGTERM);
+            if !wait_until(Duration::from_secs(5), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            let _ = self.child.wait();
+            if std::thread::panicking() {
+                eprintln!(
+                    "--- haproxy log ---\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// The daemon of one host of the fleet, on `host` (127.0.0.2 or .3):
+    /// service "v1" (`proxy_protocol = "v1"`, `deny` and `max_per_source`
+    /// by client) and service "v2".
+    fn host(host: &str) -> Daemon {
+        let conf = format!(
+            "{DAEMON}
+[[service]]
+name = \"v1\"
+listen = [\"{host}:{{port:v1}}\"]
+program = \"proxyenv.sh\"
+env = {{ RECORD = \"{{tmp}}/starts-v1\" }}
+proxy_protocol = \"v1\"
+trusted_proxies = [\"127.0.0.9\"]
+deny = [\"127.0.0.66\"]
+max_per_source = 1
+
+[[service]]
+name = \"v2\"
+listen = [\"{host}:{{port:v2}}\"]
+program = \"proxyenv.sh\"
+env = {{ RECORD = \"{{tmp}}/starts-v2\" }}
+proxy_protocol = \"v2\"
+trusted_proxies = [\"127.0.0.9\"]
+"
+        );
+        let mut d = Daemon::prepare(&conf);
+        for f in ["starts-v1", "starts-v2"] {
+            let p = d.dir.path().join(f);
+            std::fs::write(&p, "").expect("create record");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        }
+        d.spawn(&|_| {});
+        d.ready(Duration::from_secs(10)).expect("ready");
+        d
+    }
+
+    /// The haproxy.cfg of README's "Running a fleet behind a load
+    /// balancer", with this test's ports (and a health-check interval of
+    /// 200 ms so that a few checks happen while it runs).
+    fn config(fe_v1: u16, fe_v2: u16, ready: u16, hosts: &[(&str, &Daemon)]) -> String {
+        let mut c = format!(
+            "global
+    maxconn 1000
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 2
+    option redispatch
+
+frontend ready
+    bind 127.0.0.1:{ready}
+    tcp-request connection reject
+
+frontend fe_v1
+    bind 127.0.0.1:{fe_v1}
+    default_backend be_v1
+
+frontend fe_v2
+    bind 127.0.0.1:{fe_v2}
+    default_backend be_v2
+
+backend be_v1
+    balance roundrobin
+"
+        );
+        for (i, (ip, d)) in hosts.iter().enumerate() {
+            c.push_str(&format!(
+                "    server host{i} {ip}:{} send-proxy source 127.0.0.9\n",
+                d.port("v1")
+            ));
+        }
+        c.push_str("\nbackend be_v2\n    balance roundrobin\n");
+        for (i, (ip, d)) in hosts.iter().enumerate() {
+            c.push_str(&format!(
+                "    server host{i} {ip}:{} send-proxy-v2 check check-send-proxy inter 200ms fall 2 rise 1 source 127.0.0.9\n",
+                d.port("v2")
+            ));
+        }
+        c
+    }
+
+    struct Fleet {
+        hosts: [Daemon; 2],
+        fe_v1: SocketAddr,
+        fe_v2: SocketAddr,
+        proxy: Haproxy,
+    }
+
+    fn fleet() -> Option<Fleet> {
+        let bin = binary()?;
+        let hosts = [host("127.0.0.2"), host("127.0.0.3")];
+        let (fe_v1, fe_v2, ready) = (free_port(), free_port(), free_port());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("haproxy.cfg");
+        let text = config(
+            fe_v1,
+            fe_v2,
+            ready,
+            &[("127.0.0.2", &hosts[0]), ("127.0.0.3", &hosts[1])],
+        );
+        std::fs::write(&cfg, text).expect("write haproxy.cfg");
+        let log = dir.path().join("haproxy.log");
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::create(dir.path().join("haproxy.err")).expect("log"))
+            .spawn()
+            .expect("spawn haproxy");
+        let proxy = Haproxy {
+            child,
+            _dir: dir,
+            log,
+        };
+        let up = wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", ready)).is_ok()
+        });
+        assert!(up, "haproxy did not start listening");
+        Some(Fleet {
+            hosts,
+            fe_v1: SocketAddr::from(([127, 0, 0, 1], fe_v1)),
+            fe_v2: SocketAddr::from(([127, 0, 0, 1], fe_v2)),
+            proxy,
+        })
+    }
+
+    fn record(d: &Daemon, service: &str) -> Vec<String> {
+        starts(&d.dir.path().join(format!("starts-{service}")))
+    }
+
+    /// One session through HAProxy from `from`: the handler's line (after
+    /// checking it names this client and the proxy) and the echo.
+    fn session(fe: SocketAddr, from: &str, data: &[u8]) -> (String, Vec<u8>) {
+        let (reply, me) = exchange(fe, from, data);
+        let (line, echoed) = split_reply(&reply);
+        let want = format!(
+            "remote={from}:{} local=127.0.0.1:{} addr={from}:{} proxy=127.0.0.9:",
+            me.port(),
+            fe.port(),
+            me.port()
+        );
+        assert!(line.starts_with(&want), "{line}\nwanted {want}...");
+        (line, echoed)
+    }
+
+    #[test]
+    fn v1_round_robin_serves_each_client_as_itself_with_admission_by_client() {
+        let Some(f) = fleet() else { return };
+        let clients = ["127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13"];
+        for c in clients {
+            let (_, echoed) = session(f.fe_v1, c, b"hello\n");
+            assert_eq!(echoed, b"hello\n");
+        }
+        // Round robin: two sessions on each host, each handler saw its
+        // client's own address.
+        assert!(wait_until(Duration::from_secs(5), || record(
+            &f.hosts[0],
+            "v1"
+        )
+        .len()
+            + record(&f.hosts[1], "v1").len()
+            == 4));
+        let (a, b) = (record(&f.hosts[0], "v1"), record(&f.hosts[1], "v1"));
+        assert_eq!((a.len(), b.len()), (2, 2), "{a:?} {b:?}");
+        let mut seen: Vec<&str> = a
+            .iter()
+            .chain(&b)
+            .map(|l| l.split(' ').nth(1).unwrap_or(""))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, clients);
+        // deny by the client's own address, through the proxy.
+        let (reply, _) = exchange(f.fe_v1, "127.0.0.66", b"x\n");
+        assert_eq!(reply, b"");
+        let denied = |d: &Daemon| d.log_lines("reason=deny");
+        assert!(
+            wait_until(Duration::from_secs(5), || denied(&f.hosts[0]).len()
+                + denied(&f.hosts[1]).len()
+                == 1),
+            "no deny logged"
+        );
+        let line = [denied(&f.hosts[0]), denied(&f.hosts[1])]
+            .concat()
+            .remove(0);
+        assert!(
+            line.contains(" peer=127.0.0.66:") && line.contains(" proxy=127.0.0.9:"),
+            "{line}"
+        );
+        // max_per_source = 1 is per host: of three concurrent sessions of
+        // one client, one per host is served and the third refused; a
+        // different client is served meanwhile.
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..3 {
+            let mut s = connect_from(ip("127.0.0.20"), f.fe_v1).expect("connect");
+            let mut line = [0u8; 7];
+            match s.read_exact(&mut line) {
+                Ok(()) => {
+                    assert_eq!(&line, b"remote=");
+                    held.push(s);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert_eq!((held.len(), refused), (2, 1));
+        let (_, echoed) = session(f.fe_v1, "127.0.0.21", b"other\n");
+        assert_eq!(echoed, b"other\n");
+        let limited = |d: &Daemon| d.log_lines("reason=max_per_source");
+        let lines = [limited(&f.hosts[0]), limited(&f.hosts[1])].concat();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains(" peer=127.0.0.20:"), "{}", lines[0]);
+        drop(held);
+        drop(f.proxy);
+    }
+
+    #[test]
+    fn v2_health_checks_start_no_handler_and_8_mib_arrive_intact() {
+        let Some(f) = fleet() else { return };
+        let clients = ["127.0.0.30", "127.0.0.31"];
+        for c in clients {
+            session(f.fe_v2, c, b"ping\n");
+        }
+        assert!(wait_until(Duration::from_secs(5), || record(
+            &f.hosts[0],
+            "v2"
+        )
+        .len()
+            + record(&f.hosts[1], "v2").len()
+            == 2));
+        let (a, b) = (record(&f.hosts[0], "v2"), record(&f.hosts[1], "v2"));
+        assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
+        // 8 MiB written as soon as the connection is up, through HAProxy
+        // and the header, echoed byte for byte.
+        let data = pseudo_random(8 << 20, 8);
+        let mut s = connect_from(ip("127.0.0.32"), f.fe_v2).expect("connect");
+        let mut w = s.try_clone().expect("clone");
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            w.write_all(&sent).expect("write");
+            w.shutdown(Shutdown::Write).expect("shutdown");
+        });
+        let reply = read_until_closed(&mut s);
+        writer.join().expect("writer");
+        let (line, echoed) = split_reply(&reply);
+        assert!(line.starts_with("remote=127.0.0.32:"), "{line}");
+        assert!(
+            echoed == data,
+            "{} bytes echoed of {}",
+            echoed.len(),
+            data.len()
+        );
+        // Health checks (every 200 ms, a LOCAL header then a reset, as
+        // HAProxy 2.6 sends them) reached both hosts and started no
+        // handler: only the three sessions did.
+        let checks = |d: &Daemon| d.log_lines("debug: proxy-check service=v2 ").len();
+        assert!(
+            wait_until(Duration::from_secs(5), || checks(&f.hosts[0]) >= 3
+                && checks(&f.hosts[1]) >= 3),
+            "checks seen: {} and {}",
+            checks(&f.hosts[0]),
+            checks(&f.hosts[1])
+        );
+        let started: usize = f
+            .hosts
+            .iter()
+            .map(|d| d.log_lines("debug: start service=v2 ").len())
+            .sum();
+        assert_eq!(started, 3);
+        for d in &f.hosts {
+            assert!(d.log_lines("refused").is_empty(), "{}", d.log());
+            assert!(
+                d.log_lines("peer=127.0.0.9:")
+                    .iter()
+                    .all(|l| l.contains("proxy-check")),
+                "only checks come from the proxy's own address"
+            );
+        }
+        drop(f.proxy);
+    }
+
+    /// Draining one host (SIGTERM): its listeners close, HAProxy moves new
+    /// sessions to the other host, and a session already running on it
+    /// finishes.
+    #[test]
+    fn a_draining_host_finishes_its_sessions_while_the_other_serves() {
+        let Some(mut f) = fleet() else { return };
+        // A session held open; roundrobin puts the next one on the other
+        // host.
+        let mut running = connect_from(ip("127.0.0.40"), f.fe_v2).expect("connect");
+        let mut line = [0u8; 7];
+        running.read_exact(&mut line).expect("served");
+        // The handler writes its record after its first line.
+        assert!(wait_until(Duration::from_secs(5), || record(
+            &f.hosts[0],
+            "v2"
+        )
+        .len()
+            + record(&f.hosts[1], "v2").len()
+            == 1));
+        let on = if record(&f.hosts[0], "v2").is_empty() {
+            1
+        } else {
+            0
+        };
+        f.hosts[on].signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            f.hosts[on].wait_log("info: stopping ", Duration::from_secs(5)),
+            "{}",
+            f.hosts[on].log()
+        );
+        for i in 0..4 {
+            let from = format!("127.0.0.{}", 41 + i);
+            session(f.fe_v2, &from, b"x\n");
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || record(&f.hosts[1 - on], "v2")
+                .len()
+                == 4),
+            "{:?}",
+            record(&f.hosts[1 - on], "v2")
+        );
+        assert_eq!(record(&f.hosts[on], "v2").len(), 1);
+        running.write_all(b"last words\n").expect("write");
+        running.shutdown(Shutdown::Write).expect("shutdown");
+        let rest = read_until_closed(&mut running);
+        assert!(rest.ends_with(b"\nlast words\n"), "{rest:?}");
+        assert!(f.hosts[on]
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()));
+        drop(f.proxy);
+    }
+}
