@@ -369,5 +369,35 @@ pub fn escape_value(v: &[u8]) -> String {
     out
 }
 
+/// Checks the promise the supervisor relies on, for `data` delivered one
+/// byte at a time (the fuzz target and a property test call it): while
+/// [`Parse::Incomplete`], every byte seen is the header's; once a verdict
+/// is given it stays the same however many bytes follow; nothing is still
+/// incomplete at [`MAX_HEADER`] bytes. `Err` says what broke.
+/// (Quadratic in `data.len()`: meant for inputs of a few hundred bytes.)
+pub fn check_prefixes(data: &[u8], accept: ProxyVersion) -> Result<(), String> {
+    let mut verdict: Option<Parse> = None;
+    for k in 0..=data.len() {
+        let p = parse(&data[..k], accept);
+        match (&verdict, &p) {
+            (None, Parse::Incomplete) if k >= MAX_HEADER => {
+                return Err(format!("still incomplete at {k} bytes"))
+            }
+            (None, Parse::Incomplete) => {}
+            (None, Parse::Complete(h)) if h.len != k => {
+                return Err(format!("complete at {k} bytes but {} long", h.len))
+            }
+            (None, _) => verdict = Some(p),
+            // Invalid stays invalid (its reason may be told better later).
+            (Some(Parse::Invalid(_)), Parse::Invalid(_)) => {}
+            (Some(v), _) if *v != p => {
+                return Err(format!("verdict {v:?} became {p:?} at {k} bytes"))
+            }
+            (Some(_), _) => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -338,3 +338,39 @@ fn escaped_values_are_printable_and_bounded() {
     assert!(e.len() <= 4 * all.len());
     assert_eq!(escape_value(b"a b\\\n"), "a b\\\\\\x0a");
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Bytes that start like a header of either version often enough to
+    /// reach deep into both parsers.
+    fn input() -> impl Strategy<Value = Vec<u8>> {
+        let tail = proptest::collection::vec(any::<u8>(), 0..200);
+        let start = prop_oneof![
+            Just(Vec::new()),
+            Just(V1_PREFIX.to_vec()),
+            Just(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2".to_vec()),
+            Just(b"PROXY UNKNOWN".to_vec()),
+            Just(SIG.to_vec()),
+            Just(v2(0x21, 0x11, &[0; 12])[..16].to_vec()),
+            Just(v2(0x20, 0x00, &[])),
+        ];
+        (start, tail, any::<bool>()).prop_map(|(mut s, t, crlf)| {
+            s.extend(t);
+            if crlf {
+                s.extend_from_slice(b"\r\n");
+            }
+            s
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn verdicts_are_stable_and_incomplete_means_all_header(data in input()) {
+            for accept in [ProxyVersion::V1, ProxyVersion::V2, ProxyVersion::Any] {
+                prop_assert_eq!(check_prefixes(&data, accept), Ok(()));
+            }
+        }
+    }
+}

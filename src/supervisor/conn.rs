@@ -198,10 +198,12 @@ impl Supervisor {
     /// waits for its header first (`proxy`), any other is admitted now.
     fn serve(&mut self, svc_i: usize, conn: Conn, now: Instant) {
         self.services.accepted(svc_i);
+        if self.services.get(svc_i).svc.proxy.is_none() {
+            return self.admit(svc_i, conn, now);
+        }
         let svc = Arc::clone(&self.services.get(svc_i).svc);
-        match &svc.proxy {
-            Some(p) => self.hold_for_header(svc_i, conn, p, now),
-            None => self.admit(svc_i, conn, now),
+        if let Some(p) = &svc.proxy {
+            self.hold_for_header(svc_i, conn, p, now);
         }
     }
 

@@ -2,12 +2,12 @@
 //! and the end of the drain. The supervisor owns all mutable state
 //! (listeners, running handlers, the service table, the logger); its other
 //! jobs live beside this file: `conn` (accept, decide, spawn), `reap`
-//! (handlers ending, the start of the drain), `reload`, `status`, and
-//! `services` (the pure per-service state).
+//! (handlers ending, the start of the drain), `reload`, `status`, `proxy`
+//! (PROXY headers awaited), `services` (the pure per-service state).
 //!
 //! Each turn: poll (timeout = the nearest deadline, no periodic wake-ups)
-//! → read the signalfd and act on it → on SIGCHLD, reap every
-//! exited child → fire due deadlines → accept, with a budget per listener so
+//! → read the signalfd and act on it → on SIGCHLD, reap every exited child
+//! → fire due deadlines → PROXY headers → accept, with a budget per listener so
 //! one busy port cannot starve the others. A service at capacity simply has
 //! its listeners left out of the poll set: the kernel backlog holds its
 //! clients and nothing is dropped.

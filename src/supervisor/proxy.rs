@@ -153,7 +153,11 @@ impl Pending {
                 Step::Wait
             }
             Parse::Complete(h) => {
-                if let Err(why) = take(fd, &mut scratch[have..h.len]) {
+                // The bytes taken were an incomplete header: it is longer.
+                let Some(rest) = scratch.get_mut(have..h.len) else {
+                    return Step::Refuse("header shorter than the bytes taken".into());
+                };
+                if let Err(why) = take(fd, rest) {
                     return Step::Refuse(why);
                 }
                 let proxy = self.conn.peer;
@@ -239,17 +243,18 @@ impl Supervisor {
                 .map(|(id, _)| *id),
         );
         for id in due.drain(..) {
-            let step = match self.proxies.pending.get(&id).map(|p| &p.phase) {
-                Some(Phase::Local) => Step::Admit,
-                Some(Phase::Header(_)) => {
-                    let t = self.proxies.pending[&id].service.proxy.as_ref();
-                    let t = t.map_or(std::time::Duration::ZERO, |p| p.timeout);
-                    Step::Refuse(format!(
-                        "no complete header within {}",
-                        humantime::format_duration(t)
-                    ))
-                }
-                None => continue,
+            let Some(p) = self.proxies.pending.get(&id) else {
+                continue;
+            };
+            let step = match (&p.phase, &p.service.proxy) {
+                // A LOCAL connection that neither spoke nor closed: it may
+                // expect the server to speak first.
+                (Phase::Local, _) => Step::Admit,
+                (Phase::Header(_), Some(proxy)) => Step::Refuse(format!(
+                    "no complete header within {}",
+                    humantime::format_duration(proxy.timeout)
+                )),
+                (Phase::Header(_), None) => Step::Refuse("no complete header in time".into()),
             };
             self.finish_header(id, step, now);
         }
