@@ -485,6 +485,43 @@ fn a_flood_of_idle_connections_is_bounded_and_cleaned_up() {
     assert!(d.try_exit().is_none());
 }
 
+#[test]
+fn a_reload_applies_the_keys_to_new_connections_and_keeps_counting_pending_headers() {
+    let (mut d, _record) = start("", "max_instances = 1");
+    let addr = d.addr("p");
+    // Without proxy_protocol a header is just the client's data.
+    let (reply, _) = exchange(addr, "127.0.0.1", b"PROXY UNKNOWN\r\n");
+    assert!(reply.ends_with(b"\nPROXY UNKNOWN\r\n"), "{reply:?}");
+    let keys = "max_instances = 1\nproxy_protocol = \"v1\"\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_timeout = \"1500ms\"";
+    d.rewrite(&format!(
+        "{DAEMON}\n[[service]]\nname = \"p\"\nlisten = [\"127.0.0.1:{{port:p}}\"]\nprogram = \"proxyenv.sh\"\n{keys}\n"
+    ));
+    reload(&mut d);
+    // An idle connection holds the one instance, across another reload.
+    let idle = connect(addr);
+    assert!(
+        d.wait_log(
+            "paused service=p reason=max_instances",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+    let t0 = Instant::now();
+    reload(&mut d);
+    let mut msg = v1("192.0.2.7:51000", "198.51.100.1:443");
+    msg.extend_from_slice(b"after\n");
+    let (reply, _) = exchange(addr, "127.0.0.1", &msg);
+    assert!(reply.starts_with(b"remote=192.0.2.7:51000 "), "{reply:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(800),
+        "served after {:?}, while the idle header still held the instance",
+        t0.elapsed()
+    );
+    assert_eq!(d.log_lines("reason=proxy_header").len(), 1, "{}", d.log());
+    drop(idle);
+}
+
 /// A real HAProxy (`/usr/sbin/haproxy`, Debian package `haproxy`) in
 /// front of two daemons on 127.0.0.2 and 127.0.0.3: one frontend with a
 /// `send-proxy` (v1) backend, one with a `send-proxy-v2` backend whose
