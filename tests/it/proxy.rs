@@ -469,7 +469,13 @@ fn a_flood_of_idle_connections_is_bounded_and_cleaned_up() {
         most <= idle_fds + 50 + 2,
         "held {most} descriptors, idle {idle_fds}, max_connections 50"
     );
-    assert!(wait_until(Duration::from_secs(5), || fds() == idle_fds));
+    assert!(
+        // At most: the count just after the start may hold one descriptor
+        // the daemon closes later, whatever the proxy does.
+        wait_until(Duration::from_secs(5), || fds() <= idle_fds),
+        "{} descriptors, {idle_fds} when idle",
+        fds()
+    );
     d.signal(nix::sys::signal::Signal::SIGUSR1);
     assert!(
         d.wait_log(&format!("refused={n} "), Duration::from_secs(5)),
