@@ -528,6 +528,53 @@ fn a_reload_applies_the_keys_to_new_connections_and_keeps_counting_pending_heade
     drop(idle);
 }
 
+#[test]
+fn sigterm_still_serves_a_header_being_read_and_a_second_one_drops_it() {
+    let (mut d, _record) = start("", V1_KEYS);
+    let addr = d.addr("p");
+    let header = v1("192.0.2.7:51000", "198.51.100.1:443");
+    let mut s = connect(addr);
+    s.write_all(&header[..10]).expect("write");
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        d.wait_log("info: stopping ", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    // The listener is closed; the header in progress is finished and served.
+    assert!(TcpStream::connect(addr).is_err(), "still listening");
+    s.write_all(&header[10..]).expect("write");
+    s.write_all(b"bye\n").expect("write");
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    let reply = read_until_closed(&mut s);
+    assert!(reply.starts_with(b"remote=192.0.2.7:51000 "), "{reply:?}");
+    assert!(reply.ends_with(b"\nbye\n"), "{reply:?}");
+    assert!(d
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|st| st.success()));
+
+    // A second SIGTERM stops waiting for headers.
+    let (mut d, _record) = start("", &format!("{V1_KEYS}\nproxy_timeout = \"60s\""));
+    let mut s = connect(d.addr("p"));
+    s.write_all(&header[..10]).expect("write");
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(d.wait_log("info: stopping ", Duration::from_secs(5)));
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(5))
+            .is_some_and(|st| st.success()),
+        "{}",
+        d.log()
+    );
+    assert_eq!(read_until_closed(&mut s), b"");
+    assert_eq!(
+        d.log_lines("proxy-dropped service=p conn=1 ").len(),
+        1,
+        "{}",
+        d.log()
+    );
+}
+
 /// A real HAProxy (`/usr/sbin/haproxy`, Debian package `haproxy`) in
 /// front of two daemons on 127.0.0.2 and 127.0.0.3: one frontend with a
 /// `send-proxy` (v1) backend, one with a `send-proxy-v2` backend whose
