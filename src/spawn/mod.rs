@@ -134,8 +134,9 @@
 //! argv, the service's environment, credentials, the limits, nice and
 //! `no_new_privs` (`plan::Hardening`), the list of signals to reset — is
 //! built at load time; only the connection's own variables
-//! (`TCPREMOTEIP` and friends) are formatted per connection, into the
-//! slot's reused buffers. What the daemon is still charged for is mostly
+//! (`TCPREMOTEIP` and friends, and behind a proxy `TINYINETD_PROXY_*`
+//! from [`Conn::proxy`]) are formatted per connection, into the slot's
+//! reused buffers. What the daemon is still charged for is mostly
 //! the kernel's work in `clone` and in reaping; BENCHMARKS.md compares it
 //! with a bare vfork+exec+wait loop.
 //!

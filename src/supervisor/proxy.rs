@@ -296,6 +296,7 @@ impl Supervisor {
                 .kv("service", &p.service.name)
                 .kv("conn", p.conn.id)
                 .kv("peer", p.conn.peer)
+                .opt("proxy", p.conn.proxy.as_ref().map(|x| x.addr))
                 .kv("how", how)
                 .send(),
         }
