@@ -211,7 +211,7 @@ fn a_v2_local_header_keeps_the_connections_own_addresses() {
 }
 
 #[test]
-fn a_local_health_check_that_closes_starts_no_handler() {
+fn a_local_check_that_closes_starts_no_handler_a_silent_one_waits_for_the_deadline() {
     let (d, record) = start(
         "",
         "proxy_protocol = \"v2\"\ntrusted_proxies = [\"127.0.0.1\"]",
@@ -232,6 +232,27 @@ fn a_local_health_check_that_closes_starts_no_handler() {
     );
     assert_eq!(starts(&record), Vec::<String>::new());
     assert!(d.log_lines("refused").is_empty(), "{}", d.log());
+
+    // One that stays open and silent (a check waiting for the server to
+    // speak first) is served at proxy_timeout, as itself.
+    let (d, _record) = start(
+        "",
+        "proxy_protocol = \"v2\"\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_timeout = \"300ms\"",
+    );
+    let t0 = Instant::now();
+    let mut s = connect(d.addr("p"));
+    let me = s.local_addr().expect("addr");
+    s.write_all(&v2_raw(0x20, 0x00, &[])).expect("write");
+    let mut line = [0u8; 7];
+    s.read_exact(&mut line).expect("served");
+    assert_eq!(&line, b"remote=");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(d.wait_log("start service=p conn=1 pid=", Duration::from_secs(5)));
+    assert!(d.log_lines("start service=p conn=1 ")[0].contains(&format!("peer={me} proxy={me}")));
 }
 
 #[test]
