@@ -31,6 +31,11 @@ pub enum Reason {
     Allow,
     /// The peer's source prefix already has `max_per_source` handlers.
     MaxPerSource,
+    /// `proxy_protocol`: the peer is not one of `trusted_proxies` (refused
+    /// before a byte is read).
+    UntrustedProxy,
+    /// `proxy_protocol`: no valid header, or none within `proxy_timeout`.
+    ProxyHeader,
 }
 
 impl Reason {
@@ -39,6 +44,8 @@ impl Reason {
             Reason::Deny => "deny",
             Reason::Allow => "allow",
             Reason::MaxPerSource => "max_per_source",
+            Reason::UntrustedProxy => "untrusted_proxy",
+            Reason::ProxyHeader => "proxy_header",
         }
     }
 }
@@ -187,9 +194,10 @@ impl Pause {
 /// What [`capacity`] needs to know about the daemon and the service.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
-    /// Handlers of this service running.
+    /// Handlers of this service running, and its connections whose PROXY
+    /// header is being read (each becomes a handler or is closed).
     pub running: usize,
-    /// Handlers of all services running.
+    /// The same for all services together.
     pub total: usize,
     /// The daemon's `max_connections`.
     pub max_connections: usize,

@@ -34,6 +34,7 @@
 //! the unit's cgroup.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,8 @@ pub struct Child {
     pub conn_id: u64,
     /// The client, for the `exit` line.
     pub peer: Client,
+    /// The proxy the connection came through, if any (`proxy=`).
+    pub proxy: Option<SocketAddr>,
     /// The `max_per_source` slot it holds, released when it is reaped.
     pub source: Source,
     /// When it was started, for `duration_ms` and the exec back-off.

@@ -21,6 +21,7 @@ pub mod listen;
 pub mod log;
 pub mod notify;
 pub mod plan;
+pub mod proxy_header;
 pub mod report;
 pub mod resolver;
 pub mod signals;

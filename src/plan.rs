@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+mod peer;
 mod sock;
 
+pub use peer::{Client, Source};
 pub use sock::{Keepalive, Protocol, SockOpts, UnixName, DEFAULT_BACKLOG, MAX_NAME};
 
 /// Where the daemon writes its log lines.
@@ -210,79 +212,6 @@ impl fmt::Display for Endpoint {
             Endpoint::Tcp(a) => write!(f, "{a}"),
             Endpoint::Unix(n) => write!(f, "{n}"),
             Endpoint::Udp(a) => write!(f, "{a}/udp"),
-        }
-    }
-}
-
-/// Who is at the other end of a connection, as the handler's environment
-/// and the log lines tell it. New kinds of connection are new variants.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Client {
-    /// An IP connection: the client's address and the one it connected to.
-    Inet {
-        /// `TCPREMOTEIP`, `TCPREMOTEPORT`.
-        peer: SocketAddr,
-        /// `TCPLOCALIP`, `TCPLOCALPORT`.
-        local: SocketAddr,
-    },
-    /// A wait service's handler: it gets the socket itself (`Endpoint`),
-    /// serves whoever comes, and has no per-client variables; its
-    /// environment has `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`
-    /// instead.
-    Listener(Endpoint),
-    /// A Unix stream connection: the peer's credentials as the kernel
-    /// recorded them at connect (`SO_PEERCRED`), and the socket it
-    /// connected to.
-    Unix {
-        /// `UNIXREMOTEPID`.
-        pid: i32,
-        /// `UNIXREMOTEUID`; also what `max_per_source` counts by.
-        uid: u32,
-        /// `UNIXREMOTEGID`.
-        gid: u32,
-        /// The listening socket: `UNIXLOCALPATH` (see [`Client::local_path`]).
-        path: UnixName,
-    },
-}
-
-impl Client {
-    /// `UNIXLOCALPATH` of a Unix connection: the socket's path, or for an
-    /// abstract socket `@` and its name, as written after `unix:` (an
-    /// abstract name has no path; the `@` form is what `ss` shows and what
-    /// the file said, and it cannot be mistaken for a path, which is
-    /// absolute).
-    pub fn local_path(&self) -> Option<String> {
-        match self {
-            Client::Unix { path, .. } => Some(match path {
-                UnixName::Path(p) => p.display().to_string(),
-                UnixName::Abstract(n) => format!("@{}", String::from_utf8_lossy(n)),
-            }),
-            Client::Inet { .. } | Client::Listener(_) => None,
-        }
-    }
-}
-
-/// What `max_per_source` counts by (`admit::decide`): one key per kind of
-/// client, so TCP and Unix connections go through the one decision and
-/// the one count. Here, not in `admit`, because a running handler
-/// (`children::Child`) holds the key it was counted under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// An IP client's source prefix (`source_prefix_v4`/`_v6`).
-    Net(IpNet),
-    /// A Unix client's user id (`SO_PEERCRED`), SPEC §10.4.
-    Uid(u32),
-}
-
-/// The `peer=` of log lines: `-` for a wait handler, which has no one
-/// client.
-impl fmt::Display for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Client::Inet { peer, .. } => write!(f, "{peer}"),
-            // One token, no spaces and no `=`: `peer=uid:1000/gid:1000/pid:4242`.
-            Client::Unix { pid, uid, gid, .. } => write!(f, "uid:{uid}/gid:{gid}/pid:{pid}"),
-            Client::Listener(_) => f.write_str("-"),
         }
     }
 }
@@ -496,7 +425,49 @@ pub struct Service {
     /// `wait = true`: each socket is handed to one handler, which serves
     /// it until it exits, instead of a handler per connection (SPEC §10.5).
     pub wait: bool,
+    /// `proxy_protocol` and its keys (SPEC §10.6); `None`: connections
+    /// are taken as they come, no header is read.
+    pub proxy: Option<Proxy>,
 }
+
+/// The PROXY protocol versions a service reads (`proxy_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// `"v1"`: the text line only.
+    V1,
+    /// `"v2"`: the binary header only.
+    V2,
+    /// `"any"`: either, told apart by its first bytes.
+    Any,
+}
+
+impl ProxyVersion {
+    /// The key's value as written in the file and shown by `--check`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+            ProxyVersion::Any => "any",
+        }
+    }
+}
+
+/// A service behind a load balancer: every connection starts with a PROXY
+/// protocol header from one of `trusted`, which names the real client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proxy {
+    /// Which header versions are accepted.
+    pub version: ProxyVersion,
+    /// `trusted_proxies`: a connection from anywhere else is refused
+    /// before a byte of it is read (never empty).
+    pub trusted: Vec<IpNet>,
+    /// `proxy_timeout`: a header not complete by then is refused.
+    pub timeout: Duration,
+}
+
+/// `proxy_timeout`'s default: the PROXY protocol specification asks for
+/// at least 3 s, to cover a TCP retransmission.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `stderr` key: what a handler's fd 2 is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

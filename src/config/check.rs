@@ -177,26 +177,12 @@ impl<'t> Checker<'t> {
         (daemon_table, service_array)
     }
 
-    pub(super) fn unknown_key(
-        &mut self,
-        key: &Spanned<Cow<'_, str>>,
-        ctx: &str,
-        known: &[&str],
-        reserved: &[&str],
-    ) {
+    /// A key that is not one of `known`: an error with the nearest known
+    /// key as a hint.
+    pub(super) fn unknown_key(&mut self, key: &Spanned<Cow<'_, str>>, ctx: &str, known: &[&str]) {
         let k = key.get_ref().as_ref();
-        if reserved.contains(&k) {
-            self.problem(
-                key.span(),
-                ctx,
-                format!(
-                    "key \"{k}\" is reserved for a later version and not supported by this one"
-                ),
-            );
-        } else {
-            let hint = suggest(k, known);
-            self.problem(key.span(), ctx, format!("unknown key \"{}\"{hint}", esc(k)));
-        }
+        let hint = suggest(k, known);
+        self.problem(key.span(), ctx, format!("unknown key \"{}\"{hint}", esc(k)));
     }
 
     pub(super) fn string<'v>(&mut self, v: &'v Value<'_>, ctx: &str, key: &str) -> Option<&'v str> {

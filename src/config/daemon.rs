@@ -21,9 +21,6 @@ pub(super) const DAEMON_KEYS: &[&str] = &[
     "control_group",
 ];
 
-/// Keys reserved for later work: refused with a message that says so.
-const RESERVED_DAEMON_KEYS: &[&str] = &[];
-
 /// Every message about the table has this context.
 const CTX: &str = "daemon";
 
@@ -54,7 +51,7 @@ impl Checker<'_> {
                     control_group_set = true;
                     self.control_group(value, &mut d, sys);
                 }
-                _ => self.unknown_key(key, CTX, DAEMON_KEYS, RESERVED_DAEMON_KEYS),
+                _ => self.unknown_key(key, CTX, DAEMON_KEYS),
             }
         }
         // A daemon that is not root cannot give its socket to group root:

@@ -111,6 +111,15 @@ fn service(out: &mut String, s: &Service) {
     if s.wait {
         out.push_str(" wait=true");
     }
+    if let Some(p) = &s.proxy {
+        let _ = write!(
+            out,
+            " proxy_protocol={} trusted_proxies={} proxy_timeout={}",
+            p.version.as_str(),
+            nets(&p.trusted).unwrap_or_default(),
+            humantime::format_duration(p.timeout)
+        );
+    }
 }
 
 /// The socket keys (SPEC §10.3, §10.4), after every older field, each only
@@ -226,6 +235,20 @@ mod tests {
             all.ends_with(" enabled nice=-3 no_new_privs=false rlimit_nofile=64 rlimit_core=0 rlimit_as=infinity rlimit_cpu=90s stderr=socket"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn the_proxy_keys_come_last_when_set() {
+        let text = "[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:9000\"]\nprogram = \"/bin/sh\"\nproxy_protocol = \"v2\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n";
+        let plan = config::parse(Path::new("t.toml"), text, &config::RealSystem).expect("valid");
+        let out = describe(&plan);
+        assert!(
+            out.lines().next().unwrap_or_default().ends_with(
+                " stderr=socket proxy_protocol=v2 trusted_proxies=10.0.0.0/8,::1/128 proxy_timeout=5s"
+            ),
+            "{out}"
+        );
+        assert!(!describe(&plan_of(1)).contains("proxy"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod fields;
 mod hardening;
 mod include;
 mod lookups;
+mod proxy;
 mod resolve;
 mod service;
 mod sockopt;

@@ -10,6 +10,7 @@ use toml::de::{DeTable, DeValue};
 use super::check::{esc, Checker, Value};
 use super::fields::{check_env_name, parse_listen, valid_name};
 use super::hardening::HARDENING_KEYS;
+use super::proxy::{ProxyDraft, PROXY_KEYS};
 use super::resolve::{exec_image, resolve_program};
 use super::sockopt::{SockDraft, SOCKOPT_KEYS};
 use super::wait::{handover_env, Written};
@@ -61,12 +62,10 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "socket_group",
     "protocol",
     "wait",
+    "proxy_protocol",
+    "trusted_proxies",
+    "proxy_timeout",
 ];
-
-/// Keys reserved for later versions (tinyinetd.toml(5), README.md). They are refused
-/// with a message that says so, rather than accepted and ignored: a
-/// setting that silently does nothing is worse than an error.
-const RESERVED_SERVICE_KEYS: &[&str] = &["proxy_protocol", "trusted_proxies"];
 
 /// A validated service with the spans that cross-service checks point at.
 pub(super) struct Checked {
@@ -117,6 +116,8 @@ struct Draft {
     protocol: Written<Protocol>,
     /// `wait`, with where it was written (`wait.rs`).
     wait: Written<bool>,
+    /// `proxy_protocol` and its partner keys, as written.
+    proxy: ProxyDraft,
     /// False once a required part is unusable: the service is not built.
     ok: bool,
 }
@@ -142,6 +143,7 @@ impl Draft {
             sock: SockDraft::default(),
             protocol: (Protocol::Tcp, None),
             wait: (false, None),
+            proxy: ProxyDraft::default(),
             ok: true,
         }
     }
@@ -229,11 +231,15 @@ impl Checker<'_> {
                 "stderr" => self.stderr(value, &mut d),
                 "protocol" => d.protocol = self.protocol(value, &ctx).unwrap_or(d.protocol),
                 "wait" => d.wait = self.wait(value, &ctx).unwrap_or(d.wait),
+                k if PROXY_KEYS.contains(&k) => {
+                    d.sock.saw(k, key.span());
+                    self.proxy_key(key, value, &ctx, &mut d.proxy);
+                }
                 k if HARDENING_KEYS.contains(&k) => {
                     self.hardening(k, value, &ctx, &mut d.hardening, identity_uid)
                 }
                 k if SOCKOPT_KEYS.contains(&k) => self.sockopt(k, value, &ctx, &mut d.sock),
-                _ => self.unknown_key(key, &ctx, SERVICE_KEYS, RESERVED_SERVICE_KEYS),
+                _ => self.unknown_key(key, &ctx, SERVICE_KEYS),
             }
         }
         let ctx = d.ctx.clone();
@@ -482,12 +488,13 @@ impl Checker<'_> {
     /// another part failed), then builds the service if every part is usable.
     fn build(
         &mut self,
-        d: Draft,
+        mut d: Draft,
         span: Range<usize>,
         daemon: &Daemon,
         sys: &dyn System,
         identity_uid: u32,
     ) -> Option<Checked> {
+        let proxy = self.proxy_done(std::mem::take(&mut d.proxy), &d.ctx);
         let resolved = d.program.as_ref().and_then(|(p, pspan)| {
             let mode = trust::Mode::for_euid(identity_uid);
             match resolve_program(p, &daemon.handler_dir, sys, mode) {
@@ -542,6 +549,7 @@ impl Checker<'_> {
                 sockopts: d.sock.opts,
                 protocol: d.protocol.0,
                 wait: d.wait.0,
+                proxy,
             },
             name_span,
             listen_spans,

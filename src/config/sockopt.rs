@@ -46,6 +46,9 @@ const IP_ONLY: &[&str] = &[
     "reuse_port",
     "free_bind",
     "bind_device",
+    "proxy_protocol",
+    "trusted_proxies",
+    "proxy_timeout",
 ];
 
 /// Keys about a socket file: an error without a `unix:/PATH` address.

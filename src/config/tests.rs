@@ -430,12 +430,56 @@ fn env_may_not_redefine_connection_variables() {
 }
 
 #[test]
-fn reserved_keys_are_refused_not_ignored() {
-    let e = errors(&format!("{MINIMAL}trusted_proxies = []\n"));
+fn an_unknown_key_is_refused_with_the_nearest_one() {
+    let e = errors(&format!("{MINIMAL}proxy_protocl = \"v1\"\n"));
     assert!(
-        e.contains("key \"trusted_proxies\" is reserved for a later version"),
+        e.contains("unknown key \"proxy_protocl\"") && e.contains("proxy_protocol"),
         "{e}"
     );
+}
+
+#[test]
+fn the_proxy_keys_are_read_and_checked() {
+    let plan = check(
+        &format!("{MINIMAL}proxy_protocol = \"any\"\ntrusted_proxies = [\"10.0.0.0/8\"]\nproxy_timeout = \"300ms\"\n"),
+        0,
+    )
+    .expect("valid");
+    let p = plan.services[0].proxy.as_ref().expect("proxy");
+    assert_eq!(p.version, crate::plan::ProxyVersion::Any);
+    assert_eq!(
+        p.trusted,
+        vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+    );
+    assert_eq!(p.timeout, std::time::Duration::from_millis(300));
+    let p = check(
+        &format!("{MINIMAL}proxy_protocol = \"v1\"\ntrusted_proxies = [\"::1\"]\n"),
+        0,
+    )
+    .expect("valid");
+    assert_eq!(
+        p.services[0].proxy.as_ref().map(|p| p.timeout),
+        Some(crate::plan::DEFAULT_PROXY_TIMEOUT)
+    );
+    assert!(check(MINIMAL, 0).expect("valid").services[0]
+        .proxy
+        .is_none());
+    let cases = [
+        ("proxy_protocol = \"v1\"\n", "9:1: service \"echo\": \"proxy_protocol\" needs \"trusted_proxies\""),
+        ("trusted_proxies = [\"::1\"]\n", "9:1: service \"echo\": \"trusted_proxies\" has no effect without \"proxy_protocol\""),
+        ("proxy_timeout = \"1s\"\n", "9:1: service \"echo\": \"proxy_timeout\" has no effect without \"proxy_protocol\""),
+        ("proxy_protocol = \"v3\"\ntrusted_proxies = [\"::1\"]\n", "9:18: service \"echo\": \"proxy_protocol\" must be \"v1\", \"v2\" or \"any\", not \"v3\""),
+        ("proxy_protocol = \"v2\"\ntrusted_proxies = []\n", "10:1: service \"echo\": \"trusted_proxies\" needs at least one address or CIDR"),
+        ("proxy_protocol = \"v2\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "10:20: service \"echo\": \"trusted_proxies\": "),
+        ("proxy_protocol = \"v2\"\ntrusted_proxies = [\"::1\"]\nproxy_timeout = \"101d\"\n", "11:17: service \"echo\": "),
+        ("proxy_protocol = \"v2\"\ntrusted_proxies = [\"::1\"]\nproxy_timeout = \"0s\"\n", "11:17: service \"echo\": "),
+        ("proxy_protocol = 2\ntrusted_proxies = [\"::1\"]\n", "9:18: service \"echo\": \"proxy_protocol\" must be a string"),
+    ];
+    for (keys, want) in cases {
+        let e = errors(&format!("{MINIMAL}{keys}"));
+        assert!(e.contains(want), "{keys}: {e}");
+        assert!(!e.contains("reserved"), "{e}");
+    }
 }
 
 #[test]

@@ -24,7 +24,16 @@ pub(super) type Written<T> = (T, Option<Range<usize>>);
 
 /// The keys that judge or count clients one by one: meaningless for a
 /// wait service, whose clients the daemon never sees.
-const NOT_FOR_WAIT: &[&str] = &["allow", "deny", "max_per_source", "max_rate"];
+/// (A PROXY header comes with each connection: none for the daemon to read.)
+const NOT_FOR_WAIT: &[&str] = &[
+    "allow",
+    "deny",
+    "max_per_source",
+    "max_rate",
+    "proxy_protocol",
+    "trusted_proxies",
+    "proxy_timeout",
+];
 
 /// The socket keys that only a TCP listener has: an error on a UDP
 /// service (its socket does not listen or accept).
@@ -264,6 +273,20 @@ mod tests {
         let e = unix("wait = true\n");
         assert!(
             e.contains(":5:") && e.contains("not supported on a Unix socket"),
+            "{e}"
+        );
+        let proxy = "proxy_protocol = \"v2\"\ntrusted_proxies = [\"127.0.0.1\"]\n";
+        let e = unix(proxy);
+        assert!(
+            e.contains(":5:") && e.contains("does not apply to a Unix socket"),
+            "{e}"
+        );
+        let e = parse(&service(&format!(
+            "protocol = \"udp\"\nwait = true\n{proxy}"
+        )))
+        .unwrap_err();
+        assert!(
+            e.contains(":7:") && e.contains("cannot be used with \"wait = true\""),
             "{e}"
         );
     }

@@ -140,8 +140,9 @@
 //! argv, the service's environment, credentials, the limits, nice and
 //! `no_new_privs` (`plan::Hardening`), the list of signals to reset — is
 //! built at load time; only the connection's own variables
-//! (`TCPREMOTEIP` and friends) are formatted per connection, into the
-//! slot's reused buffers. What the daemon is still charged for is mostly
+//! (`TCPREMOTEIP` and friends, and behind a proxy `TINYINETD_PROXY_*`
+//! from [`Conn::proxy`]) are formatted per connection, into the slot's
+//! reused buffers. What the daemon is still charged for is mostly
 //! the kernel's work in `clone` and in reaping; BENCHMARKS.md compares it
 //! with a bare vfork+exec+wait loop.
 //!
@@ -177,6 +178,7 @@ pub use fd::{
 };
 use slot::{ChildArgs, Slot, SlotData};
 pub use slot::{Failure, Step};
+use std::net::SocketAddr;
 
 /// One accepted connection, ready to hand to a handler.
 pub struct Conn {
@@ -192,6 +194,21 @@ pub struct Conn {
     /// a pipe's write end; `"null"`: `/dev/null`). Borrowed: the caller
     /// owns it and closes its copy once `spawn` has returned.
     pub err: Option<RawFd>,
+    /// The proxy the connection came through (`proxy_protocol`): `peer`
+    /// and `local` are then the original client and destination. Boxed,
+    /// so a connection without a proxy costs one word and no allocation.
+    pub proxy: Option<Box<Proxied>>,
+}
+
+/// What a PROXY protocol header told about a connection, beyond the
+/// client's and destination's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxied {
+    /// The proxy itself: the connection's own peer
+    /// (`TINYINETD_PROXY_IP`, `TINYINETD_PROXY_PORT`).
+    pub addr: SocketAddr,
+    /// The exported v2 TLVs: (variable, escaped and bounded value).
+    pub vars: Vec<(&'static str, String)>,
 }
 
 /// Why a child could not be started at all (nothing was cloned).
@@ -550,5 +567,12 @@ fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) -> Option<usize>
         }
     }
     var(o, v, "TINYINETD_CONN_ID", &conn.id);
+    if let Some(p) = &conn.proxy {
+        var(o, v, "TINYINETD_PROXY_IP", &p.addr.ip().to_canonical());
+        var(o, v, "TINYINETD_PROXY_PORT", &p.addr.port());
+        for (name, value) in &p.vars {
+            var(o, v, name, value);
+        }
+    }
     pid_at
 }

@@ -30,6 +30,7 @@ fn fixture(program: &str) -> (Arc<Service>, Conn, UnixStream) {
         },
         id: 1,
         err: None,
+        proxy: None,
     };
     (Arc::new(svc), conn, ours)
 }
@@ -180,6 +181,41 @@ fn the_child_runs_on_the_connection_with_its_variables() {
     assert_eq!(spawner.take_failure(pid), None);
 }
 
+/// A proxied connection adds the proxy's variables after the others; one
+/// without a proxy has none of them.
+#[test]
+fn the_proxy_variables_follow_the_connections() {
+    let (_svc, mut conn, _peer) = fixture("/bin/sh");
+    let (mut v, mut o) = (Vec::new(), Vec::new());
+    let vars = |v: &[u8], o: &[usize]| -> Vec<String> {
+        o.iter()
+            .map(|&i| {
+                let end = v[i..].iter().position(|&b| b == 0).expect("NUL");
+                String::from_utf8_lossy(&v[i..i + end]).into_owned()
+            })
+            .collect()
+    };
+    build_vars(&mut v, &mut o, &conn);
+    assert!(!vars(&v, &o)
+        .iter()
+        .any(|s| s.starts_with("TINYINETD_PROXY")));
+    conn.proxy = Some(Box::new(Proxied {
+        addr: "[::ffff:10.0.0.1]:4000".parse().expect("addr"),
+        vars: vec![("TINYINETD_PROXY_AUTHORITY", "example.org".into())],
+    }));
+    build_vars(&mut v, &mut o, &conn);
+    let all = vars(&v, &o);
+    assert_eq!(
+        all[all.len() - 3..],
+        [
+            "TINYINETD_PROXY_IP=10.0.0.1",
+            "TINYINETD_PROXY_PORT=4000",
+            "TINYINETD_PROXY_AUTHORITY=example.org"
+        ]
+    );
+    assert_eq!(all[0], "TCPREMOTEIP=127.0.0.1");
+}
+
 /// Past the warm slots, a busy pool makes the supervisor wait a moment,
 /// and grows only when every slot has stayed busy for `GROW_AFTER`.
 #[test]
@@ -328,6 +364,7 @@ fn a_wait_handler_gets_its_own_pid_and_the_socket_on_fd_3() {
         )),
         id: 7,
         err: None,
+        proxy: None,
     };
     let mut spawner = Spawner::new();
     let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");

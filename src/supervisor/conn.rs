@@ -135,7 +135,7 @@ impl Supervisor {
 
     /// Whether service `svc_i` has capacity and a spawn slot is free.
     pub(super) fn may_accept(&mut self, svc_i: usize, now: Instant) -> bool {
-        let total = self.children.len();
+        let total = self.children.len() + self.proxies.len();
         let max = self.plan.daemon.max_connections;
         if self.services.capacity(svc_i, total, max, now).is_some() {
             return false;
@@ -218,6 +218,7 @@ impl Supervisor {
             client,
             id,
             err: None,
+            proxy: None,
         })
     }
 
@@ -244,9 +245,22 @@ impl Supervisor {
         }
     }
 
-    /// Admits or refuses one accepted connection, and spawns its handler.
-    fn serve(&mut self, svc_i: usize, mut conn: Conn, now: Instant) {
+    /// Takes one accepted connection on: a `proxy_protocol` service's
+    /// waits for its header first (`proxy`), any other is admitted now.
+    fn serve(&mut self, svc_i: usize, conn: Conn, now: Instant) {
         self.services.accepted(svc_i);
+        if self.services.get(svc_i).svc.proxy.is_none() {
+            return self.admit(svc_i, conn, now);
+        }
+        let svc = Arc::clone(&self.services.get(svc_i).svc);
+        if let Some(p) = &svc.proxy {
+            self.hold_for_header(svc_i, conn, p, now);
+        }
+    }
+
+    /// Admits or refuses a connection by its client (the original one,
+    /// behind a proxy), and spawns its handler.
+    pub(super) fn admit(&mut self, svc_i: usize, mut conn: Conn, now: Instant) {
         let st = self.services.get(svc_i);
         // Wait handlers are started by `hand_over`, never here.
         if matches!(conn.client, Client::Listener(_)) {
@@ -256,7 +270,7 @@ impl Supervisor {
             match admit::decide(&st.svc.access, &st.svc.limits, &st.per_source, &conn.client) {
                 Decision::Admit(source) => source,
                 Decision::Refuse(reason) => {
-                    self.log_refusal(svc_i, &conn, reason, now);
+                    self.log_refusal(svc_i, &conn, reason, None, now);
                     return; // dropping `conn` closes it: no fork happened
                 }
             };
@@ -280,6 +294,7 @@ impl Supervisor {
                     .kv("conn", conn.id)
                     .kv("pid", pid)
                     .kv("peer", &conn.client)
+                    .opt("proxy", proxy_of(&conn))
                     .send();
                 self.insert_child(svc, &conn, pid, source, now);
             }
@@ -291,6 +306,7 @@ impl Supervisor {
                     .kv("service", &svc.name)
                     .kv("conn", conn.id)
                     .kv("peer", &conn.client)
+                    .opt("proxy", proxy_of(&conn))
                     .kv("error", e)
                     .kv("retry_ms", delay.as_millis())
                     .send();
@@ -329,6 +345,7 @@ impl Supervisor {
                         .kv("service", &svc.name)
                         .kv("conn", conn.id)
                         .kv("peer", &conn.client)
+                        .opt("proxy", proxy_of(conn))
                         .kv("error", crate::text::os_error(e))
                         .kv("retry_ms", delay.as_millis())
                         .send();
@@ -379,6 +396,7 @@ impl Supervisor {
             service,
             conn_id: conn.id,
             peer: conn.client.clone(),
+            proxy: proxy_of(conn),
             source,
             started: now,
             term_at,
@@ -387,7 +405,16 @@ impl Supervisor {
         });
     }
 
-    fn log_refusal(&mut self, svc_i: usize, conn: &Conn, reason: Reason, now: Instant) {
+    /// Counts a refusal and logs it (within the refusal lines' rate),
+    /// with what was wrong when there is more to say than the reason.
+    pub(super) fn log_refusal(
+        &mut self,
+        svc_i: usize,
+        conn: &Conn,
+        reason: Reason,
+        error: Option<&str>,
+        now: Instant,
+    ) {
         let log = self.services.refused(svc_i, reason, now);
         let name = &self.services.get(svc_i).svc.name;
         if let Some(count) = log.summary {
@@ -403,10 +430,17 @@ impl Supervisor {
                 .kv("service", name)
                 .kv("conn", conn.id)
                 .kv("peer", &conn.client)
+                .opt("proxy", proxy_of(conn))
                 .kv("reason", reason)
+                .opt("error", error)
                 .send();
         }
     }
+}
+
+/// The proxy a connection came through, for the `proxy=` of its lines.
+fn proxy_of(conn: &Conn) -> Option<SocketAddr> {
+    conn.proxy.as_ref().map(|p| p.addr)
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ impl Supervisor {
             client: Client::Listener(addr.clone()),
             id,
             err: None,
+            proxy: None,
         };
         let Ok(pipe) = self.stderr_for(svc_i, &svc, &mut conn, now) else {
             set_nonblocking(&conn.stream);

@@ -2,12 +2,12 @@
 //! and the end of the drain. The supervisor owns all mutable state
 //! (listeners, running handlers, the service table, the logger); its other
 //! jobs live beside this file: `conn` (accept, decide, spawn), `reap`
-//! (handlers ending, the start of the drain), `reload`, `status`, and
-//! `services` (the pure per-service state).
+//! (handlers ending, the start of the drain), `reload`, `status`, `proxy`
+//! (PROXY headers awaited), `services` (the pure per-service state).
 //!
 //! Each turn: poll (timeout = the nearest deadline, no periodic wake-ups)
-//! → read the signalfd and act on it → on SIGCHLD, reap every
-//! exited child → fire due deadlines → accept, with a budget per listener so
+//! → read the signalfd and act on it → on SIGCHLD, reap every exited child
+//! → fire due deadlines → PROXY headers → accept, with a budget per listener so
 //! one busy port cannot starve the others. A service at capacity simply has
 //! its listeners left out of the poll set: the kernel backlog holds its
 //! clients and nothing is dropped.
@@ -15,9 +15,11 @@
 mod conn;
 mod control;
 mod handover;
+mod proxy;
 mod reap;
 mod reload;
 mod services;
+mod setup;
 mod status;
 mod stderr;
 
@@ -31,7 +33,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::admit::{Backoff, Pause};
 use crate::children::{Children, Exit, Fired};
-use crate::listen::{self, Change, Listener, Sockets};
+use crate::listen::{self, Listener};
 use crate::log::Logger;
 use crate::notify;
 use crate::plan::{Endpoint, Level, Plan, SockOpts};
@@ -95,6 +97,8 @@ enum Source {
     Control,
     /// A control client, by its id (`control`).
     ControlClient(u64),
+    /// A connection whose PROXY header is awaited, by its id (`proxy`).
+    Proxy(u64),
 }
 
 /// Why the daemon could not start.
@@ -130,6 +134,8 @@ pub struct Supervisor {
     spare: HashMap<Endpoint, Listener>,
     /// The running handlers.
     children: Children,
+    /// Connections whose PROXY protocol header is being read.
+    proxies: proxy::Proxies,
     /// The signalfd for the signals the daemon acts on.
     signals: Signals,
     /// Where log lines go.
@@ -170,156 +176,6 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Binds (or adopts) every socket of `plan`, logs them, and returns a
-    /// supervisor ready to [`run`](Self::run). A socket that cannot be bound
-    /// is a start-up error.
-    pub fn start(
-        plan: Plan,
-        mut log: Logger,
-        signals: Signals,
-        inherited: Vec<listen::Inherited>,
-    ) -> Result<Supervisor, StartError> {
-        let mut spare = HashMap::new();
-        for inh in inherited {
-            let owned = crate::spawn::own_inherited(inh.fd);
-            match listen::adopt(inh, owned) {
-                listen::Adoption::Listening(addr, l) => {
-                    spare.insert(addr, l);
-                }
-                listen::Adoption::Rejected { fd, name, why } => {
-                    log.event(Level::Error, "inherited-socket-rejected")
-                        .kv("fd", fd)
-                        .kv("name", &name)
-                        .kv("error", &why)
-                        .send();
-                }
-            }
-        }
-        let mut held = Sockets::default();
-        for change in listen::reconcile(&mut held, &mut spare, &plan) {
-            match change {
-                Change::Failed(e) => return Err(StartError::Listen(e)),
-                Change::NoIpv6(a) => log_no_ipv6(&mut log, &a),
-                // Nothing is held before the start, so nothing is retained.
-                Change::Opened(_)
-                | Change::Closed(_)
-                | Change::Retained { .. }
-                | Change::Lost { .. }
-                | Change::Updated(_)
-                | Change::Rebound { .. } => {}
-            }
-        }
-        // After the listeners: a daemon that cannot serve keeps off it.
-        let control = control::open(&plan.daemon, &mut log)?;
-        // std opens it close-on-exec.
-        let devnull = std::fs::File::open("/dev/null")
-            .map_err(|e| StartError::Io("opening /dev/null", e))?
-            .into();
-        let mut sup = Supervisor {
-            plan: Plan::default(),
-            services: ServiceTable::default(),
-            socks: Vec::new(),
-            spare,
-            children: Children::default(),
-            signals,
-            log,
-            next_conn: 1,
-            drain: None,
-            reloading: None,
-            control,
-            watchdog: notify::watchdog_interval().map(|i| (i, Instant::now())),
-            status_sent: String::new(),
-            spawner: Spawner::new(),
-            devnull,
-            stderr_pipes: HashMap::new(),
-            slot_retry: None,
-            exits: Vec::new(),
-            fired: Vec::new(),
-            sources: Vec::new(),
-            ready: Vec::new(),
-            pollfds: Vec::new(),
-        };
-        sup.install(plan, held, HashMap::new());
-        for s in &sup.socks {
-            let name = &sup.services.get(s.svc).svc.name;
-            sup.log
-                .event(Level::Info, "listen")
-                .kv("service", name)
-                .kv("addr", &s.addr)
-                .send();
-        }
-        sup.reject_spare();
-        Ok(sup)
-    }
-
-    /// Makes `plan` current with the sockets in `held`: rebuilds the service
-    /// states (carrying counters over by name) and the socket list
-    /// (carrying each socket's state over by address: its back-off, and
-    /// the wait handler holding it). `carried` is that state of the sockets
-    /// a reload took out of the list to reconcile them.
-    fn install(&mut self, plan: Plan, mut held: Sockets, carried: HashMap<Endpoint, SockState>) {
-        let running: Vec<(&str, crate::plan::Source)> = self
-            .children
-            .iter()
-            .map(|c| (c.service.name.as_str(), c.source))
-            .collect();
-        self.services.install(plan.enabled(), &running);
-        drop(running);
-        // A socket handed to a wait handler stays its handler's across the
-        // reload, whatever the new plan says of its service.
-        let mut old_socks = carried;
-        let state = |s: Sock| (s.addr, (s.backoff, s.retry_at, s.held));
-        old_socks.extend(self.socks.drain(..).map(state));
-        let mut socks = Vec::new();
-        // A held socket becomes service `svc`'s, keeping its back-off.
-        let mut attach = |addr: Endpoint, svc: usize, held: &mut Sockets| {
-            if let Some(listener) = held.by_addr.remove(&addr) {
-                let opts = held.opts.remove(&addr).unwrap_or_default();
-                let (backoff, retry_at, holder) = old_socks.remove(&addr).unwrap_or_default();
-                socks.push(Sock {
-                    addr,
-                    listener,
-                    opts,
-                    svc,
-                    backoff,
-                    retry_at,
-                    held: holder,
-                });
-            }
-        };
-        for (i, st) in self.services.iter().enumerate() {
-            for (addr, _) in st.svc.endpoints() {
-                attach(addr, i, &mut held);
-            }
-        }
-        // Old sockets kept for a service whose new address failed (see
-        // `listen`): not in its `listen`, attached by its name.
-        for (addr, name) in std::mem::take(&mut held.owner) {
-            if let Some(i) = self.services.position(&name) {
-                attach(addr, i, &mut held);
-            }
-        }
-        // Every child holding a slot counts against max_connections, which
-        // is checked before accept: one slot more can never all be busy.
-        self.spawner
-            .set_slot_limit(plan.daemon.max_connections.saturating_add(1));
-        self.socks = socks;
-        self.plan = plan;
-    }
-
-    /// Inherited sockets that match no `listen` address are an error: log
-    /// and close them (the daemon keeps running).
-    fn reject_spare(&mut self) {
-        for (addr, l) in self.spare.drain() {
-            self.log
-                .event(Level::Error, "inherited-socket-unused")
-                .kv("addr", addr)
-                .kv("error", "matches no listen address; closed")
-                .send();
-            drop(l);
-        }
-    }
-
     /// Runs until a shutdown completes.
     pub fn run(mut self) {
         let status = self.summary();
@@ -366,6 +222,8 @@ impl Supervisor {
                 // Both served after the deadlines (`serve_control`).
                 Source::Control => {}
                 Source::ControlClient(_) => {}
+                // Read after the deadlines, before the accepts.
+                Source::Proxy(_) => {}
             }
         }
         let sig = if signals_ready {
@@ -403,6 +261,7 @@ impl Supervisor {
         }
         self.fire_deadlines(now);
         self.serve_control(now);
+        self.read_headers(now);
 
         if self.drain.is_none() {
             for i in 0..self.ready.len() {
@@ -421,7 +280,8 @@ impl Supervisor {
         self.ping_watchdog(now);
         // A group whose SIGKILL is still due keeps the daemon: once it has
         // exited, nobody would send it.
-        self.drain.is_some() && self.children.is_empty() && !self.children.has_groups()
+        let idle = self.children.is_empty() && self.proxies.is_empty();
+        self.drain.is_some() && idle && !self.children.has_groups()
     }
 
     /// Builds the poll set, polls, and records which slots are ready.
@@ -440,6 +300,7 @@ impl Supervisor {
             self.sources.push(Source::Stderr(*pid));
         }
         (self.control.iter()).for_each(|c| c.poll_set(&mut fds, &mut self.sources));
+        self.proxies.poll_set(&mut fds, &mut self.sources);
         let now = Instant::now();
         if self.drain.is_none() {
             for (i, s) in self.socks.iter().enumerate() {
@@ -513,13 +374,14 @@ impl Supervisor {
         consider(self.watchdog.map(|(_, t)| t));
         consider(self.reloading.as_ref().map(|p| p.deadline));
         consider(self.control.as_ref().and_then(|c| c.next_deadline()));
+        consider(self.proxies.next_deadline());
         next
     }
 
     /// Computes each service's capacity for this turn, logging entering
     /// and leaving a pause once each.
     fn update_pauses(&mut self, now: Instant) {
-        let total = self.children.len();
+        let total = self.children.len() + self.proxies.len();
         let max_connections = self.plan.daemon.max_connections;
         let mut changed = false;
         for i in 0..self.services.len() {

@@ -43,6 +43,7 @@ impl Supervisor {
             .kv("conn", c.conn_id)
             .kv("pid", c.pid)
             .kv("peer", &c.peer)
+            .opt("proxy", c.proxy)
             .kv("program", svc.image.path.to_string_lossy())
             .kv("step", f.step.as_str())
             .kv("error", crate::text::os_error(f.errno))
@@ -101,6 +102,7 @@ impl Supervisor {
                 .kv("conn", c.conn_id)
                 .kv("pid", c.pid)
                 .kv("peer", &c.peer)
+                .opt("proxy", c.proxy)
                 .opt("status", status)
                 .opt("signal", signal)
                 .kv("duration_ms", exit.duration.as_millis())
@@ -195,6 +197,8 @@ impl Supervisor {
         if let Some(d) = &mut self.drain {
             d.terminated = true;
         }
+        // Headers still awaited are not waited for any longer.
+        self.drop_headers();
         self.children.terminate_all(now, why);
         // Send the SIGTERMs now rather than next turn.
         self.fire_deadlines(now);

@@ -23,6 +23,10 @@ pub struct Refused {
     pub allow: u64,
     /// The peer's source prefix was at `max_per_source`.
     pub max_per_source: u64,
+    /// The peer was not one of `trusted_proxies`.
+    pub untrusted_proxy: u64,
+    /// No valid PROXY header, or none within `proxy_timeout`.
+    pub proxy_header: u64,
 }
 
 impl Refused {
@@ -31,13 +35,15 @@ impl Refused {
             Reason::Deny => &mut self.deny,
             Reason::Allow => &mut self.allow,
             Reason::MaxPerSource => &mut self.max_per_source,
+            Reason::UntrustedProxy => &mut self.untrusted_proxy,
+            Reason::ProxyHeader => &mut self.proxy_header,
         };
         *n += 1;
     }
 
     /// Every refusal, whatever the reason.
     pub fn total(&self) -> u64 {
-        self.deny + self.allow + self.max_per_source
+        self.deny + self.allow + self.max_per_source + self.untrusted_proxy + self.proxy_header
     }
 }
 
@@ -105,6 +111,10 @@ pub struct SvcState {
     pub counters: Counters,
     /// Handlers of this service running now.
     pub running: usize,
+    /// Connections of this service whose PROXY header is being read: they
+    /// count toward `max_instances` (and the daemon's `max_connections`)
+    /// like running handlers, which they become.
+    pub headers: usize,
     /// Running handlers by source prefix, for `max_per_source`.
     pub per_source: HashMap<Source, usize>,
     /// `max_rate`'s tokens.
@@ -137,6 +147,7 @@ impl SvcState {
             svc: Arc::clone(svc),
             counters: Counters::default(),
             running: 0,
+            headers: 0,
             per_source: HashMap::new(),
             bucket: Bucket::new(),
             backoff: Backoff::default(),
@@ -299,6 +310,8 @@ impl ServiceTable {
                 None => SvcState::new(svc),
             };
             st.running = 0;
+            // The supervisor counts the pending headers again.
+            st.headers = 0;
             st.per_source.clear();
             for (_, source) in running.iter().filter(|(name, _)| *name == svc.name) {
                 st.running += 1;
@@ -332,7 +345,11 @@ impl ServiceTable {
             // A wait service's `max_instances` (1) is per socket: each
             // socket leaves the poll set while its handler runs, and
             // another socket of the service is served meanwhile.
-            running: if st.svc.wait { 0 } else { st.running },
+            running: if st.svc.wait {
+                0
+            } else {
+                st.running + st.headers
+            },
             total,
             max_connections,
             backoff_until: st.backoff_until,
@@ -369,6 +386,17 @@ impl ServiceTable {
             .iter()
             .any(|r| matches!(r, Some(PauseReason::Rate | PauseReason::CrashLoop)));
         Some(PauseChange { from, to, quiet })
+    }
+
+    /// A connection of service `i` waits for its PROXY header.
+    pub fn header_pending(&mut self, i: usize) {
+        self.list[i].headers += 1;
+    }
+
+    /// A connection of service `i` no longer waits for its header.
+    pub fn header_done(&mut self, i: usize) {
+        let st = &mut self.list[i];
+        st.headers = st.headers.saturating_sub(1);
     }
 
     /// An accepted connection, before the admission decision.

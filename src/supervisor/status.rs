@@ -26,6 +26,7 @@ impl Supervisor {
                 let _ = write!(listen, "{l}{}", st.svc.protocol.suffix());
             }
             let c = &st.counters;
+            let proxied = st.svc.proxy.is_some();
             self.log
                 .event(Level::Info, "status")
                 .kv("service", &st.svc.name)
@@ -36,6 +37,15 @@ impl Supervisor {
                 .kv("refused_deny", c.refused.deny)
                 .kv("refused_allow", c.refused.allow)
                 .kv("refused_max_per_source", c.refused.max_per_source)
+                // Only a `proxy_protocol` service can refuse for these.
+                .opt(
+                    "refused_untrusted_proxy",
+                    proxied.then_some(c.refused.untrusted_proxy),
+                )
+                .opt(
+                    "refused_proxy_header",
+                    proxied.then_some(c.refused.proxy_header),
+                )
                 .kv("failed", c.failed)
                 .kv("paused", st.paused.map_or("no", PauseReason::as_str))
                 .send();

@@ -17,6 +17,7 @@ mod logformat;
 mod logsink;
 mod lookups;
 mod platform;
+mod proxy;
 mod reload;
 mod security;
 mod sockopt;

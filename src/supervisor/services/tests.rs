@@ -240,3 +240,30 @@ fn a_crash_loop_pauses_a_wait_service_and_a_reload_lifts_the_pause_only() {
         CrashStep::Resumed { quick: 6 }
     );
 }
+
+#[test]
+fn pending_headers_count_toward_max_instances_until_done_or_reinstalled() {
+    let mut t = ServiceTable::default();
+    let svcs = services(&["a"]);
+    t.install(svcs.iter(), &[]);
+    let now = Instant::now();
+    t.header_pending(0);
+    assert_eq!(t.capacity(0, 1, 10, now), None);
+    t.started(0, src("10.0.0.1/32"), now);
+    assert_eq!(t.capacity(0, 2, 10, now), Some(Pause::Instances));
+    assert_eq!(t.get(0).running, 1, "a pending header is not a handler");
+    t.header_done(0);
+    assert_eq!(t.capacity(0, 1, 10, now), None);
+    t.header_done(0);
+    assert_eq!(t.get(0).headers, 0, "never below zero");
+    // A reload rebuilds the counts: the supervisor adds its pending ones.
+    t.header_pending(0);
+    t.install(svcs.iter(), &[("a", src("10.0.0.1/32"))]);
+    assert_eq!((t.get(0).running, t.get(0).headers), (1, 0));
+    // Every refusal reason is counted in the total.
+    for r in [Reason::UntrustedProxy, Reason::ProxyHeader, Reason::Deny] {
+        t.refused(0, r, now);
+    }
+    let c = &t.get(0).counters.refused;
+    assert_eq!((c.untrusted_proxy, c.proxy_header, c.total()), (1, 1, 3));
+}
