@@ -4,29 +4,33 @@
 # handler and generator as compare.sh.
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [--rounds N] [--conc C] [--duration SECS]
-#               [--new-keys 'KEY = VALUE']
+#               [--new-keys 'KEY = VALUE'] [--new-loadgen 'ARGS']
 #
 # --new-keys appends a line to the service of the NEW binary's config only
 # (the service is the file's last table): `--new-keys 'stderr = "log"'`
 # measures a "log" service against the old "socket" one. OLD may equal NEW.
+# --new-loadgen adds arguments to the generator for the NEW one only: with
+# `--new-keys $'proxy_protocol = "v2"\ntrusted_proxies = ["127.0.0.1"]'
+# --new-loadgen --proxy-v2` it measures what the PROXY header costs.
 #
 # Build the old one from a worktree of the earlier commit (cargo build
 # --release there). Uses what compare.sh built under bench/out (run it
 # first, even with --quick). Prints each round's conns/s and the daemon's
 # CPU per 1,000 connections, then the medians and the ratio new/old. Every
 # process started here is stopped by PID. Loopback only.
-[ $# -ge 2 ] || { echo "usage: bench/ab.sh OLD_BINARY NEW_BINARY [--rounds N] [--conc C] [--duration SECS] [--new-keys 'KEY = VALUE']" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: bench/ab.sh OLD_BINARY NEW_BINARY [--rounds N] [--conc C] [--duration SECS] [--new-keys 'KEY = VALUE'] [--new-loadgen 'ARGS']" >&2; exit 2; }
 # Before common.sh moves into bench/: the paths are the caller's.
 OLD=$(realpath "$1"); NEW=$(realpath "$2"); shift 2
 # shellcheck source=bench/common.sh
 . "$(dirname "$0")/common.sh"
-ROUNDS=6; CONC=8; DURATION=5; NEW_KEYS=
+ROUNDS=6; CONC=8; DURATION=5; NEW_KEYS=; NEW_LOADGEN=
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift ;;
     --conc) CONC=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --new-keys) NEW_KEYS=$2; shift ;;
+    --new-loadgen) NEW_LOADGEN=$2; shift ;;
     *) echo "bench/ab.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -57,8 +61,10 @@ echo "| round | build | conns/s | daemon CPU ms/1000 conns |"
 echo "|---:|---|---:|---:|"
 for r in $(seq 1 "$ROUNDS"); do
   for x in old new; do
+    extra=()
+    if [ "$x" = new ] && [ -n "$NEW_LOADGEN" ]; then read -r -a extra <<<"$NEW_LOADGEN"; fi
     c0=$(cpu "${PID[$x]}")
-    line=$("$LOADGEN" --addr "127.0.0.1:${PORT[$x]}" --concurrency "$CONC" --duration "$DURATION" --warmup 0 --label "$x")
+    line=$("$LOADGEN" --addr "127.0.0.1:${PORT[$x]}" --concurrency "$CONC" --duration "$DURATION" --warmup 0 --label "$x" "${extra[@]}")
     c1=$(cpu "${PID[$x]}")
     IFS=, read -r _ _ _ conns cps _ <<<"$line"
     [ "$conns" -gt 0 ] || { echo "ab.sh: no connection served by $x" >&2; exit 1; }

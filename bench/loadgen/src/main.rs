@@ -7,6 +7,10 @@
 //! the measured window (warm-up excluded), read from `/proc/PID/stat`, so
 //! that CPU and connections are counted over the same seconds.
 //!
+//! `--proxy-v2` starts each connection with a PROXY protocol v2 header
+//! (TCP over IPv4, the client's own addresses), in the same write as the
+//! line, as a load balancer in front of a `proxy_protocol` service would.
+//!
 //! `--selftest` drives a non-forking, in-process echo server instead (a
 //! pool of threads started up front, one connection at a time each), to
 //! show how far the generator itself goes on this machine.
@@ -28,11 +32,12 @@ struct Opts {
     label: String,
     selftest: bool,
     pid: Option<u32>,
+    proxy_v2: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME] [--pid PID]"
+        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME] [--pid PID] [--proxy-v2]"
     );
     std::process::exit(2)
 }
@@ -46,6 +51,7 @@ fn parse() -> Opts {
         label: "run".into(),
         selftest: false,
         pid: None,
+        proxy_v2: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -62,6 +68,7 @@ fn parse() -> Opts {
             "--label" => o.label = val(),
             "--selftest" => o.selftest = true,
             "--pid" => o.pid = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--proxy-v2" => o.proxy_v2 = true,
             _ => usage(),
         }
     }
@@ -88,7 +95,22 @@ enum Outcome {
     Short,
 }
 
-fn one(addr: SocketAddr) -> Outcome {
+/// A PROXY protocol v2 header for `s`: PROXY command, TCP over IPv4, the
+/// connection's own source and destination (an IPv6 connection gets none:
+/// the bench runs on 127.0.0.1).
+fn proxy_v2_header(s: &TcpStream) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    if let (Ok(SocketAddr::V4(src)), Ok(SocketAddr::V4(dst))) = (s.local_addr(), s.peer_addr()) {
+        h.extend_from_slice(&src.ip().octets());
+        h.extend_from_slice(&dst.ip().octets());
+        h.extend_from_slice(&src.port().to_be_bytes());
+        h.extend_from_slice(&dst.port().to_be_bytes());
+    }
+    h
+}
+
+fn one(addr: SocketAddr, proxy_v2: bool) -> Outcome {
     let mut s = match TcpStream::connect(addr) {
         Ok(s) => s,
         Err(_) => return Outcome::Connect,
@@ -99,7 +121,13 @@ fn one(addr: SocketAddr) -> Outcome {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => Outcome::Timeout,
         _ => Outcome::Reset,
     };
-    if let Err(e) = s.write_all(LINE) {
+    let mut out = if proxy_v2 {
+        proxy_v2_header(&s)
+    } else {
+        Vec::new()
+    };
+    out.extend_from_slice(LINE);
+    if let Err(e) = s.write_all(&out) {
         return classify(e);
     }
     let mut buf = [0u8; 64];
@@ -153,6 +181,7 @@ fn main() {
     let measure_from = start + o.warmup;
     let end = measure_from + o.duration;
     let stop = Arc::new(AtomicBool::new(false));
+    let proxy_v2 = o.proxy_v2;
     let workers: Vec<_> = (0..o.concurrency)
         .map(|_| {
             let stop = Arc::clone(&stop);
@@ -160,7 +189,7 @@ fn main() {
                 let mut t = Tally::default();
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
-                    let r = one(addr);
+                    let r = one(addr, proxy_v2);
                     let now = Instant::now();
                     if now >= end {
                         break;
