@@ -61,7 +61,14 @@ impl Supervisor {
             .iter()
             .map(|st| {
                 let c = &st.counters;
-                let listen: Vec<String> = st.svc.listen.iter().map(ToString::to_string).collect();
+                // As written, with the protocol (`/udp`) as SIGUSR1 shows it.
+                let suffix = st.svc.protocol.suffix();
+                let listen: Vec<String> = st
+                    .svc
+                    .listen
+                    .iter()
+                    .map(|l| format!("{l}{suffix}"))
+                    .collect();
                 json!({
                     "name": st.svc.name,
                     "listen": listen,

@@ -188,7 +188,7 @@ fn in_tftpd_serves_a_mebibyte_ten_times_one_handler_at_a_time() {
 #[test]
 fn a_udp_handler_on_fd_0_serves_clients_in_turn() {
     let conf = format!(
-        "{DAEMON}{}",
+        "{DAEMON}control_socket = \"{{tmp}}/control.sock\"\n{}",
         udp_service("uecho", "127.0.0.1:{port:u}", "udp_echo.py", "")
     );
     let d = Daemon::start(&conf);
@@ -214,6 +214,14 @@ fn a_udp_handler_on_fd_0_serves_clients_in_turn() {
         status.contains(&format!(" listen=127.0.0.1:{}/udp ", d.port("u"))),
         "{status}"
     );
+    // `tinyinetd status` names the socket with its protocol too.
+    let config = d.config.to_str().expect("utf-8");
+    let out = run_tinyinetd(&["status", "--json", "-c", config], Duration::from_secs(10));
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{json}");
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let listen = format!("127.0.0.1:{}/udp", d.port("u"));
+    assert_eq!(doc["services"][0]["listen"][0], listen.as_str(), "{doc}");
 }
 
 /// The systemd convention (`Accept=no`): a TCP wait handler checks
