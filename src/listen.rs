@@ -151,50 +151,33 @@ fn backlog(opts: &SockOpts) -> i32 {
 
 /// Opens one TCP socket, bound but not yet listening (`bind` makes it
 /// listen with its options): SO_REUSEADDR (a restart must not wait out
-/// TIME_WAIT), IPV6_V6ONLY on IPv6 (so `"PORT"`'s two sockets and an
-/// explicit IPv4 address never collide), the options the kernel reads at
-/// bind (`reuse_port`, `free_bind`, `bind_device`), non-blocking,
-/// close-on-exec.
+/// TIME_WAIT), and the rest of [`bind_inet`].
 fn bind_tcp(addr: SocketAddr, opts: &SockOpts) -> Result<TcpListener, ListenError> {
-    let err = |doing, errno| ListenError {
-        addr: Endpoint::Tcp(addr),
-        doing,
-        errno,
-        reason: None,
-    };
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| err("creating a socket for", e))?;
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
-        .map_err(|e| err("setting SO_REUSEADDR on", e))?;
-    if addr.is_ipv6() {
-        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
-            .map_err(|e| err("setting IPV6_V6ONLY on", e))?;
-    }
-    opts::before_bind(&fd, opts).map_err(|(doing, e)| err(doing, e))?;
-    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| err("binding", e))?;
-    Ok(TcpListener::from(fd))
+    bind_inet(Endpoint::Tcp(addr), addr, SockType::Stream, opts).map(TcpListener::from)
 }
 
-/// Opens one UDP socket: IPV6_V6ONLY on IPv6, non-blocking,
-/// close-on-exec, like [`bind_tcp`] (the same steps, kept apart so that
-/// each kind's options stay its own), but without SO_REUSEADDR. UDP has no
-/// TIME_WAIT to wait out, and on a UDP socket the option means something
-/// else: any other socket with it set, of any user, may bind the same
-/// address too and take the datagrams (Linux delivers each to one of
+/// Opens one UDP socket like [`bind_tcp`], but without SO_REUSEADDR. UDP
+/// has no TIME_WAIT to wait out, and on a UDP socket the option means
+/// something else: any other socket with it set, of any user, may bind the
+/// same address too and take the datagrams (Linux delivers each to one of
 /// them). Without it, a port in use is refused at bind, as for TCP.
 fn bind_udp(addr: SocketAddr, opts: &SockOpts) -> Result<UdpSocket, ListenError> {
+    bind_inet(Endpoint::Udp(addr), addr, SockType::Datagram, opts).map(UdpSocket::from)
+}
+
+/// One IP socket of type `ty` bound to `addr`: IPV6_V6ONLY on IPv6 (so
+/// `"PORT"`'s two sockets and an explicit IPv4 address never collide),
+/// SO_REUSEADDR for a stream socket only (see [`bind_udp`]), the options
+/// the kernel reads at bind (`reuse_port`, `free_bind`, `bind_device`),
+/// non-blocking, close-on-exec. Errors name `end`.
+fn bind_inet(
+    end: Endpoint,
+    addr: SocketAddr,
+    ty: SockType,
+    opts: &SockOpts,
+) -> Result<OwnedFd, ListenError> {
     let err = |doing, errno| ListenError {
-        addr: Endpoint::Udp(addr),
+        addr: end.clone(),
         doing,
         errno,
         reason: None,
@@ -205,15 +188,19 @@ fn bind_udp(addr: SocketAddr, opts: &SockOpts) -> Result<UdpSocket, ListenError>
         AddressFamily::Inet6
     };
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-    let fd = socket::socket(family, SockType::Datagram, flags, None)
-        .map_err(|e| err("creating a socket for", e))?;
+    let fd =
+        socket::socket(family, ty, flags, None).map_err(|e| err("creating a socket for", e))?;
+    if ty == SockType::Stream {
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+            .map_err(|e| err("setting SO_REUSEADDR on", e))?;
+    }
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
             .map_err(|e| err("setting IPV6_V6ONLY on", e))?;
     }
     opts::before_bind(&fd, opts).map_err(|(doing, e)| err(doing, e))?;
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| err("binding", e))?;
-    Ok(UdpSocket::from(fd))
+    Ok(fd)
 }
 
 /// Whether a failure to open a wildcard IPv6 socket means "this host has no

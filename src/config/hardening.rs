@@ -183,6 +183,7 @@ mod tests {
     use std::path::Path;
 
     use crate::config;
+    use crate::config::tests::NotRoot;
     use crate::plan::{Hardening, Resource, Rlimit};
 
     /// The service `s`, with `extra` lines, checked on this system.
@@ -304,40 +305,6 @@ mod tests {
                 "\"rlimit_nproc\" must be an integer or a string like \"512M\" or \"infinity\", not float"
             )
         );
-    }
-
-    /// The real system, seen by a daemon that is not root.
-    struct NotRoot;
-
-    impl config::System for NotRoot {
-        fn identity(&self) -> (u32, u32) {
-            (1000, 1000)
-        }
-        fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
-            config::RealSystem.user(name)
-        }
-        fn user_name(&self, uid: u32) -> Result<Option<String>, String> {
-            config::RealSystem.user_name(uid)
-        }
-        fn group(&self, name: &str) -> Result<Option<u32>, String> {
-            config::RealSystem.group(name)
-        }
-        fn group_name(&self, gid: u32) -> Result<Option<String>, String> {
-            config::RealSystem.group_name(gid)
-        }
-        fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
-            config::RealSystem.group_list(user, gid)
-        }
-        fn exe_dir(&self) -> Option<std::path::PathBuf> {
-            None
-        }
-        fn program(
-            &self,
-            path: &Path,
-            mode: crate::trust::Mode,
-        ) -> Result<Option<std::os::fd::OwnedFd>, crate::trust::Refusal> {
-            config::RealSystem.program(path, mode)
-        }
     }
 
     #[test]

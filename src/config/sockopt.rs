@@ -401,6 +401,7 @@ mod tests {
     use std::path::Path;
 
     use crate::config;
+    use crate::config::tests::NotRoot;
     use crate::plan::Service;
 
     /// One service whose lines from line 4 on are `rest`, checked on this
@@ -457,40 +458,6 @@ mod tests {
         let e =
             parse_service("listen = [\"unix:/run/tux-x.sock\", \"127.0.0.1:7\"]\n").unwrap_err();
         assert!(e.contains(":4:") && e.contains("not both"), "{e}");
-    }
-
-    /// The real system, seen by a daemon running as uid 1000.
-    struct NotRoot;
-
-    impl config::System for NotRoot {
-        fn identity(&self) -> (u32, u32) {
-            (1000, 1000)
-        }
-        fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
-            config::RealSystem.user(name)
-        }
-        fn user_name(&self, uid: u32) -> Result<Option<String>, String> {
-            config::RealSystem.user_name(uid)
-        }
-        fn group(&self, name: &str) -> Result<Option<u32>, String> {
-            config::RealSystem.group(name)
-        }
-        fn group_name(&self, gid: u32) -> Result<Option<String>, String> {
-            config::RealSystem.group_name(gid)
-        }
-        fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
-            config::RealSystem.group_list(user, gid)
-        }
-        fn exe_dir(&self) -> Option<std::path::PathBuf> {
-            None
-        }
-        fn program(
-            &self,
-            path: &Path,
-            mode: crate::trust::Mode,
-        ) -> Result<Option<std::os::fd::OwnedFd>, crate::trust::Refusal> {
-            config::RealSystem.program(path, mode)
-        }
     }
 
     #[test]
