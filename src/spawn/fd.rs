@@ -98,6 +98,20 @@ fn only_descriptor(mut keep: RawFd) -> RawFd {
     keep
 }
 
+/// A pidfd for child `pid` that was not cloned with one (the reload's
+/// resolver, children inherited across the daemon's exec), for
+/// `children`'s epoll set. Close-on-exec (pidfd_open(2)).
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new
+    // descriptor or -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0u32) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a descriptor just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// Sets SIGCHLD back to SIG_DFL in the daemon. An ignore inherited from
 /// whatever started it (ignores survive execve) makes the kernel reap every
 /// child at once: `waitpid` then fails with ECHILD, so no exit would ever

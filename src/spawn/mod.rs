@@ -22,10 +22,10 @@
 //!
 //! # How: clone(CLONE_VM), without waiting for the exec
 //!
-//! The child is created with `clone(CLONE_VM | CLONE_CHILD_CLEARTID |
-//! SIGCHLD)` on a small stack of its own. It shares the daemon's memory, so
-//! no page tables are copied (most of what `fork` costs), and the daemon
-//! does not wait for it: `clone` returns at once, and the daemon goes back
+//! The child is created with `clone(CLONE_VM | CLONE_FILES | CLONE_PIDFD
+//! | CLONE_CHILD_CLEARTID | SIGCHLD)` on a small stack of its own. It
+//! shares the daemon's memory, so no page tables are copied (most of what
+//! `fork` costs), and the daemon does not wait for it: `clone` returns at once, and the daemon goes back
 //! to its accept loop while the child, on another core, prepares and execs.
 //! posix_spawn and busybox inetd add CLONE_VFORK, which suspends the parent
 //! until the child's exec: a sleep and a wake-up of the daemon per
@@ -89,8 +89,24 @@
 //!   ([`Spawner::take_failure`]) and logs `exec-failed` before the `exit`
 //!   line: no report pipe, no descriptor per child, and the accept loop
 //!   never waits for a child.
-//! * **Descriptors.** The child has its own copy of the descriptor table
-//!   (no CLONE_FILES); it puts the connection on 0–2 (on 0–1 and
+//! * **Descriptors.** The child starts on the daemon's descriptor table
+//!   (CLONE_FILES), so that clone copies none: the daemon holds one pidfd
+//!   per running handler (`children`), and a table copied per connection
+//!   made each spawn cost the daemon O(handlers) (`dup_fd` in the kernel,
+//!   measured in BENCHMARKS.md, issue 23), and each exec as much again
+//!   closing them. Its first step, before it changes anything
+//!   (`child::own_descriptor_table`), makes its own table holding only the
+//!   descriptors below the highest one it needs (`ChildArgs::keep_below`:
+//!   the connection, fd 2's descriptor, the program's): the daemon's own
+//!   few. The pidfds of long-running handlers are kept above them
+//!   ([`lift`]). Until the child has its table, the daemon must not close
+//!   what it reads there: the slot keeps copies of the connection and of
+//!   fd 2's descriptor ([`Slot::held`](slot::Slot)), closed as soon as the
+//!   child says it has its own table ([`Spawner::release`], every turn and
+//!   every spawn), so the caller of [`spawn`] may close its own at once.
+//!   Each pidfd comes from CLONE_PIDFD (close-on-exec, made in the same
+//!   call); at the descriptor limit the child is cloned again without one
+//!   ([`start_child`]). In its own table the child puts the connection on 0–2 (on 0–1 and
 //!   [`Conn::err`] on 2 for `stderr = "log" | "null"`: a pipe's write end
 //!   or the daemon's one `/dev/null`, put there by the same raw `dup3`; the
 //!   child opens nothing) and marks every descriptor from 3 up
@@ -112,16 +128,19 @@
 //!
 //! # The hot path, per connection
 //!
-//! A connection costs the daemon five system calls of its own (six with
-//! the `exit` log line written at the default log level): `accept4`;
-//! `clone`, which returns as soon as the child exists; `close` of its copy
-//! of the connection (after a `getsockname` when the listener is a
-//! wildcard address); a zero-timeout `poll` of the listener, which asks
-//! whether the next connection is already waiting; and one `wait4` when
-//! the exit is read from the signalfd. The listener is drained up to a
-//! budget per loop turn, so one full `poll` serves a burst, and one
-//! signalfd `read` and one `wait4` loop serve every exit between two
-//! turns. A `stderr = "log"` service adds `pipe2`, an `fcntl` and a
+//! A connection costs the daemon nine system calls of its own (ten with
+//! the `exit` log line written at the default log level): `accept4`; an
+//! `fcntl` for the slot's copy of the connection; `clone`, which returns as
+//! soon as the child exists, with its pidfd; `epoll_ctl` to add the pidfd
+//! to the reaper's set; `close` of its copy of the connection (after a
+//! `getsockname` when the listener is a wildcard address) and, later,
+//! of the slot's; a zero-timeout `poll` of the listener, which asks
+//! whether the next connection is already waiting; and at the exit one
+//! `waitid(P_PIDFD)` and the pidfd's `close`. The listener is drained up to
+//! a budget per loop turn, so one full `poll` serves a burst, and one
+//! signalfd `read` and one `epoll_wait` serve every exit between two
+//! turns. Past 64 descriptors a pidfd costs two calls more ([`lift`]).
+//! None of them walks the running handlers. A `stderr = "log"` service adds `pipe2`, an `fcntl` and a
 //! `close` per connection, and the pipe's read at end-of-file and its
 //! `close` at reap; `"null"` and `"socket"` add nothing. The small `poll` stands in for the accept that would fail with
 //! EAGAIN, which costs the kernel a socket and a file allocated and freed
@@ -156,7 +175,7 @@ mod tests;
 
 use std::ffi::c_char;
 use std::io::Write as _;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -165,7 +184,7 @@ use nix::unistd::Pid;
 
 use crate::plan::{Client, Service};
 use child::{child_entry, sys};
-pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, reset_sigchld};
+pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, pidfd_open, reset_sigchld};
 use slot::{ChildArgs, Slot, SlotData};
 pub use slot::{Failure, Step};
 
@@ -220,6 +239,14 @@ pub struct Spawner {
     /// Since when every slot has been busy (at least [`WARM_SLOTS`] of
     /// them), as [`Spawner::room`] last saw; `None` while one is free.
     all_busy_since: Option<std::time::Instant>,
+    /// The pidfd of the child [`spawn`] last started, until
+    /// [`Spawner::take_pidfd`] takes it (`None`: it has none).
+    pidfd: Option<OwnedFd>,
+    /// The lowest number a pidfd is moved to ([`lift`]).
+    floor: RawFd,
+    /// Whether a slot may still hold descriptors for its child
+    /// ([`Spawner::release`]).
+    holding: bool,
 }
 
 /// Slots made without question when none is free: under load a handful
@@ -275,7 +302,35 @@ impl Spawner {
             slot_limit: DEFAULT_SLOT_LIMIT,
             failures: Vec::new(),
             all_busy_since: None,
+            pidfd: None,
+            floor: pidfd_floor(),
+            holding: false,
         }
+    }
+
+    /// Closes the descriptors slots hold for children that have exec'd or
+    /// exited (see [`Slot::release`]); says whether some are still held,
+    /// for the supervisor to look again shortly (no event says when a
+    /// child reaches its exec). The daemon's copy of a connection must not
+    /// outlive the handler's need for it: it would keep the client from
+    /// seeing the end of the connection when the handler closes it.
+    pub fn release(&mut self) -> bool {
+        if self.holding {
+            let mut still = false;
+            for s in &mut self.slots {
+                still |= s.release();
+            }
+            self.holding = still;
+        }
+        self.holding
+    }
+
+    /// The pidfd of the child the last successful [`spawn`] started, for
+    /// the supervisor's reaper (`children`); `None` when that child has
+    /// none (see [`start_child`]). Taken once; the next spawn drops one
+    /// left untaken.
+    pub fn take_pidfd(&mut self) -> Option<OwnedFd> {
+        self.pidfd.take()
     }
 
     /// Bounds the pool at `limit` slots (the supervisor passes
@@ -323,6 +378,7 @@ impl Spawner {
         }
         let slot = self.slots.iter_mut().find(|s| s.pid == Some(pid))?;
         slot.pid = None;
+        slot.release();
         // A reaped child has left the daemon's memory: the slot is free.
         let d = slot.free_data()?;
         d.service = None;
@@ -378,14 +434,31 @@ fn non_default_signals() -> Vec<libc::c_int> {
 /// child is reaped ([`Spawner::take_failure`]). The connection is closed in
 /// the parent when the caller drops `conn`.
 pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<Pid, SpawnError> {
+    // Earlier children have most likely made their own tables by now.
+    spawner.release();
     let i = spawner.free_slot().map_err(SpawnError::Fork)?;
     let Spawner {
         reset,
         slots,
         failures,
+        pidfd,
+        floor,
+        holding,
         ..
     } = spawner;
+    *pidfd = None;
     let slot = &mut slots[i];
+    // The child reads the connection and fd 2's descriptor from the
+    // daemon's table until it has its own; the caller closes its copies as
+    // soon as this returns, so the slot keeps copies of its own until then.
+    slot.held = [None, None];
+    let conn_fd = dup_low(conn.stream.as_raw_fd()).map_err(SpawnError::Fork)?;
+    let err_fd = match conn.err {
+        Some(fd) => Some(dup_low(fd).map_err(SpawnError::Fork)?),
+        None => None,
+    };
+    let fds = (conn_fd.as_raw_fd(), err_fd.as_ref().map(|f| f.as_raw_fd()));
+    slot.held = [Some(conn_fd), err_fd];
     let last = slot.pid.take();
     // --- Parent, before clone: build everything the child will use, in a
     //     slot no child uses any more. ---
@@ -399,15 +472,39 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<P
             failures.push((pid, f));
         }
     }
-    fill_slot(d, svc, conn, reset);
-    start_child(slot)
+    fill_slot(d, svc, conn, fds, reset);
+    let started = start_child(slot, *floor);
+    // Held until the child has its own table (or at once, if no child).
+    *holding = true;
+    let (pid, fd) = started?;
+    *pidfd = fd;
+    Ok(pid)
+}
+
+/// A close-on-exec copy of `fd` at the lowest free number from 3.
+fn dup_low(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) makes a new descriptor or fails; it
+    // touches no memory.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a descriptor just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Writes into a free slot everything its child will read: the
 /// references that keep it alive, the per-connection variables, argv,
-/// envp and the child's arguments; then marks it busy.
+/// envp and the child's arguments; then marks it busy. `fds`: the slot's
+/// copies of the connection and of fd 2's descriptor.
 #[inline]
-fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[libc::c_int]>) {
+fn fill_slot(
+    d: &mut SlotData,
+    svc: &Arc<Service>,
+    conn: &Conn,
+    fds: (RawFd, Option<RawFd>),
+    reset: &Arc<[libc::c_int]>,
+) {
     d.service = Some(Arc::clone(svc));
     d.reset = Arc::clone(reset);
     let img = &svc.image;
@@ -426,13 +523,16 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
             .map(|&o| unsafe { base.add(o) } as *const c_char),
     );
     d.envp.push(std::ptr::null());
+    let exec_fd = img.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let (conn_fd, err_fd) = (fds.0, fds.1.unwrap_or(-1));
     d.args = ChildArgs {
         path: img.path.as_ptr(),
-        exec_fd: img.fd.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        exec_fd,
+        keep_below: (conn_fd.max(err_fd).max(exec_fd).max(2) + 1) as usize,
         argv: d.argv.as_ptr(),
         envp: d.envp.as_ptr(),
-        conn: conn.stream.as_raw_fd(),
-        err: conn.err.unwrap_or(-1),
+        conn: conn_fd,
+        err: err_fd,
         umask: img.umask as libc::mode_t,
         cred: svc
             .cred
@@ -447,17 +547,104 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
     };
     d.failed_step.store(0, Ordering::Relaxed);
     d.failed_errno.store(0, Ordering::Relaxed);
+    d.unshared.store(0, Ordering::Relaxed);
     d.busy.store(1, Ordering::Relaxed);
 }
 
 /// Clones the child on the slot `fill_slot` prepared and records its pid;
-/// on failure the slot is free again.
+/// on failure the slot is free again. Returns the pid and the child's
+/// pidfd.
+///
+/// The child is cloned with CLONE_PIDFD, so the kernel makes its pidfd in
+/// the same call (close-on-exec, and after the child's copy of the
+/// descriptor table, so the child never has it). That descriptor is
+/// allocated inside `clone`, and at the descriptor limit (EMFILE, ENFILE)
+/// the whole clone fails; the child is then cloned again without it, and
+/// is reaped by `children`'s sweep instead (`children/reaper.rs`). The
+/// first clone created no process, so trying again is safe.
 #[inline]
-fn start_child(slot: &mut Slot) -> Result<Pid, SpawnError> {
-    let mut flags = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+fn start_child(slot: &mut Slot, floor: RawFd) -> Result<(Pid, Option<OwnedFd>), SpawnError> {
+    let mut flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
     if !sys::CONCURRENT {
         flags |= libc::CLONE_VFORK;
     }
+    let mut pidfd: libc::c_int = -1;
+    let mut cloned = clone_on(slot, flags | libc::CLONE_PIDFD, &mut pidfd);
+    if matches!(cloned, Err(Errno::EMFILE | Errno::ENFILE)) {
+        pidfd = -1;
+        cloned = clone_on(slot, flags, std::ptr::null_mut());
+    }
+    let data = slot.data();
+    let pid = match cloned {
+        Ok(pid) => Pid::from_raw(pid),
+        Err(e) => {
+            // No child: the slot is free again.
+            data.busy.store(0, Ordering::Release);
+            if let Some(d) = slot.free_data() {
+                d.service = None;
+            }
+            return Err(SpawnError::Fork(e));
+        }
+    };
+    slot.pid = Some(pid);
+    // SAFETY: on success with CLONE_PIDFD the kernel stored a new
+    // descriptor in `pidfd`, owned by nothing else; without it, -1.
+    let fd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    Ok((pid, fd.map(|fd| lift(fd, floor))))
+}
+
+/// Moves a pidfd numbered [`LOW_PIDFDS`] or more to the lowest free
+/// number from `floor` up, so that the descriptors every child copies
+/// (`child::own_descriptor_table`: those below the highest it needs) stay
+/// few however many handlers run. A connection is accepted at the lowest
+/// free number; without this the pidfds of long sessions would fill the
+/// low numbers, and each child would copy (and close at its exec) one
+/// descriptor per running handler. Below [`LOW_PIDFDS`] a pidfd stays
+/// where it is (two system calls saved per connection while few handlers
+/// run), so a child copies at most that many of them. If it cannot be
+/// moved (the limit is below `floor`, or full above it), it stays:
+/// children then copy more, nothing else changes.
+fn lift(fd: OwnedFd, floor: RawFd) -> OwnedFd {
+    if fd.as_raw_fd() < LOW_PIDFDS || fd.as_raw_fd() >= floor {
+        return fd;
+    }
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) makes a new descriptor or fails; it
+    // touches no memory.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if high < 0 {
+        return fd;
+    }
+    // SAFETY: a descriptor just made, owned by nothing else; `fd` is
+    // closed when it is dropped here.
+    unsafe { OwnedFd::from_raw_fd(high) }
+}
+
+/// Pidfds below this number are left there by [`lift`].
+const LOW_PIDFDS: RawFd = 64;
+
+/// Where [`lift`] puts the pidfds: 1024 when the soft descriptor limit
+/// leaves room above it for thousands of them (the shipped unit sets
+/// 16384), a quarter of the limit below that. What lies below it is the
+/// daemon's own: listeners, programs, `/dev/null`, connections on their
+/// way to a child, stderr pipes.
+fn pidfd_floor() -> RawFd {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    if soft >= 4096 {
+        1024
+    } else {
+        (soft / 4).max(16) as RawFd
+    }
+}
+
+/// One `clone` of the child on `slot` with `flags`; with CLONE_PIDFD the
+/// kernel writes the pidfd to `pidfd` (clone's `parent_tid` argument).
+#[inline]
+fn clone_on(
+    slot: &Slot,
+    flags: libc::c_int,
+    pidfd: *mut libc::c_int,
+) -> Result<libc::pid_t, Errno> {
     // From here the daemon only shares the slot with the child.
     let data = slot.data();
     // SAFETY: `child_entry` runs on its own stack, reads only the slot and
@@ -465,29 +652,22 @@ fn start_child(slot: &mut Slot) -> Result<Pid, SpawnError> {
     // kernel zeroes `busy` (the slot is not written or reused before, and
     // holds the `Arc<Service>`), writes only its stack and the failure
     // report, and makes only raw system calls (see the module
-    // documentation and `child`).
+    // documentation and `child`). `pidfd` is null or points at a live
+    // c_int of the caller's, written by the kernel before clone returns.
     let pid = unsafe {
         libc::clone(
             child_entry,
             data.stack.top(),
             flags,
             slot.data.as_ptr() as *mut libc::c_void,
-            std::ptr::null_mut::<libc::pid_t>(),
+            pidfd,
             std::ptr::null_mut::<libc::c_void>(),
             data.busy.as_ptr(),
         )
     };
-    let clone_errno = Errno::last();
     if pid < 0 {
-        // No child: the slot is free again.
-        data.busy.store(0, Ordering::Release);
-        if let Some(d) = slot.free_data() {
-            d.service = None;
-        }
-        return Err(SpawnError::Fork(clone_errno));
+        return Err(Errno::last());
     }
-    let pid = Pid::from_raw(pid);
-    slot.pid = Some(pid);
     Ok(pid)
 }
 

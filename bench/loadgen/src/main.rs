@@ -10,6 +10,10 @@
 //! `--selftest` drives a non-forking, in-process echo server instead (a
 //! pool of threads started up front, one connection at a time each), to
 //! show how far the generator itself goes on this machine.
+//!
+//! `--hold ADDR --hold-n N` first opens N connections to ADDR and keeps
+//! them open and silent until the end (idle sessions beside the load); it
+//! says on stderr how many it could open (`held=N`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -28,11 +32,13 @@ struct Opts {
     label: String,
     selftest: bool,
     pid: Option<u32>,
+    hold: Option<SocketAddr>,
+    hold_n: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME] [--pid PID]"
+        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME] [--pid PID] [--hold HOST:PORT --hold-n N]"
     );
     std::process::exit(2)
 }
@@ -46,6 +52,8 @@ fn parse() -> Opts {
         label: "run".into(),
         selftest: false,
         pid: None,
+        hold: None,
+        hold_n: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -62,6 +70,8 @@ fn parse() -> Opts {
             "--label" => o.label = val(),
             "--selftest" => o.selftest = true,
             "--pid" => o.pid = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--hold" => o.hold = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--hold-n" => o.hold_n = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -149,6 +159,7 @@ fn main() {
     } else {
         o.addr.unwrap_or_else(|| usage())
     };
+    let held = hold(o.hold, o.hold_n);
     let start = Instant::now();
     let measure_from = start + o.warmup;
     let end = measure_from + o.duration;
@@ -204,6 +215,7 @@ fn main() {
         all.timeout += t.timeout;
         all.short += t.short;
     }
+    drop(held);
     all.lat_us.sort_unstable();
     let n = all.lat_us.len();
     let pct = |p: f64| {
@@ -232,6 +244,24 @@ fn main() {
         all.short,
         ticks
     );
+}
+
+/// Opens `n` connections to `addr` (if given) and returns them, to be held
+/// open and silent; reports on stderr how many opened.
+fn hold(addr: Option<SocketAddr>, n: usize) -> Vec<TcpStream> {
+    let Some(addr) = addr else {
+        return Vec::new();
+    };
+    let mut held = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => held.push(s),
+            Err(_) => failed += 1,
+        }
+    }
+    eprintln!("held={} failed={failed}", held.len());
+    held
 }
 
 /// utime + stime of `pid`, in clock ticks (fields 14 and 15 of
