@@ -90,29 +90,21 @@
 //!   line: no report pipe, no descriptor per child, and the accept loop
 //!   never waits for a child.
 //! * **Descriptors.** The child starts on the daemon's descriptor table
-//!   (CLONE_FILES), so that clone copies none: the daemon holds one pidfd
-//!   per running handler (`children`), and a table copied per connection
-//!   made each spawn cost the daemon O(handlers) (`dup_fd` in the kernel,
-//!   measured in BENCHMARKS.md, issue 23), and each exec as much again
-//!   closing them. Its first step, before it changes anything
-//!   (`child::own_descriptor_table`), makes its own table holding only the
-//!   descriptors below the highest one it needs (`ChildArgs::keep_below`:
-//!   the connection, fd 2's descriptor, the program's): the daemon's own
-//!   few. The pidfds of long-running handlers are kept above them
-//!   ([`lift`]). Until the child has its table, the daemon must not close
-//!   what it reads there: the slot keeps copies of the connection and of
-//!   fd 2's descriptor ([`Slot::held`](slot::Slot)), closed as soon as the
-//!   child says it has its own table ([`Spawner::release`], every turn and
-//!   every spawn), so the caller of [`spawn`] may close its own at once.
-//!   Each pidfd comes from CLONE_PIDFD (close-on-exec, made in the same
-//!   call); at the descriptor limit the child is cloned again without one
-//!   ([`start_child`]). In its own table the child puts the connection on 0–2 (on 0–1 and
+//!   (CLONE_FILES): a table copied per connection cost the daemon
+//!   O(handlers), since it holds a pidfd per running handler (`dup_fd`,
+//!   BENCHMARKS.md, issue 23). The child's first step
+//!   (`child::own_descriptor_table`) makes its own table of the
+//!   descriptors below the highest one it needs (`ChildArgs::keep_below`):
+//!   the daemon's few; pidfds are kept above them ([`fd::lift`]). Until
+//!   then the slot keeps copies of the connection and of fd 2's
+//!   descriptor (`Slot::held`), closed once the child says it has its
+//!   table ([`Spawner::release`]), so the caller may close its own at once.
+//!   In its own table the child puts the connection on 0–2 (on 0–1 and
 //!   [`Conn::err`] on 2 for `stderr = "log" | "null"`: a pipe's write end
-//!   or the daemon's one `/dev/null`, put there by the same raw `dup3`; the
-//!   child opens nothing) and marks every descriptor from 3 up
-//!   close-on-exec; nothing else survives the exec. The daemon closes its
-//!   copy of the connection (and of a pipe's write end) as soon as clone
-//!   returns.
+//!   or the daemon's one `/dev/null`, by the same raw `dup3`; the child
+//!   opens nothing) and marks every descriptor from 3 up close-on-exec
+//!   (the pidfd CLONE_PIDFD made, if it was copied, included); nothing
+//!   else survives the exec.
 //!   A program that is not a script is exec'd through the `O_PATH`
 //!   descriptor its check opened at load (`execveat` with `AT_EMPTY_PATH`),
 //!   so the file that runs is the file that was checked; that descriptor
@@ -184,6 +176,7 @@ use nix::unistd::Pid;
 
 use crate::plan::{Client, Service};
 use child::{child_entry, sys};
+use fd::{dup_low, lift, non_default_signals, pidfd_floor};
 pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, pidfd_open, reset_sigchld};
 use slot::{ChildArgs, Slot, SlotData};
 pub use slot::{Failure, Step};
@@ -308,12 +301,10 @@ impl Spawner {
         }
     }
 
-    /// Closes the descriptors slots hold for children that have exec'd or
-    /// exited (see [`Slot::release`]); says whether some are still held,
-    /// for the supervisor to look again shortly (no event says when a
-    /// child reaches its exec). The daemon's copy of a connection must not
-    /// outlive the handler's need for it: it would keep the client from
-    /// seeing the end of the connection when the handler closes it.
+    /// Closes the copies slots hold for children that have their own
+    /// descriptor tables (`Slot::release`): kept longer, a copy would hide
+    /// the connection's end from the client when the handler closes it.
+    /// Says whether some are still held (the supervisor looks again soon).
     pub fn release(&mut self) -> bool {
         if self.holding {
             let mut still = false;
@@ -325,10 +316,9 @@ impl Spawner {
         self.holding
     }
 
-    /// The pidfd of the child the last successful [`spawn`] started, for
-    /// the supervisor's reaper (`children`); `None` when that child has
-    /// none (see [`start_child`]). Taken once; the next spawn drops one
-    /// left untaken.
+    /// The pidfd of the child the last [`spawn`] started, for `children`'s
+    /// reaper; `None`: it has none ([`start_child`]). The next spawn drops
+    /// one left untaken.
     pub fn take_pidfd(&mut self) -> Option<OwnedFd> {
         self.pidfd.take()
     }
@@ -404,31 +394,6 @@ impl Spawner {
     }
 }
 
-/// Signals 1..=64 whose disposition is not SIG_DFL, read with the raw
-/// system call (glibc hides 32 and 33).
-fn non_default_signals() -> Vec<libc::c_int> {
-    let mut out = Vec::new();
-    for sig in 1..65 {
-        // The kernel's struct sigaction starts with the handler (0 = SIG_DFL).
-        let mut old = [0u64; 4];
-        // SAFETY: reads one disposition into `old`, which is large enough
-        // for the kernel's struct sigaction; changes nothing.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                std::ptr::null::<u64>(),
-                old.as_mut_ptr(),
-                8usize,
-            )
-        };
-        if rc == 0 && old[0] != libc::SIG_DFL as u64 {
-            out.push(sig);
-        }
-    }
-    out
-}
-
 /// Starts `svc`'s handler on `conn` and returns its pid at once: it does
 /// not wait for the exec. Whether the exec failed is learnt when the
 /// child is reaped ([`Spawner::take_failure`]). The connection is closed in
@@ -448,9 +413,7 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<P
     } = spawner;
     *pidfd = None;
     let slot = &mut slots[i];
-    // The child reads the connection and fd 2's descriptor from the
-    // daemon's table until it has its own; the caller closes its copies as
-    // soon as this returns, so the slot keeps copies of its own until then.
+    // The caller closes its copies at once: the slot keeps its own.
     slot.held = [None, None];
     let conn_fd = dup_low(conn.stream.as_raw_fd()).map_err(SpawnError::Fork)?;
     let err_fd = match conn.err {
@@ -474,23 +437,10 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<P
     }
     fill_slot(d, svc, conn, fds, reset);
     let started = start_child(slot, *floor);
-    // Held until the child has its own table (or at once, if no child).
     *holding = true;
     let (pid, fd) = started?;
     *pidfd = fd;
     Ok(pid)
-}
-
-/// A close-on-exec copy of `fd` at the lowest free number from 3.
-fn dup_low(fd: RawFd) -> Result<OwnedFd, Errno> {
-    // SAFETY: fcntl(F_DUPFD_CLOEXEC) makes a new descriptor or fails; it
-    // touches no memory.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: a descriptor just made, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Writes into a free slot everything its child will read: the
@@ -553,15 +503,11 @@ fn fill_slot(
 
 /// Clones the child on the slot `fill_slot` prepared and records its pid;
 /// on failure the slot is free again. Returns the pid and the child's
-/// pidfd.
-///
-/// The child is cloned with CLONE_PIDFD, so the kernel makes its pidfd in
-/// the same call (close-on-exec, and after the child's copy of the
-/// descriptor table, so the child never has it). That descriptor is
-/// allocated inside `clone`, and at the descriptor limit (EMFILE, ENFILE)
-/// the whole clone fails; the child is then cloned again without it, and
-/// is reaped by `children`'s sweep instead (`children/reaper.rs`). The
-/// first clone created no process, so trying again is safe.
+/// pidfd, which CLONE_PIDFD makes (close-on-exec) in the same call. The
+/// kernel allocates it inside `clone` (kernel/fork.c, `copy_process`): at
+/// the descriptor limit (EMFILE, ENFILE) the whole clone fails, and the
+/// child is cloned again without it (no process was made, so that is
+/// safe), to be reaped by `children`'s sweep.
 #[inline]
 fn start_child(slot: &mut Slot, floor: RawFd) -> Result<(Pid, Option<OwnedFd>), SpawnError> {
     let mut flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
@@ -591,50 +537,6 @@ fn start_child(slot: &mut Slot, floor: RawFd) -> Result<(Pid, Option<OwnedFd>), 
     // descriptor in `pidfd`, owned by nothing else; without it, -1.
     let fd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
     Ok((pid, fd.map(|fd| lift(fd, floor))))
-}
-
-/// Moves a pidfd numbered [`LOW_PIDFDS`] or more to the lowest free
-/// number from `floor` up, so that the descriptors every child copies
-/// (`child::own_descriptor_table`: those below the highest it needs) stay
-/// few however many handlers run. A connection is accepted at the lowest
-/// free number; without this the pidfds of long sessions would fill the
-/// low numbers, and each child would copy (and close at its exec) one
-/// descriptor per running handler. Below [`LOW_PIDFDS`] a pidfd stays
-/// where it is (two system calls saved per connection while few handlers
-/// run), so a child copies at most that many of them. If it cannot be
-/// moved (the limit is below `floor`, or full above it), it stays:
-/// children then copy more, nothing else changes.
-fn lift(fd: OwnedFd, floor: RawFd) -> OwnedFd {
-    if fd.as_raw_fd() < LOW_PIDFDS || fd.as_raw_fd() >= floor {
-        return fd;
-    }
-    // SAFETY: fcntl(F_DUPFD_CLOEXEC) makes a new descriptor or fails; it
-    // touches no memory.
-    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
-    if high < 0 {
-        return fd;
-    }
-    // SAFETY: a descriptor just made, owned by nothing else; `fd` is
-    // closed when it is dropped here.
-    unsafe { OwnedFd::from_raw_fd(high) }
-}
-
-/// Pidfds below this number are left there by [`lift`].
-const LOW_PIDFDS: RawFd = 64;
-
-/// Where [`lift`] puts the pidfds: 1024 when the soft descriptor limit
-/// leaves room above it for thousands of them (the shipped unit sets
-/// 16384), a quarter of the limit below that. What lies below it is the
-/// daemon's own: listeners, programs, `/dev/null`, connections on their
-/// way to a child, stderr pipes.
-fn pidfd_floor() -> RawFd {
-    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(1024, |(soft, _)| soft);
-    if soft >= 4096 {
-        1024
-    } else {
-        (soft / 4).max(16) as RawFd
-    }
 }
 
 /// One `clone` of the child on `slot` with `flags`; with CLONE_PIDFD the
