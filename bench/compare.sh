@@ -3,6 +3,13 @@
 # side by side in one run, all exec'ing the same tiny static echo handler.
 #
 #   bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--conc "1 8 64"]
+#                    [--handler nolibc|glibc] [--systems "tinyinetd busybox-inetd ..."]
+#
+# --handler glibc execs echo1 linked statically against glibc (the kind of
+# handler users ship; its start-up runs cpuid, which traps in a VM) instead
+# of the libc-free build. --systems measures only the systems named (all
+# are built and started either way). Both builds of echo1 are always made:
+# bench/idle.sh uses them too.
 #
 # Needs root (peers run handlers as root; packages are fetched with apt).
 # Peers are never installed as services: their Debian packages are
@@ -18,16 +25,21 @@ ROUNDS=3
 DURATION=5
 WARMUP=1
 CONCS="1 8 64"
+HANDLER=nolibc
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) ROUNDS=1; DURATION=1; WARMUP=0.3 ;;
     --rounds) ROUNDS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --conc) CONCS=$2; shift ;;
-    *) echo "usage: bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--conc \"1 8 64\"]" >&2; exit 2 ;;
+    --handler) HANDLER=$2; shift ;;
+    --systems) ONLY=$2; shift ;;
+    *) echo "usage: bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--conc \"1 8 64\"] [--handler nolibc|glibc] [--systems \"...\"]" >&2; exit 2 ;;
   esac
   shift
 done
+case "$HANDLER" in nolibc|glibc) ;; *) echo "compare.sh: --handler is nolibc or glibc" >&2; exit 2 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "compare.sh: needs root" >&2; exit 1; }
 mkdir -p "$OUT/bin" "$OUT/peers" "$OUT/run"
 note() { echo "compare: $*" >&2; }
@@ -59,11 +71,23 @@ else
   ECHO1_KIND="dynamic glibc"
 fi
 printf 'ping\n' | "$OUT/bin/echo1" | grep -qx ping || { echo "compare.sh: echo1 does not echo" >&2; exit 1; }
+# The same handler linked statically against glibc (the kind users ship).
+if gcc -O2 -Wall -static -o "$OUT/bin/echo1-glibc" handler/echo1.c 2>/dev/null; then
+  GLIBC_KIND="static glibc"
+else
+  gcc -O2 -Wall -o "$OUT/bin/echo1-glibc" handler/echo1.c
+  GLIBC_KIND="dynamic glibc"
+fi
+printf 'ping\n' | "$OUT/bin/echo1-glibc" | grep -qx ping || { echo "compare.sh: echo1-glibc does not echo" >&2; exit 1; }
 gcc -O2 -Wall -o "$OUT/bin/tcpserv04" tcpserv04.c
 gcc -O2 -Wall -o "$OUT/bin/spawn_ceiling" spawn_ceiling.c
 (cd loadgen && cargo build --release --quiet)
 (cd "$ROOT" && cargo build --release --quiet)
 ECHO1=$OUT/bin/echo1
+if [ "$HANDLER" = glibc ]; then
+  ECHO1=$OUT/bin/echo1-glibc
+  ECHO1_KIND=$GLIBC_KIND
+fi
 
 # --- Peers from Debian packages, unpacked, not installed -------------------
 # libwrap0: xinetd's and openbsd-inetd's TCP wrappers library, which a
@@ -202,6 +226,7 @@ start tcpserv04 $((base + 6)) "$OUT/bin/tcpserv04" 127.0.0.1 $((base + 6)) "$ECH
 
 SYSTEMS=()
 for s in tinyinetd xinetd openbsd-inetd tcpserver systemd-socket-activate busybox-inetd tcpserv04; do
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $s "* ]]; then continue; fi
   [ -n "${PORT[$s]:-}" ] && SYSTEMS+=("$s")
 done
 note "systems: ${SYSTEMS[*]}"

@@ -1,7 +1,20 @@
-//! The running handlers: pid → [`Child`], and reaping them into [`Exit`]s.
+//! The running handlers: pid → [`Child`], reaping them into [`Exit`]s,
+//! and their deadlines.
 //!
-//! Reaping drains `waitpid(-1, WNOHANG)` until nothing is left, on every
-//! SIGCHLD: deliveries coalesce, so one signal may stand for many exits.
+//! Reaping runs on every SIGCHLD (deliveries coalesce, so one signal may
+//! stand for many exits): each child's pidfd sits in one epoll set, which
+//! names the children that have exited, each reaped through its own pidfd;
+//! the `waitpid(-1)` sweep runs only while some child has no pidfd there.
+//! Both, and what the set can miss, are in `children/reaper.rs`.
+//!
+//! The deadlines (a handler's `timeout`, the shutdown's SIGTERM, the
+//! SIGKILL after the grace, the same for the groups below) are kept in a
+//! heap ([`crate::timers`]): a turn looks at the nearest one and pops
+//! those due, never walking the handlers. Each entry names the handler by
+//! pid and connection id; the handler's own `term_at`/`kill_at` say which
+//! deadline is meant, and an entry that disagrees with them (the handler
+//! exited, or its deadline moved) is stale and ignored. Stale entries are
+//! dropped in one pass when they outnumber the live ones.
 //!
 //! # A handler is its process group
 //!
@@ -33,17 +46,23 @@
 //! stop: once the daemon has exited, systemd SIGKILLs whatever is left in
 //! the unit's cgroup.
 
+mod reaper;
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::plan::{Client, Service, Source};
+use crate::timers::Timers;
+use reaper::Reaper;
 
 /// Why the daemon terminated a handler or its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,17 +177,80 @@ pub struct Fired {
 pub struct Children {
     /// The running handlers.
     by_pid: HashMap<Pid, Child>,
-    /// Groups of reaped handlers with a signal still due; few, and each
-    /// only until its SIGKILL.
-    groups: Vec<Group>,
+    /// Groups of reaped handlers with a signal still due, by group id;
+    /// few, and each only until its SIGKILL.
+    groups: HashMap<Pid, Group>,
+    /// Every `term_at`/`kill_at` of a handler or group, nearest first;
+    /// stale entries included (see the module documentation).
+    timers: Timers<Due>,
+    /// The pidfds and the sweep.
+    reaper: Reaper,
+    /// The reaper's output, a buffer reused every turn.
+    reaped: Vec<(Pid, Status)>,
 }
 
+/// What a heap entry is for: the handler (or, once it is reaped, its
+/// group) with this pid and this connection id. The connection id makes an
+/// entry of a reaped handler stale for a new handler given the same pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Due {
+    pid: Pid,
+    conn_id: u64,
+}
+
+/// Stale heap entries allowed beyond the live ones before they are
+/// dropped in one pass: with this slack and a factor of two, the pass
+/// costs O(1) per stale entry, amortised.
+const STALE_SLACK: usize = 64;
+
 impl Children {
+    /// Adds a handler started without a pidfd (the sweep reaps it).
     pub fn insert(&mut self, child: Child) {
+        self.insert_watched(child, None);
+    }
+
+    /// Adds a handler, reaped through `pidfd` when it has one (see
+    /// `spawn::Spawner::take_pidfd`).
+    pub fn insert_watched(&mut self, child: Child, pidfd: Option<OwnedFd>) {
         // A group entry under this number is stale: the number was free to
         // hand out, so that group has no member left.
-        self.groups.retain(|g| g.pgid != child.pid);
+        self.groups.remove(&child.pid);
+        let due = Due {
+            pid: child.pid,
+            conn_id: child.conn_id,
+        };
+        for at in [child.term_at, child.kill_at].into_iter().flatten() {
+            self.timers.push(at, due);
+        }
+        self.reaper.watch(child.pid, pidfd);
         self.by_pid.insert(child.pid, child);
+    }
+
+    /// A child that is not a handler (the reload's resolver): reaped like
+    /// one, through `pidfd` when it has one, and dropped without an [`Exit`].
+    pub fn adopt(&mut self, pid: Pid, pidfd: Option<OwnedFd>) {
+        self.reaper.watch(pid, pidfd);
+    }
+
+    /// Adopts the children inherited across the `execve` that started the
+    /// daemon, each with the pidfd `open` makes for it. Call once, before
+    /// any child is started.
+    pub fn adopt_inherited(&mut self, mut open: impl FnMut(Pid) -> Option<OwnedFd>) {
+        match reaper::inherited() {
+            Some(pids) => {
+                for pid in pids {
+                    let fd = open(pid);
+                    self.reaper.watch(pid, fd);
+                }
+            }
+            None => self.reaper.set_inherited_unknown(),
+        }
+    }
+
+    /// Children reaped through a pidfd and by the sweep: (watched,
+    /// unwatched), and the sweeps made so far.
+    pub fn reaping(&self) -> ((usize, usize), u64) {
+        (self.reaper.counts(), self.reaper.sweeps())
     }
 
     /// Whether groups of reaped handlers still wait for a signal.
@@ -188,51 +270,63 @@ impl Children {
         self.by_pid.values()
     }
 
-    /// Reaps every exited child into `out`. Unknown pids (which the daemon
-    /// never forked) are reaped and dropped: a zombie must never stay.
+    /// Reaps every exited child into `out`. Children that are not handlers
+    /// (the resolver, inherited ones, any the daemon never forked) are
+    /// reaped and dropped: a zombie must never stay.
     pub fn reap(&mut self, now: Instant, out: &mut Vec<Exit>) {
-        loop {
-            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Status::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Status::Signal(sig)),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Err(Errno::EINTR) => continue,
-                // Stopped/continued are not asked for; anything else is not ours.
-                Ok(_) => continue,
-                Err(_) => return,
-            };
-            let (pid, status) = status;
+        let mut reaped = std::mem::take(&mut self.reaped);
+        self.reaper.reap(&mut reaped);
+        for (pid, status) in reaped.drain(..) {
             if let Some(child) = self.by_pid.remove(&pid) {
-                let duration = now.saturating_duration_since(child.started);
-                // A signal was still due: keep the group while it has
-                // members (signal 0 only asks; ESRCH: none left).
-                if (child.term_at.is_some() || child.kill_at.is_some())
-                    && killpg(pid, None) != Err(Errno::ESRCH)
-                {
-                    self.groups.push(Group {
-                        pgid: pid,
-                        service: Arc::clone(&child.service),
-                        conn_id: child.conn_id,
-                        started: child.started,
-                        term_at: child.term_at,
-                        kill_at: child.kill_at,
-                        terminated_for: child.terminated_for,
-                    });
-                }
-                out.push(Exit {
-                    child,
-                    status,
-                    duration,
-                });
+                self.exited(child, status, now, out);
             }
         }
+        self.reaped = reaped;
     }
 
-    /// The nearest SIGTERM/SIGKILL deadline, of a handler or a group.
+    /// A handler was reaped: its [`Exit`], and its group kept if a signal
+    /// was still due to it (its heap entries then stand for the group).
+    fn exited(&mut self, child: Child, status: Status, now: Instant, out: &mut Vec<Exit>) {
+        let pid = child.pid;
+        let duration = now.saturating_duration_since(child.started);
+        // Signal 0 only asks; ESRCH: no member left.
+        if (child.term_at.is_some() || child.kill_at.is_some())
+            && killpg(pid, None) != Err(Errno::ESRCH)
+        {
+            self.groups.insert(
+                pid,
+                Group {
+                    pgid: pid,
+                    service: Arc::clone(&child.service),
+                    conn_id: child.conn_id,
+                    started: child.started,
+                    term_at: child.term_at,
+                    kill_at: child.kill_at,
+                    terminated_for: child.terminated_for,
+                },
+            );
+        }
+        out.push(Exit {
+            child,
+            status,
+            duration,
+        });
+    }
+
+    /// The nearest SIGTERM/SIGKILL deadline, of a handler or a group: the
+    /// heap's top, which [`fire_deadlines`](Self::fire_deadlines) leaves
+    /// live (an entry made stale since then only wakes the loop once).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let handlers = self.by_pid.values().flat_map(|c| [c.term_at, c.kill_at]);
-        let groups = self.groups.iter().flat_map(|g| [g.term_at, g.kill_at]);
-        handlers.chain(groups).flatten().min()
+        self.timers.peek().map(|(at, _)| at)
+    }
+
+    /// Whether heap entry (`at`, `due`) is still meant.
+    fn live(&self, at: Instant, due: Due) -> bool {
+        LiveView {
+            by_pid: &self.by_pid,
+            groups: &self.groups,
+        }
+        .live(at, due)
     }
 
     /// Sets every handler and group not already on its way to SIGKILL to be
@@ -242,6 +336,13 @@ impl Children {
             if c.kill_at.is_none() {
                 c.term_at = Some(now);
                 c.terminated_for = Some(why);
+                self.timers.push(
+                    now,
+                    Due {
+                        pid: c.pid,
+                        conn_id: c.conn_id,
+                    },
+                );
             }
         }
         self.terminate_groups(now, why);
@@ -250,69 +351,163 @@ impl Children {
     /// Like [`terminate_all`](Self::terminate_all), for the groups of
     /// reaped handlers only.
     pub fn terminate_groups(&mut self, now: Instant, why: Termination) {
-        for g in &mut self.groups {
+        for g in self.groups.values_mut() {
             if g.kill_at.is_none() {
                 g.term_at = Some(now);
                 g.terminated_for.get_or_insert(why);
+                self.timers.push(
+                    now,
+                    Due {
+                        pid: g.pgid,
+                        conn_id: g.conn_id,
+                    },
+                );
             }
         }
     }
 
     /// Sends due signals and says which, for the caller to log. A handler
-    /// terminated at its `timeout` is marked so.
+    /// terminated at its `timeout` is marked so. Pops only the due entries
+    /// (and the stale ones on top), never walks the handlers.
     pub fn fire_deadlines(&mut self, now: Instant, out: &mut Vec<Fired>) {
-        for c in self.by_pid.values_mut() {
-            let sig = if c.term_at.is_some_and(|t| t <= now) {
-                c.term_at = None;
-                c.kill_at = Some(now + KILL_GRACE);
-                Signal::SIGTERM
-            } else if c.kill_at.is_some_and(|t| t <= now) {
-                c.kill_at = None;
-                Signal::SIGKILL
-            } else {
-                continue;
-            };
-            signal(c.pid, sig);
-            let reason = *c.terminated_for.get_or_insert(Termination::Timeout);
-            out.push(Fired {
-                pid: c.pid,
-                signal: sig,
-                leader_gone: false,
-                service: Arc::clone(&c.service),
-                conn_id: c.conn_id,
-                reason,
-                started: c.started,
-            });
-        }
-        self.groups.retain_mut(|g| {
-            let sig = if g.term_at.is_some_and(|t| t <= now) {
-                g.term_at = None;
-                g.kill_at = Some(now + KILL_GRACE);
-                Signal::SIGTERM
-            } else if g.kill_at.is_some_and(|t| t <= now) {
-                g.kill_at = None;
-                Signal::SIGKILL
-            } else {
-                return true;
-            };
-            // ESRCH: no member left. EPERM: not ours to signal (a daemon
-            // that is not root, handlers that are another user). Either
-            // way there is nothing more to do for it.
-            if killpg(g.pgid, sig).is_err() {
-                return false;
+        while let Some((at, due)) = self.timers.pop_due(now) {
+            if let Some(c) = self.by_pid.get_mut(&due.pid) {
+                if c.conn_id == due.conn_id {
+                    if let Some(f) = fire_handler(c, at, now, &mut self.timers) {
+                        out.push(f);
+                    }
+                }
+            } else if let Some(g) = self.groups.get_mut(&due.pid) {
+                if g.conn_id == due.conn_id {
+                    let (fired, keep) = fire_group(g, at, now, &mut self.timers);
+                    out.extend(fired);
+                    if !keep {
+                        self.groups.remove(&due.pid);
+                    }
+                }
             }
-            out.push(Fired {
-                pid: g.pgid,
-                signal: sig,
-                leader_gone: true,
-                service: Arc::clone(&g.service),
-                conn_id: g.conn_id,
-                reason: *g.terminated_for.get_or_insert(Termination::Timeout),
-                started: g.started,
-            });
-            g.kill_at.is_some()
-        });
+        }
+        // Leave a live entry on top, for next_deadline.
+        while let Some((at, due)) = self.timers.peek() {
+            if self.live(at, due) {
+                break;
+            }
+            self.timers.pop();
+        }
+        let live = self.by_pid.len() + self.groups.len();
+        if self.timers.len() > 2 * live + STALE_SLACK {
+            let view = LiveView {
+                by_pid: &self.by_pid,
+                groups: &self.groups,
+            };
+            self.timers.retain(|at, due| view.live(at, due));
+        }
     }
+}
+
+/// The tables that say whether a heap entry is live, borrowed apart from
+/// the heap so that the heap can be filtered against them.
+struct LiveView<'a> {
+    by_pid: &'a HashMap<Pid, Child>,
+    groups: &'a HashMap<Pid, Group>,
+}
+
+impl LiveView<'_> {
+    /// Whether heap entry (`at`, `due`) is still meant: its handler (or
+    /// the group of its reaped handler) is there, with that deadline.
+    fn live(&self, at: Instant, due: Due) -> bool {
+        let meant = |term: Option<Instant>, kill| term == Some(at) || kill == Some(at);
+        match self.by_pid.get(&due.pid) {
+            Some(c) if c.conn_id == due.conn_id => meant(c.term_at, c.kill_at),
+            Some(_) => false,
+            None => self
+                .groups
+                .get(&due.pid)
+                .is_some_and(|g| g.conn_id == due.conn_id && meant(g.term_at, g.kill_at)),
+        }
+    }
+}
+
+/// Heap entry `at` came due for handler `c`: sends SIGTERM (and sets the
+/// SIGKILL after the grace) or SIGKILL, if `at` is still its deadline.
+fn fire_handler(
+    c: &mut Child,
+    at: Instant,
+    now: Instant,
+    timers: &mut Timers<Due>,
+) -> Option<Fired> {
+    let due = Due {
+        pid: c.pid,
+        conn_id: c.conn_id,
+    };
+    let sig = if c.term_at == Some(at) {
+        c.term_at = None;
+        let kill = now + KILL_GRACE;
+        c.kill_at = Some(kill);
+        timers.push(kill, due);
+        Signal::SIGTERM
+    } else if c.kill_at == Some(at) {
+        c.kill_at = None;
+        Signal::SIGKILL
+    } else {
+        return None;
+    };
+    signal(c.pid, sig);
+    let reason = *c.terminated_for.get_or_insert(Termination::Timeout);
+    Some(Fired {
+        pid: c.pid,
+        signal: sig,
+        leader_gone: false,
+        service: Arc::clone(&c.service),
+        conn_id: c.conn_id,
+        reason,
+        started: c.started,
+    })
+}
+
+/// Heap entry `at` came due for the group `g` of a reaped handler: signals
+/// it if `at` is still its deadline. Returns what was sent and whether the
+/// group is still waited for.
+fn fire_group(
+    g: &mut Group,
+    at: Instant,
+    now: Instant,
+    timers: &mut Timers<Due>,
+) -> (Option<Fired>, bool) {
+    let sig = if g.term_at == Some(at) {
+        g.term_at = None;
+        let kill = now + KILL_GRACE;
+        g.kill_at = Some(kill);
+        timers.push(
+            kill,
+            Due {
+                pid: g.pgid,
+                conn_id: g.conn_id,
+            },
+        );
+        Signal::SIGTERM
+    } else if g.kill_at == Some(at) {
+        g.kill_at = None;
+        Signal::SIGKILL
+    } else {
+        return (None, true);
+    };
+    // ESRCH: no member left. EPERM: not ours to signal (a daemon that is
+    // not root, handlers that are another user). Either way there is
+    // nothing more to do for it.
+    if killpg(g.pgid, sig).is_err() {
+        return (None, false);
+    }
+    let fired = Fired {
+        pid: g.pgid,
+        signal: sig,
+        leader_gone: true,
+        service: Arc::clone(&g.service),
+        conn_id: g.conn_id,
+        reason: *g.terminated_for.get_or_insert(Termination::Timeout),
+        started: g.started,
+    };
+    (Some(fired), g.kill_at.is_some() || g.term_at.is_some())
 }
 
 /// Signals a handler's process group (it is a session leader, so its

@@ -28,6 +28,7 @@ pub mod signals;
 pub mod spawn;
 pub mod supervisor;
 pub mod text;
+pub mod timers;
 pub mod trust;
 pub mod unixsock;
 

@@ -92,9 +92,10 @@ pub(super) extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// The child half: runs between clone and exec, one step per line, in
-/// this order: signal dispositions and mask, session, a wait handler's
-/// `LISTEN_PID`, the connection on 0–2 (and a wait handler's socket on 3),
-/// close-on-exec for the rest, working directory and umask, limits
+/// this order: its own descriptor table, signal dispositions and mask,
+/// session, a wait handler's `LISTEN_PID`, the connection on 0–2 (and a
+/// wait handler's socket on 3), close-on-exec for the rest, working
+/// directory and umask, limits
 /// and nice, credentials, no_new_privs, exec. The limits and nice come
 /// before the credentials are dropped, because raising a hard limit or
 /// lowering nice below 0 needs root; no_new_privs comes last, just
@@ -106,6 +107,7 @@ pub(super) extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 /// pointers valid until this child execs or exits.
 unsafe fn child_main(d: &SlotData) -> ! {
     let a = &d.args;
+    own_descriptor_table(d, a.keep_below);
     reset_signals(a);
     empty_signal_mask();
     own_session(d);
@@ -127,6 +129,36 @@ unsafe fn child_main(d: &SlotData) -> ! {
         no_new_privs(d);
     }
     exec(d, a, exec_fd)
+}
+
+/// The child's own descriptor table, first of all (until then it shares
+/// the daemon's, and must change nothing in it). It was cloned with
+/// CLONE_FILES, so that clone copies no table in the daemon (with one
+/// pidfd per running handler there, that copy grew with the number of
+/// handlers); `close_range(keep_below, ~0, CLOSE_RANGE_UNSHARE)` makes a
+/// table holding only the descriptors below `keep_below` (fs/file.c,
+/// `__close_range`: "only copy all file descriptors beneath the lowest
+/// file descriptor"): the daemon's own few, the connection and the
+/// program's. The pidfds are kept above them (`spawn::lift`).
+///
+/// # Safety
+/// Only in the child.
+#[inline(always)]
+unsafe fn own_descriptor_table(d: &SlotData, keep_below: usize) {
+    let rc = sys::call(
+        libc::SYS_close_range,
+        [
+            keep_below,
+            u32::MAX as usize,
+            libc::CLOSE_RANGE_UNSHARE as usize,
+            0,
+            0,
+            0,
+        ],
+    );
+    check(d, Step::UnshareFiles, rc);
+    // The daemon may close its copies of our descriptors now.
+    d.unshared.store(1, Ordering::Release);
 }
 
 /// `rc` as a non-negative result; on `-errno`, records `step` as failed

@@ -1,8 +1,10 @@
 //! Descriptor and process-state helpers with `unsafe` inside: the
 //! daemon's start (SIGCHLD back to SIG_DFL, inherited descriptors marked
-//! close-on-exec or adopted), the reload's resolver fork, and the two
-//! socket calls nix has no safe form for (`listen` with a backlog above
-//! 4096, `TCP_DEFER_ACCEPT`, used by `listen`). None of them
+//! close-on-exec or adopted, the signals a child must reset), the reload's
+//! resolver fork, the descriptors of a spawn (the slot's copies, the
+//! pidfds moved up, `pidfd_open`), and the two socket calls nix has no
+//! safe form for (`listen` with a backlog above 4096, `TCP_DEFER_ACCEPT`,
+//! used by `listen`). None of them
 //! runs in a handler's child; each carries its own safety argument.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -98,6 +100,20 @@ fn only_descriptor(mut keep: RawFd) -> RawFd {
         }
     }
     keep
+}
+
+/// A pidfd for child `pid` that was not cloned with one (the reload's
+/// resolver, children inherited across the daemon's exec), for
+/// `children`'s epoll set. Close-on-exec (pidfd_open(2)).
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new
+    // descriptor or -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0u32) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a descriptor just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Sets SIGCHLD back to SIG_DFL in the daemon. An ignore inherited from
@@ -204,4 +220,85 @@ pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>>
         groups.resize(n, 0);
     }
     Err(std::io::Error::from_raw_os_error(libc::ERANGE))
+}
+
+/// A close-on-exec copy of `fd` at the lowest free number from 3.
+pub(super) fn dup_low(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) makes a new descriptor or fails; it
+    // touches no memory.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a descriptor just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Moves a pidfd numbered [`LOW_PIDFDS`] or more to the lowest free
+/// number from `floor` up, so that the descriptors every child copies
+/// (`child::own_descriptor_table`: those below the highest it needs) stay
+/// few however many handlers run. A connection is accepted at the lowest
+/// free number; without this the pidfds of long sessions would fill the
+/// low numbers, and each child would copy (and close at its exec) one
+/// descriptor per running handler. Below [`LOW_PIDFDS`] a pidfd stays
+/// where it is (two system calls saved per connection while few handlers
+/// run), so a child copies at most that many of them. If it cannot be
+/// moved (the limit is below `floor`, or full above it), it stays:
+/// children then copy more, nothing else changes.
+pub(super) fn lift(fd: OwnedFd, floor: RawFd) -> OwnedFd {
+    if fd.as_raw_fd() < LOW_PIDFDS || fd.as_raw_fd() >= floor {
+        return fd;
+    }
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) makes a new descriptor or fails; it
+    // touches no memory.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if high < 0 {
+        return fd;
+    }
+    // SAFETY: a descriptor just made, owned by nothing else; `fd` is
+    // closed when it is dropped here.
+    unsafe { OwnedFd::from_raw_fd(high) }
+}
+
+/// Pidfds below this number are left there by [`lift`].
+const LOW_PIDFDS: RawFd = 64;
+
+/// Where [`lift`] puts the pidfds: 1024 when the soft descriptor limit
+/// leaves room above it for thousands of them (the shipped unit sets
+/// 16384), a quarter of the limit below that. What lies below it is the
+/// daemon's own: listeners, programs, `/dev/null`, connections on their
+/// way to a child, stderr pipes.
+pub(super) fn pidfd_floor() -> RawFd {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    if soft >= 4096 {
+        1024
+    } else {
+        (soft / 4).max(16) as RawFd
+    }
+}
+
+/// Signals 1..=64 whose disposition is not SIG_DFL, read with the raw
+/// system call (glibc hides 32 and 33).
+pub(super) fn non_default_signals() -> Vec<libc::c_int> {
+    let mut out = Vec::new();
+    for sig in 1..65 {
+        // The kernel's struct sigaction starts with the handler (0 = SIG_DFL).
+        let mut old = [0u64; 4];
+        // SAFETY: reads one disposition into `old`, which is large enough
+        // for the kernel's struct sigaction; changes nothing.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<u64>(),
+                old.as_mut_ptr(),
+                8usize,
+            )
+        };
+        if rc == 0 && old[0] != libc::SIG_DFL as u64 {
+            out.push(sig);
+        }
+    }
+    out
 }

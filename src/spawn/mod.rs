@@ -22,10 +22,10 @@
 //!
 //! # How: clone(CLONE_VM), without waiting for the exec
 //!
-//! The child is created with `clone(CLONE_VM | CLONE_CHILD_CLEARTID |
-//! SIGCHLD)` on a small stack of its own. It shares the daemon's memory, so
-//! no page tables are copied (most of what `fork` costs), and the daemon
-//! does not wait for it: `clone` returns at once, and the daemon goes back
+//! The child is created with `clone(CLONE_VM | CLONE_FILES | CLONE_PIDFD
+//! | CLONE_CHILD_CLEARTID | SIGCHLD)` on a small stack of its own. It
+//! shares the daemon's memory, so no page tables are copied (most of what
+//! `fork` costs), and the daemon does not wait for it: `clone` returns at once, and the daemon goes back
 //! to its accept loop while the child, on another core, prepares and execs.
 //! posix_spawn and busybox inetd add CLONE_VFORK, which suspends the parent
 //! until the child's exec: a sleep and a wake-up of the daemon per
@@ -92,17 +92,25 @@
 //!   ([`Spawner::take_failure`]) and logs `exec-failed` before the `exit`
 //!   line: no report pipe, no descriptor per child, and the accept loop
 //!   never waits for a child.
-//! * **Descriptors.** The child has its own copy of the descriptor table
-//!   (no CLONE_FILES); it puts the connection on 0–2 (on 0–1 and
+//! * **Descriptors.** The child starts on the daemon's descriptor table
+//!   (CLONE_FILES): a table copied per connection cost the daemon
+//!   O(handlers), since it holds a pidfd per running handler (`dup_fd`,
+//!   BENCHMARKS.md, issue 23). The child's first step
+//!   (`child::own_descriptor_table`) makes its own table of the
+//!   descriptors below the highest one it needs (`ChildArgs::keep_below`):
+//!   the daemon's few; pidfds are kept above them ([`fd::lift`]). Until
+//!   then the slot keeps copies of the connection and of fd 2's
+//!   descriptor (`Slot::held`), closed once the child says it has its
+//!   table ([`Spawner::release`]), so the caller may close its own at once.
+//!   In its own table the child puts the connection on 0–2 (on 0–1 and
 //!   [`Conn::err`] on 2 for `stderr = "log" | "null"`: a pipe's write end
-//!   or the daemon's one `/dev/null`, put there by the same raw `dup3`; the
-//!   child opens nothing) and marks every descriptor from 3 up
-//!   close-on-exec; nothing else survives the exec. A wait handler's
-//!   connection is a copy of the service's socket itself (the daemon
-//!   keeps its own, close-on-exec, out of the poll set meanwhile), and
-//!   it goes on fd 3 too, so only descriptors from 4 up are marked. The
-//!   daemon closes its copy of the connection (and of a pipe's write end)
-//!   as soon as clone returns.
+//!   or the daemon's one `/dev/null`, by the same raw `dup3`; the child
+//!   opens nothing) and marks every descriptor from 3 up close-on-exec
+//!   (the pidfd CLONE_PIDFD made, if it was copied, included); nothing
+//!   else survives the exec. A wait handler's connection is a copy of the
+//!   service's socket itself (the daemon keeps its own, close-on-exec, out
+//!   of the poll set meanwhile), and it goes on fd 3 too, so only
+//!   descriptors from 4 up are marked.
 //!   A program that is not a script is exec'd through the `O_PATH`
 //!   descriptor its check opened at load (`execveat` with `AT_EMPTY_PATH`),
 //!   so the file that runs is the file that was checked; that descriptor
@@ -118,16 +126,19 @@
 //!
 //! # The hot path, per connection
 //!
-//! A connection costs the daemon five system calls of its own (six with
-//! the `exit` log line written at the default log level): `accept4`;
-//! `clone`, which returns as soon as the child exists; `close` of its copy
-//! of the connection (after a `getsockname` when the listener is a
-//! wildcard address); a zero-timeout `poll` of the listener, which asks
-//! whether the next connection is already waiting; and one `wait4` when
-//! the exit is read from the signalfd. The listener is drained up to a
-//! budget per loop turn, so one full `poll` serves a burst, and one
-//! signalfd `read` and one `wait4` loop serve every exit between two
-//! turns. A `stderr = "log"` service adds `pipe2`, an `fcntl` and a
+//! A connection costs the daemon nine system calls of its own (ten with
+//! the `exit` log line written at the default log level): `accept4`; an
+//! `fcntl` for the slot's copy of the connection; `clone`, which returns as
+//! soon as the child exists, with its pidfd; `epoll_ctl` to add the pidfd
+//! to the reaper's set; `close` of its copy of the connection (after a
+//! `getsockname` when the listener is a wildcard address) and, later,
+//! of the slot's; a zero-timeout `poll` of the listener, which asks
+//! whether the next connection is already waiting; and at the exit one
+//! `waitid(P_PIDFD)` and the pidfd's `close`. The listener is drained up to
+//! a budget per loop turn, so one full `poll` serves a burst, and one
+//! signalfd `read` and one `epoll_wait` serve every exit between two
+//! turns. Past 64 descriptors a pidfd costs two calls more ([`lift`]).
+//! None of them walks the running handlers. A `stderr = "log"` service adds `pipe2`, an `fcntl` and a
 //! `close` per connection, and the pipe's read at end-of-file and its
 //! `close` at reap; `"null"` and `"socket"` add nothing. The small `poll` stands in for the accept that would fail with
 //! EAGAIN, which costs the kernel a socket and a file allocated and freed
@@ -163,7 +174,7 @@ mod tests;
 
 use std::ffi::c_char;
 use std::io::Write as _;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -172,9 +183,10 @@ use nix::unistd::Pid;
 
 use crate::plan::{Client, Service};
 use child::{child_entry, sys};
+use fd::{dup_low, lift, non_default_signals, pidfd_floor};
 pub use fd::{
-    fork_resolver, listen, mark_inherited_cloexec, own_inherited, peer_groups, reset_sigchld,
-    set_tcp_defer_accept,
+    fork_resolver, listen, mark_inherited_cloexec, own_inherited, peer_groups, pidfd_open,
+    reset_sigchld, set_tcp_defer_accept,
 };
 use slot::{ChildArgs, Slot, SlotData};
 pub use slot::{Failure, Step};
@@ -246,6 +258,14 @@ pub struct Spawner {
     /// Since when every slot has been busy (at least [`WARM_SLOTS`] of
     /// them), as [`Spawner::room`] last saw; `None` while one is free.
     all_busy_since: Option<std::time::Instant>,
+    /// The pidfd of the child [`spawn`] last started, until
+    /// [`Spawner::take_pidfd`] takes it (`None`: it has none).
+    pidfd: Option<OwnedFd>,
+    /// The lowest number a pidfd is moved to ([`lift`]).
+    floor: RawFd,
+    /// Whether a slot may still hold descriptors for its child
+    /// ([`Spawner::release`]).
+    holding: bool,
 }
 
 /// Slots made without question when none is free: under load a handful
@@ -301,7 +321,32 @@ impl Spawner {
             slot_limit: DEFAULT_SLOT_LIMIT,
             failures: Vec::new(),
             all_busy_since: None,
+            pidfd: None,
+            floor: pidfd_floor(),
+            holding: false,
         }
+    }
+
+    /// Closes the copies slots hold for children that have their own
+    /// descriptor tables (`Slot::release`): kept longer, a copy would hide
+    /// the connection's end from the client when the handler closes it.
+    /// Says whether some are still held (the supervisor looks again soon).
+    pub fn release(&mut self) -> bool {
+        if self.holding {
+            let mut still = false;
+            for s in &mut self.slots {
+                still |= s.release();
+            }
+            self.holding = still;
+        }
+        self.holding
+    }
+
+    /// The pidfd of the child the last [`spawn`] started, for `children`'s
+    /// reaper; `None`: it has none ([`start_child`]). The next spawn drops
+    /// one left untaken.
+    pub fn take_pidfd(&mut self) -> Option<OwnedFd> {
+        self.pidfd.take()
     }
 
     /// Bounds the pool at `limit` slots (the supervisor passes
@@ -349,6 +394,7 @@ impl Spawner {
         }
         let slot = self.slots.iter_mut().find(|s| s.pid == Some(pid))?;
         slot.pid = None;
+        slot.release();
         // A reaped child has left the daemon's memory: the slot is free.
         let d = slot.free_data()?;
         d.service = None;
@@ -374,44 +420,34 @@ impl Spawner {
     }
 }
 
-/// Signals 1..=64 whose disposition is not SIG_DFL, read with the raw
-/// system call (glibc hides 32 and 33).
-fn non_default_signals() -> Vec<libc::c_int> {
-    let mut out = Vec::new();
-    for sig in 1..65 {
-        // The kernel's struct sigaction starts with the handler (0 = SIG_DFL).
-        let mut old = [0u64; 4];
-        // SAFETY: reads one disposition into `old`, which is large enough
-        // for the kernel's struct sigaction; changes nothing.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                std::ptr::null::<u64>(),
-                old.as_mut_ptr(),
-                8usize,
-            )
-        };
-        if rc == 0 && old[0] != libc::SIG_DFL as u64 {
-            out.push(sig);
-        }
-    }
-    out
-}
-
 /// Starts `svc`'s handler on `conn` and returns its pid at once: it does
 /// not wait for the exec. Whether the exec failed is learnt when the
 /// child is reaped ([`Spawner::take_failure`]). The connection is closed in
 /// the parent when the caller drops `conn`.
 pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<Pid, SpawnError> {
+    // Earlier children have most likely made their own tables by now.
+    spawner.release();
     let i = spawner.free_slot().map_err(SpawnError::Fork)?;
     let Spawner {
         reset,
         slots,
         failures,
+        pidfd,
+        floor,
+        holding,
         ..
     } = spawner;
+    *pidfd = None;
     let slot = &mut slots[i];
+    // The caller closes its copies at once: the slot keeps its own.
+    slot.held = [None, None];
+    let conn_fd = dup_low(conn.stream.as_raw_fd()).map_err(SpawnError::Fork)?;
+    let err_fd = match conn.err {
+        Some(fd) => Some(dup_low(fd).map_err(SpawnError::Fork)?),
+        None => None,
+    };
+    let fds = (conn_fd.as_raw_fd(), err_fd.as_ref().map(|f| f.as_raw_fd()));
+    slot.held = [Some(conn_fd), err_fd];
     let last = slot.pid.take();
     // --- Parent, before clone: build everything the child will use, in a
     //     slot no child uses any more. ---
@@ -425,15 +461,26 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<P
             failures.push((pid, f));
         }
     }
-    fill_slot(d, svc, conn, reset);
-    start_child(slot)
+    fill_slot(d, svc, conn, fds, reset);
+    let started = start_child(slot, *floor);
+    *holding = true;
+    let (pid, fd) = started?;
+    *pidfd = fd;
+    Ok(pid)
 }
 
 /// Writes into a free slot everything its child will read: the
 /// references that keep it alive, the per-connection variables, argv,
-/// envp and the child's arguments; then marks it busy.
+/// envp and the child's arguments; then marks it busy. `fds`: the slot's
+/// copies of the connection and of fd 2's descriptor.
 #[inline]
-fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[libc::c_int]>) {
+fn fill_slot(
+    d: &mut SlotData,
+    svc: &Arc<Service>,
+    conn: &Conn,
+    fds: (RawFd, Option<RawFd>),
+    reset: &Arc<[libc::c_int]>,
+) {
     d.service = Some(Arc::clone(svc));
     d.reset = Arc::clone(reset);
     let img = &svc.image;
@@ -456,13 +503,16 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
     // SAFETY: build_vars reserved PID_DIGITS + 1 bytes at this offset.
     let pid_field = pid_at.map_or(std::ptr::null_mut(), |o| unsafe { base.add(o) });
     d.envp.push(std::ptr::null());
+    let exec_fd = img.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let (conn_fd, err_fd) = (fds.0, fds.1.unwrap_or(-1));
     d.args = ChildArgs {
         path: img.path.as_ptr(),
-        exec_fd: img.fd.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        exec_fd,
+        keep_below: (conn_fd.max(err_fd).max(exec_fd).max(2) + 1) as usize,
         argv: d.argv.as_ptr(),
         envp: d.envp.as_ptr(),
-        conn: conn.stream.as_raw_fd(),
-        err: conn.err.unwrap_or(-1),
+        conn: conn_fd,
+        err: err_fd,
         umask: img.umask as libc::mode_t,
         cred: svc
             .cred
@@ -479,17 +529,56 @@ fn fill_slot(d: &mut SlotData, svc: &Arc<Service>, conn: &Conn, reset: &Arc<[lib
     };
     d.failed_step.store(0, Ordering::Relaxed);
     d.failed_errno.store(0, Ordering::Relaxed);
+    d.unshared.store(0, Ordering::Relaxed);
     d.busy.store(1, Ordering::Relaxed);
 }
 
 /// Clones the child on the slot `fill_slot` prepared and records its pid;
-/// on failure the slot is free again.
+/// on failure the slot is free again. Returns the pid and the child's
+/// pidfd, which CLONE_PIDFD makes (close-on-exec) in the same call. The
+/// kernel allocates it inside `clone` (kernel/fork.c, `copy_process`): at
+/// the descriptor limit (EMFILE, ENFILE) the whole clone fails, and the
+/// child is cloned again without it (no process was made, so that is
+/// safe), to be reaped by `children`'s sweep.
 #[inline]
-fn start_child(slot: &mut Slot) -> Result<Pid, SpawnError> {
-    let mut flags = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+fn start_child(slot: &mut Slot, floor: RawFd) -> Result<(Pid, Option<OwnedFd>), SpawnError> {
+    let mut flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
     if !sys::CONCURRENT {
         flags |= libc::CLONE_VFORK;
     }
+    let mut pidfd: libc::c_int = -1;
+    let mut cloned = clone_on(slot, flags | libc::CLONE_PIDFD, &mut pidfd);
+    if matches!(cloned, Err(Errno::EMFILE | Errno::ENFILE)) {
+        pidfd = -1;
+        cloned = clone_on(slot, flags, std::ptr::null_mut());
+    }
+    let data = slot.data();
+    let pid = match cloned {
+        Ok(pid) => Pid::from_raw(pid),
+        Err(e) => {
+            // No child: the slot is free again.
+            data.busy.store(0, Ordering::Release);
+            if let Some(d) = slot.free_data() {
+                d.service = None;
+            }
+            return Err(SpawnError::Fork(e));
+        }
+    };
+    slot.pid = Some(pid);
+    // SAFETY: on success with CLONE_PIDFD the kernel stored a new
+    // descriptor in `pidfd`, owned by nothing else; without it, -1.
+    let fd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    Ok((pid, fd.map(|fd| lift(fd, floor))))
+}
+
+/// One `clone` of the child on `slot` with `flags`; with CLONE_PIDFD the
+/// kernel writes the pidfd to `pidfd` (clone's `parent_tid` argument).
+#[inline]
+fn clone_on(
+    slot: &Slot,
+    flags: libc::c_int,
+    pidfd: *mut libc::c_int,
+) -> Result<libc::pid_t, Errno> {
     // From here the daemon only shares the slot with the child.
     let data = slot.data();
     // SAFETY: `child_entry` runs on its own stack, reads only the slot and
@@ -497,29 +586,22 @@ fn start_child(slot: &mut Slot) -> Result<Pid, SpawnError> {
     // kernel zeroes `busy` (the slot is not written or reused before, and
     // holds the `Arc<Service>`), writes only its stack and the failure
     // report, and makes only raw system calls (see the module
-    // documentation and `child`).
+    // documentation and `child`). `pidfd` is null or points at a live
+    // c_int of the caller's, written by the kernel before clone returns.
     let pid = unsafe {
         libc::clone(
             child_entry,
             data.stack.top(),
             flags,
             slot.data.as_ptr() as *mut libc::c_void,
-            std::ptr::null_mut::<libc::pid_t>(),
+            pidfd,
             std::ptr::null_mut::<libc::c_void>(),
             data.busy.as_ptr(),
         )
     };
-    let clone_errno = Errno::last();
     if pid < 0 {
-        // No child: the slot is free again.
-        data.busy.store(0, Ordering::Release);
-        if let Some(d) = slot.free_data() {
-            d.service = None;
-        }
-        return Err(SpawnError::Fork(clone_errno));
+        return Err(Errno::last());
     }
-    let pid = Pid::from_raw(pid);
-    slot.pid = Some(pid);
     Ok(pid)
 }
 

@@ -5,7 +5,7 @@
 //! `spawn`.
 
 use std::ffi::c_char;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -40,6 +40,8 @@ pub enum Step {
     /// interpreter is the cause (named as `step=execve`, with the
     /// interpreter the load found).
     ExecInterpreter = 18,
+    /// `close_range(CLOSE_RANGE_UNSHARE)`: the child's own descriptor table.
+    UnshareFiles = 19,
 }
 
 impl Step {
@@ -58,6 +60,7 @@ impl Step {
             11 => Step::RlimitNproc,
             12 => Step::RlimitCore,
             13 => Step::RlimitFsize,
+            19 => Step::UnshareFiles,
             14 => Step::RlimitAs,
             15 => Step::RlimitCpu,
             16 => Step::Nice,
@@ -89,6 +92,7 @@ impl Step {
             Step::RlimitCpu => "rlimit_cpu",
             Step::Nice => "nice",
             Step::NoNewPrivs => "no_new_privs",
+            Step::UnshareFiles => "unshare_files",
         }
     }
 }
@@ -178,6 +182,12 @@ pub(super) struct Slot {
     /// as a raw pointer, not a `Box`, because a `Box` claims sole access,
     /// and a running child reads it too.
     pub(super) data: NonNull<SlotData>,
+    /// The daemon's copies of the connection and of fd 2's descriptor for
+    /// the child last started here: the child shares the daemon's
+    /// descriptor table until it has made its own (CLONE_FILES), and reads
+    /// them there, so they stay open until `busy` is zero, whatever the
+    /// caller of `spawn` closes meanwhile ([`Slot::release`]).
+    pub(super) held: [Option<OwnedFd>; 2],
 }
 
 /// Everything one child reads or writes in the daemon's memory. The
@@ -193,6 +203,9 @@ pub(super) struct SlotData {
     pub(super) failed_step: AtomicU8,
     /// The failed call's errno, written with `failed_step`.
     pub(super) failed_errno: AtomicI32,
+    /// Set by the child once it has its own descriptor table: from then
+    /// on the daemon's copies of its descriptors ([`Slot::held`]) may go.
+    pub(super) unshared: AtomicI32,
     /// What the child reads, as raw pointers into this slot and the service.
     pub(super) args: ChildArgs,
     /// The per-connection variables, NUL-terminated one after the other.
@@ -227,6 +240,9 @@ pub(super) struct ChildArgs {
     /// The checked program's `O_PATH` descriptor, exec'd with execveat;
     /// -1 to exec `path` (a script: see `ExecImage::fd`).
     pub(super) exec_fd: RawFd,
+    /// The descriptors the child copies into its own table: those below
+    /// this number (`conn`, `err` and `exec_fd` are).
+    pub(super) keep_below: usize,
     /// The slot's `argv`.
     pub(super) argv: *const *const c_char,
     /// The slot's `envp`.
@@ -268,9 +284,11 @@ impl Slot {
             busy: AtomicI32::new(0),
             failed_step: AtomicU8::new(0),
             failed_errno: AtomicI32::new(0),
+            unshared: AtomicI32::new(0),
             args: ChildArgs {
                 path: std::ptr::null(),
                 exec_fd: -1,
+                keep_below: 3,
                 argv: std::ptr::null(),
                 envp: std::ptr::null(),
                 conn: -1,
@@ -297,7 +315,25 @@ impl Slot {
         Ok(Slot {
             pid: None,
             data: NonNull::from(Box::leak(data)),
+            held: [None, None],
         })
+    }
+
+    /// Closes the held descriptors once the child no longer reads the
+    /// daemon's table (it has its own, or `busy` is zero). Returns whether
+    /// some are still held. The sooner the better: while the child runs,
+    /// closing the daemon's copy only drops a reference, and the child's
+    /// exit does the connection's last close, on the child's time.
+    pub(super) fn release(&mut self) -> bool {
+        if self.held.iter().all(Option::is_none) {
+            return false;
+        }
+        let d = self.data();
+        if d.unshared.load(Ordering::Acquire) == 0 && d.busy.load(Ordering::Acquire) != 0 {
+            return true;
+        }
+        self.held = [None, None];
+        false
     }
 
     /// Shared access, at any time: what a child writes is atomic, and the

@@ -40,6 +40,20 @@ fn wait_exited(pid: Pid) {
     waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).expect("waitid");
 }
 
+/// What the supervisor does every turn: closes the slots' copies of the
+/// connections once their children have their own descriptor tables
+/// (bounded; each child gets there in microseconds).
+fn released(spawner: &mut Spawner) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while spawner.release() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a child never made its own table"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Starts `program` on a fresh `Spawner`, reaps it and checks its exit
 /// code.
 fn spawn_and_reap(program: &str, code: i32) -> (Spawner, Pid) {
@@ -171,6 +185,7 @@ fn the_child_runs_on_the_connection_with_its_variables() {
     .collect();
     let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
     drop(conn);
+    released(&mut spawner);
     let mut out = String::new();
     std::io::Read::read_to_string(&mut peer, &mut out).expect("read");
     assert_eq!(out, "127.0.0.1 40000 1\n");
@@ -330,6 +345,7 @@ fn err_goes_on_fd_2_and_the_connection_on_0_and_1() {
     let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
     drop(w);
     drop(conn);
+    released(&mut spawner);
     assert_eq!(
         waitpid(pid, None).expect("waitpid"),
         WaitStatus::Exited(pid, 0)
@@ -369,6 +385,8 @@ fn a_wait_handler_gets_its_own_pid_and_the_socket_on_fd_3() {
     let mut spawner = Spawner::new();
     let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
     drop(conn);
+    // The slot's copy of the socket goes once the child has its own table.
+    released(&mut spawner);
     let mut out = String::new();
     std::io::Read::read_to_string(&mut ours, &mut out).expect("read");
     assert_eq!(
@@ -384,4 +402,34 @@ fn a_wait_handler_gets_its_own_pid_and_the_socket_on_fd_3() {
     // ls opens one descriptor of its own for the directory.
     let fds: Vec<u32> = lines.filter_map(|l| l.parse().ok()).collect();
     assert!(fds.starts_with(&[0, 1, 2, 3]) && fds.len() <= 5, "{out}");
+}
+
+/// The child is cloned with its pidfd (CLONE_PIDFD), which reaps it; and
+/// the slot's copy of the connection lives until the child has its own
+/// descriptor table, then goes, so that the child's end is the last one.
+#[test]
+fn a_child_comes_with_its_pidfd_and_the_slots_copy_goes_once_it_has_its_own_table() {
+    let mut spawner = Spawner::new();
+    let (mut svc, conn, mut peer) = fixture("/bin/sh");
+    Arc::get_mut(&mut svc).expect("sole owner").image.argv = ["sh", "-c", "read x; echo got $x"]
+        .iter()
+        .map(|a| CString::new(*a).expect("arg"))
+        .collect();
+    let pid = spawn(&svc, &conn, &mut spawner).expect("spawn");
+    let pidfd = spawner.take_pidfd().expect("a pidfd");
+    assert!(spawner.take_pidfd().is_none(), "taken once");
+    drop(conn);
+    // The child waits for a line: it has its own table by now or soon.
+    released(&mut spawner);
+    std::io::Write::write_all(&mut peer, b"x\n").expect("write");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut peer, &mut out).expect("read");
+    assert_eq!(out, "got x\n", "EOF once the child exits: no copy is left");
+    let st = waitid(
+        Id::PIDFd(std::os::fd::AsFd::as_fd(&pidfd)),
+        WaitPidFlag::WEXITED,
+    )
+    .expect("waitid on the pidfd");
+    assert_eq!(st, WaitStatus::Exited(pid, 0));
+    assert_eq!(spawner.take_failure(pid), None);
 }

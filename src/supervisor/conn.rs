@@ -288,6 +288,8 @@ impl Supervisor {
                     self.watch_stderr(r, &svc, conn.id, pid);
                 }
                 self.services.started(svc_i, source, now);
+                // None at the descriptor limit: reaped by the sweep then.
+                let pidfd = self.spawner.take_pidfd();
                 self.log
                     .event(Level::Debug, "start")
                     .kv("service", &svc.name)
@@ -295,8 +297,9 @@ impl Supervisor {
                     .kv("pid", pid)
                     .kv("peer", &conn.client)
                     .opt("proxy", proxy_of(&conn))
+                    .opt("reaped_by", pidfd.is_none().then_some("sweep"))
                     .send();
-                self.insert_child(svc, &conn, pid, source, now);
+                self.insert_child(svc, &conn, pid, pidfd, source, now);
             }
             Err(e) => {
                 let delay = self.services.fork_failed(svc_i, now);
@@ -381,17 +384,19 @@ impl Supervisor {
         }
     }
 
-    /// Puts a started handler in the table, with its `timeout`.
+    /// Puts a started handler in the table, with its `timeout`, reaped
+    /// through `pidfd` when it has one.
     pub(super) fn insert_child(
         &mut self,
         service: Arc<Service>,
         conn: &Conn,
         pid: Pid,
+        pidfd: Option<OwnedFd>,
         source: Source,
         now: Instant,
     ) {
         let term_at = service.limits.timeout.map(|t| now + t);
-        self.children.insert(Child {
+        let child = Child {
             pid,
             service,
             conn_id: conn.id,
@@ -402,7 +407,8 @@ impl Supervisor {
             term_at,
             kill_at: None,
             terminated_for: None,
-        });
+        };
+        self.children.insert_watched(child, pidfd);
     }
 
     /// Counts a refusal and logs it (within the refusal lines' rate),

@@ -74,6 +74,8 @@ impl Supervisor {
                 let source = crate::admit::source_key(&svc.limits, &conn.client);
                 self.services.started(svc_i, source, now);
                 self.socks[i].held = Some(pid);
+                // None at the descriptor limit: reaped by the sweep then.
+                let pidfd = self.spawner.take_pidfd();
                 self.log
                     .event(Level::Debug, "start")
                     .kv("service", &svc.name)
@@ -81,8 +83,9 @@ impl Supervisor {
                     .kv("pid", pid)
                     .kv("peer", &conn.client)
                     .kv("addr", &addr)
+                    .opt("reaped_by", pidfd.is_none().then_some("sweep"))
                     .send();
-                self.insert_child(svc, &conn, pid, source, now);
+                self.insert_child(svc, &conn, pid, pidfd, source, now);
             }
             Err(e) => {
                 set_nonblocking(&conn.stream);

@@ -47,6 +47,10 @@ use stderr::StderrPipe;
 /// Connections accepted from one listener in one loop turn at most.
 const ACCEPT_BUDGET: usize = 64;
 
+/// How soon the loop looks again at the descriptors kept for children on
+/// their way to their exec (tens of microseconds, as a rule).
+const HOLD_RECHECK: Duration = Duration::from_millis(1);
+
 /// One listening socket in the loop.
 struct Sock {
     /// The address it was bound (or adopted) for.
@@ -204,9 +208,14 @@ impl Supervisor {
         }
         expire(&mut self.slot_retry, now);
         self.update_pauses(now);
-        let timeout = self
+        let mut timeout = self
             .next_deadline()
             .map(|t| t.saturating_duration_since(now));
+        // Copies of connections kept for children not at their exec yet
+        // (`Spawner::release`): no event says when they get there.
+        if self.spawner.release() {
+            timeout = Some(timeout.map_or(HOLD_RECHECK, |t| t.min(HOLD_RECHECK)));
+        }
         self.poll(timeout);
 
         let now = Instant::now();
@@ -255,7 +264,8 @@ impl Supervisor {
         self.read_stderr(now);
         // Children are reaped when SIGCHLD says one changed state: the
         // signal is blocked and queued, so none can be missed, and any number
-        // of exits between two polls cost one read and one waitpid loop.
+        // of exits between two polls cost one read and one `epoll_wait` of
+        // the pidfds (`children`: no walk of the running handlers).
         if sig.child {
             self.reap(now);
         }

@@ -36,6 +36,9 @@ impl Supervisor {
         }
         match resolver::Pending::start(&self.plan.path, now) {
             Ok(p) => {
+                // Reaped through its pidfd like a handler, and dropped.
+                let pid = p.pid();
+                self.children.adopt(pid, crate::spawn::pidfd_open(pid).ok());
                 self.log
                     .event(Level::Debug, "reload-resolving")
                     .kv("pid", p.pid())

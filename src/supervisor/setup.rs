@@ -87,6 +87,10 @@ impl Supervisor {
             ready: Vec::new(),
             pollfds: Vec::new(),
         };
+        // Before any child is started: whatever runs now was inherited
+        // across the exec that started the daemon, and must be reaped too.
+        sup.children
+            .adopt_inherited(|pid| crate::spawn::pidfd_open(pid).ok());
         sup.install(plan, held, HashMap::new());
         for s in &sup.socks {
             let name = &sup.services.get(s.svc).svc.name;

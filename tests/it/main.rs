@@ -9,6 +9,7 @@ mod core;
 mod daytime;
 mod examples;
 mod faults;
+mod flat;
 mod hardening;
 mod import;
 mod include;

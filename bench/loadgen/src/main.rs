@@ -14,6 +14,10 @@
 //! `--selftest` drives a non-forking, in-process echo server instead (a
 //! pool of threads started up front, one connection at a time each), to
 //! show how far the generator itself goes on this machine.
+//!
+//! `--hold ADDR --hold-n N` first opens N connections to ADDR and keeps
+//! them open and silent until the end (idle sessions beside the load); it
+//! says on stderr how many it could open (`held=N`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -33,11 +37,13 @@ struct Opts {
     selftest: bool,
     pid: Option<u32>,
     proxy_v2: bool,
+    hold: Option<SocketAddr>,
+    hold_n: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME] [--pid PID] [--proxy-v2]"
+        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME] [--pid PID] [--proxy-v2] [--hold HOST:PORT --hold-n N]"
     );
     std::process::exit(2)
 }
@@ -52,6 +58,8 @@ fn parse() -> Opts {
         selftest: false,
         pid: None,
         proxy_v2: false,
+        hold: None,
+        hold_n: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -69,6 +77,8 @@ fn parse() -> Opts {
             "--selftest" => o.selftest = true,
             "--pid" => o.pid = Some(val().parse().unwrap_or_else(|_| usage())),
             "--proxy-v2" => o.proxy_v2 = true,
+            "--hold" => o.hold = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--hold-n" => o.hold_n = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -177,6 +187,7 @@ fn main() {
     } else {
         o.addr.unwrap_or_else(|| usage())
     };
+    let held = hold(o.hold, o.hold_n);
     let start = Instant::now();
     let measure_from = start + o.warmup;
     let end = measure_from + o.duration;
@@ -233,6 +244,7 @@ fn main() {
         all.timeout += t.timeout;
         all.short += t.short;
     }
+    drop(held);
     all.lat_us.sort_unstable();
     let n = all.lat_us.len();
     let pct = |p: f64| {
@@ -261,6 +273,24 @@ fn main() {
         all.short,
         ticks
     );
+}
+
+/// Opens `n` connections to `addr` (if given) and returns them, to be held
+/// open and silent; reports on stderr how many opened.
+fn hold(addr: Option<SocketAddr>, n: usize) -> Vec<TcpStream> {
+    let Some(addr) = addr else {
+        return Vec::new();
+    };
+    let mut held = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => held.push(s),
+            Err(_) => failed += 1,
+        }
+    }
+    eprintln!("held={} failed={failed}", held.len());
+    held
 }
 
 /// utime + stime of `pid`, in clock ticks (fields 14 and 15 of
