@@ -7,14 +7,13 @@
 //!
 //! * `mod.rs` (this file): the [`Spawner`] and its slot pool, and the
 //!   daemon's half of a spawn ([`spawn`]: fill a free slot, then clone).
-//! * `slot.rs`: the memory one child shares with the daemon (its stack,
-//!   argv, envp, failure report: [`Step`], [`Failure`]) and when the
-//!   daemon may touch it again.
+//! * `slot.rs`: the memory one child shares with the daemon (stack, argv,
+//!   envp, variables, failure report: [`Step`], [`Failure`]), when the
+//!   daemon may touch it again, the descriptors kept for the child.
 //! * `child.rs`: the child's half, between clone and exec, and the raw
 //!   system calls it is made of (`child::sys`).
-//! * `fd.rs`: descriptor and process-state helpers for the daemon's start
-//!   ([`reset_sigchld`], [`mark_inherited_cloexec`], [`own_inherited`]) and
-//!   the reload's resolver fork ([`fork_resolver`]).
+//! * `fd.rs`: descriptor and process-state helpers (the daemon's start,
+//!   the resolver fork, a spawn's descriptors, [`pidfd_open`]).
 //! * `tests.rs`: the unit tests.
 //!
 //! `slot` imports nothing else of `spawn`, `child` only `slot`, `fd`
@@ -120,19 +119,19 @@
 //!
 //! # The hot path, per connection
 //!
-//! A connection costs the daemon nine system calls of its own (ten with
-//! the `exit` log line written at the default log level): `accept4`; an
-//! `fcntl` for the slot's copy of the connection; `clone`, which returns as
-//! soon as the child exists, with its pidfd; `epoll_ctl` to add the pidfd
-//! to the reaper's set; `close` of its copy of the connection (after a
-//! `getsockname` when the listener is a wildcard address) and, later,
-//! of the slot's; a zero-timeout `poll` of the listener, which asks
-//! whether the next connection is already waiting; and at the exit one
-//! `waitid(P_PIDFD)` and the pidfd's `close`. The listener is drained up to
-//! a budget per loop turn, so one full `poll` serves a burst, and one
-//! signalfd `read` and one `epoll_wait` serve every exit between two
-//! turns. Past 64 descriptors a pidfd costs two calls more ([`lift`]).
-//! None of them walks the running handlers. A `stderr = "log"` service adds `pipe2`, an `fcntl` and a
+//! A connection costs the daemon five system calls of its own while few
+//! handlers run (six with the `exit` log line at the default log level):
+//! `accept4`; `clone`, which returns as soon as the child exists; `close`
+//! of its copy of the connection (after a `getsockname` when the listener
+//! is a wildcard address); a zero-timeout `poll` of the listener, which
+//! asks whether the next connection is already waiting; and one `wait4`
+//! when the exit is read from the signalfd. With many running
+//! ([`Spawner::set_many`]): an `fcntl` and a `close` for the slot's copy,
+//! `epoll_ctl` for the pidfd, and `waitid` and the pidfd's `close` instead
+//! of the `wait4`; none of them walks the running handlers. The listener
+//! is drained up to a budget per loop turn, so one full `poll` serves a
+//! burst, and one signalfd `read` serves every exit between two turns.
+//! A `stderr = "log"` service adds `pipe2`, an `fcntl` and a
 //! `close` per connection, and the pipe's read at end-of-file and its
 //! `close` at reap; `"null"` and `"socket"` add nothing. The small `poll` stands in for the accept that would fail with
 //! EAGAIN, which costs the kernel a socket and a file allocated and freed
@@ -166,7 +165,6 @@ mod slot;
 mod tests;
 
 use std::ffi::c_char;
-use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -178,7 +176,7 @@ use crate::plan::{Client, Service};
 use child::{child_entry, sys};
 use fd::{dup_low, lift, non_default_signals, pidfd_floor};
 pub use fd::{fork_resolver, mark_inherited_cloexec, own_inherited, pidfd_open, reset_sigchld};
-use slot::{ChildArgs, Slot, SlotData};
+use slot::{build_vars, ChildArgs, Slot, SlotData};
 pub use slot::{Failure, Step};
 
 /// One accepted connection, ready to hand to a handler.
@@ -237,9 +235,10 @@ pub struct Spawner {
     pidfd: Option<OwnedFd>,
     /// The lowest number a pidfd is moved to ([`lift`]).
     floor: RawFd,
-    /// Whether a slot may still hold descriptors for its child
-    /// ([`Spawner::release`]).
+    /// Whether a slot may hold copies for its child ([`Spawner::release`]).
     holding: bool,
+    /// Pidfds and a shared descriptor table ([`Spawner::set_many`]).
+    many: bool,
 }
 
 /// Slots made without question when none is free: under load a handful
@@ -298,7 +297,18 @@ impl Spawner {
             pidfd: None,
             floor: pidfd_floor(),
             holding: false,
+            many: true,
         }
+    }
+
+    /// Whether the next children get a pidfd each and start on the
+    /// daemon's table (CLONE_FILES, the slot keeping copies), for many
+    /// running handlers; or, while few run, are plain children reaped by
+    /// the sweep, which then walks only a few (a pidfd costs about a third
+    /// of a connection's daemon CPU: BENCHMARKS.md, issue 23). On by
+    /// default; `children` decides.
+    pub fn set_many(&mut self, many: bool) {
+        self.many = many;
     }
 
     /// Closes the copies slots hold for children that have their own
@@ -409,19 +419,25 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<P
         pidfd,
         floor,
         holding,
+        many,
         ..
     } = spawner;
     *pidfd = None;
     let slot = &mut slots[i];
-    // The caller closes its copies at once: the slot keeps its own.
     slot.held = [None, None];
-    let conn_fd = dup_low(conn.stream.as_raw_fd()).map_err(SpawnError::Fork)?;
-    let err_fd = match conn.err {
-        Some(fd) => Some(dup_low(fd).map_err(SpawnError::Fork)?),
-        None => None,
+    let fds = if *many {
+        // The caller closes its copies at once: the slot keeps its own.
+        let conn_fd = dup_low(conn.stream.as_raw_fd()).map_err(SpawnError::Fork)?;
+        let err_fd = match conn.err {
+            Some(fd) => Some(dup_low(fd).map_err(SpawnError::Fork)?),
+            None => None,
+        };
+        let fds = (conn_fd.as_raw_fd(), err_fd.as_ref().map(|f| f.as_raw_fd()));
+        slot.held = [Some(conn_fd), err_fd];
+        fds
+    } else {
+        (conn.stream.as_raw_fd(), conn.err)
     };
-    let fds = (conn_fd.as_raw_fd(), err_fd.as_ref().map(|f| f.as_raw_fd()));
-    slot.held = [Some(conn_fd), err_fd];
     let last = slot.pid.take();
     // --- Parent, before clone: build everything the child will use, in a
     //     slot no child uses any more. ---
@@ -436,7 +452,7 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<P
         }
     }
     fill_slot(d, svc, conn, fds, reset);
-    let started = start_child(slot, *floor);
+    let started = start_child(slot, *many, *floor);
     *holding = true;
     let (pid, fd) = started?;
     *pidfd = fd;
@@ -458,7 +474,7 @@ fn fill_slot(
     d.service = Some(Arc::clone(svc));
     d.reset = Arc::clone(reset);
     let img = &svc.image;
-    build_vars(&mut d.vars, &mut d.offsets, conn);
+    build_vars(&mut d.vars, &mut d.offsets, &conn.client, conn.id);
     d.argv.clear();
     d.argv.extend(img.argv.iter().map(|a| a.as_ptr()));
     d.argv.push(std::ptr::null());
@@ -509,14 +525,23 @@ fn fill_slot(
 /// child is cloned again without it (no process was made, so that is
 /// safe), to be reaped by `children`'s sweep.
 #[inline]
-fn start_child(slot: &mut Slot, floor: RawFd) -> Result<(Pid, Option<OwnedFd>), SpawnError> {
-    let mut flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+fn start_child(
+    slot: &mut Slot,
+    many: bool,
+    floor: RawFd,
+) -> Result<(Pid, Option<OwnedFd>), SpawnError> {
+    let mut flags = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
     if !sys::CONCURRENT {
         flags |= libc::CLONE_VFORK;
     }
     let mut pidfd: libc::c_int = -1;
-    let mut cloned = clone_on(slot, flags | libc::CLONE_PIDFD, &mut pidfd);
-    if matches!(cloned, Err(Errno::EMFILE | Errno::ENFILE)) {
+    let mut cloned = if many {
+        flags |= libc::CLONE_FILES;
+        clone_on(slot, flags | libc::CLONE_PIDFD, &mut pidfd)
+    } else {
+        clone_on(slot, flags, std::ptr::null_mut())
+    };
+    if many && matches!(cloned, Err(Errno::EMFILE | Errno::ENFILE)) {
         pidfd = -1;
         cloned = clone_on(slot, flags, std::ptr::null_mut());
     }
@@ -571,30 +596,4 @@ fn clone_on(
         return Err(Errno::last());
     }
     Ok(pid)
-}
-
-/// Writes this connection's variables into `v`, recording where each
-/// starts in `o`. IPv4-mapped IPv6 addresses are shown as IPv4, IPv6
-/// without brackets.
-fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) {
-    v.clear();
-    o.clear();
-    let var = |o: &mut Vec<usize>, v: &mut Vec<u8>, name: &str, val: &dyn std::fmt::Display| {
-        o.push(v.len());
-        // Writing into a Vec cannot fail.
-        let _ = write!(v, "{name}={val}\0");
-    };
-    match &conn.client {
-        Client::Inet { peer, local } => {
-            let rip = peer.ip().to_canonical();
-            let lip = local.ip().to_canonical();
-            var(o, v, "TCPREMOTEIP", &rip);
-            var(o, v, "TCPREMOTEPORT", &peer.port());
-            var(o, v, "TCPLOCALIP", &lip);
-            var(o, v, "TCPLOCALPORT", &local.port());
-            var(o, v, "REMOTE_ADDR", &rip);
-            var(o, v, "REMOTE_PORT", &peer.port());
-        }
-    }
-    var(o, v, "TINYINETD_CONN_ID", &conn.id);
 }

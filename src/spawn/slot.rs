@@ -5,6 +5,7 @@
 //! `spawn`.
 
 use std::ffi::c_char;
+use std::io::Write as _;
 use std::os::fd::{OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use crate::plan::{Rlimit, Service};
+use crate::plan::{Client, Rlimit, Service};
 
 /// The step of the child contract that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,4 +362,30 @@ impl SlotData {
             errno: Errno::from_raw(self.failed_errno.load(Ordering::Relaxed)),
         })
     }
+}
+
+/// Writes this connection's variables into `v`, recording where each
+/// starts in `o`. IPv4-mapped IPv6 addresses are shown as IPv4, IPv6
+/// without brackets.
+pub(super) fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, client: &Client, id: u64) {
+    v.clear();
+    o.clear();
+    let var = |o: &mut Vec<usize>, v: &mut Vec<u8>, name: &str, val: &dyn std::fmt::Display| {
+        o.push(v.len());
+        // Writing into a Vec cannot fail.
+        let _ = write!(v, "{name}={val}\0");
+    };
+    match client {
+        Client::Inet { peer, local } => {
+            let rip = peer.ip().to_canonical();
+            let lip = local.ip().to_canonical();
+            var(o, v, "TCPREMOTEIP", &rip);
+            var(o, v, "TCPREMOTEPORT", &peer.port());
+            var(o, v, "TCPLOCALIP", &lip);
+            var(o, v, "TCPLOCALPORT", &local.port());
+            var(o, v, "REMOTE_ADDR", &rip);
+            var(o, v, "REMOTE_PORT", &peer.port());
+        }
+    }
+    var(o, v, "TINYINETD_CONN_ID", &id);
 }
