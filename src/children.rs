@@ -2,9 +2,10 @@
 //! and their deadlines.
 //!
 //! Reaping runs on every SIGCHLD (deliveries coalesce, so one signal may
-//! stand for many exits): each child's pidfd sits in one epoll set, which
-//! names the children that have exited, each reaped through its own pidfd;
-//! the `waitpid(-1)` sweep runs only while some child has no pidfd there.
+//! stand for many exits). From [`MANY_FROM`] running handlers on, each
+//! child's pidfd sits in one epoll set, which names the children that have
+//! exited, each reaped through its own pidfd; the `waitpid(-1)` sweep runs
+//! only while some child has no pidfd there (below that count, by choice).
 //! Both, and what the set can miss, are in `children/reaper.rs`.
 //!
 //! The deadlines (a handler's `timeout`, the shutdown's SIGTERM, the
