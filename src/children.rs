@@ -2,9 +2,10 @@
 //! and their deadlines.
 //!
 //! Reaping runs on every SIGCHLD (deliveries coalesce, so one signal may
-//! stand for many exits): each child's pidfd sits in one epoll set, which
-//! names the children that have exited, each reaped through its own pidfd;
-//! the `waitpid(-1)` sweep runs only while some child has no pidfd there.
+//! stand for many exits). From [`MANY_FROM`] running handlers on, each
+//! child's pidfd sits in one epoll set, which names the children that have
+//! exited, each reaped through its own pidfd; the `waitpid(-1)` sweep runs
+//! only while some child has no pidfd there (below that count, by choice).
 //! Both, and what the set can miss, are in `children/reaper.rs`.
 //!
 //! The deadlines (a handler's `timeout`, the shutdown's SIGTERM, the
@@ -187,7 +188,17 @@ pub struct Children {
     reaper: Reaper,
     /// The reaper's output, a buffer reused every turn.
     reaped: Vec<(Pid, Status)>,
+    /// Whether many handlers run ([`Children::many`]).
+    many: bool,
 }
+
+/// From this many running handlers on, children get pidfds (and the sweep
+/// stops); below [`FEW_UNDER`] again, they do not.
+pub const MANY_FROM: usize = 64;
+
+/// See [`MANY_FROM`]: the gap keeps a count that hovers from switching
+/// back and forth.
+pub const FEW_UNDER: usize = 32;
 
 /// What a heap entry is for: the handler (or, once it is reaped, its
 /// group) with this pid and this connection id. The connection id makes an
@@ -245,6 +256,21 @@ impl Children {
             }
             None => self.reaper.set_inherited_unknown(),
         }
+    }
+
+    /// Whether the next handlers should be started with a pidfd
+    /// (`spawn::Spawner::set_many`). While few run, the sweep reaps them
+    /// and walks only those few, and a pidfd would cost more than it saves.
+    /// When their number reaches [`MANY_FROM`], the ones without a pidfd
+    /// get one from `open` (`pidfd_open`), so that the sweep stops at once.
+    pub fn many(&mut self, open: impl FnMut(Pid) -> Option<OwnedFd>) -> bool {
+        if !self.many && self.by_pid.len() >= MANY_FROM {
+            self.many = true;
+            self.reaper.watch_unwatched(open);
+        } else if self.many && self.by_pid.len() < FEW_UNDER {
+            self.many = false;
+        }
+        self.many
     }
 
     /// Children reaped through a pidfd and by the sweep: (watched,

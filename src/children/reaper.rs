@@ -32,6 +32,10 @@
 //! runs on the same SIGCHLD only while [`Reaper::unwatched`] is not empty
 //! or inherited children could not be listed.
 //!
+//! While fewer than `MANY_FROM` (64) handlers run, they are started
+//! without pidfds and swept, by choice: the sweep then walks a few
+//! children, and a pidfd costs more than that (`Children::many`).
+//!
 //! # What the set can miss, and the sweep catches
 //!
 //! * A handler whose pidfd could not be made. CLONE_PIDFD allocates the
@@ -119,6 +123,17 @@ impl Reaper {
             }
         }
         self.unwatched.insert(pid);
+    }
+
+    /// Gives every unwatched child the pidfd `open` makes for it, if it
+    /// makes one.
+    pub(super) fn watch_unwatched(&mut self, mut open: impl FnMut(Pid) -> Option<OwnedFd>) {
+        let pids: Vec<Pid> = self.unwatched.iter().copied().collect();
+        for pid in pids {
+            if let Some(fd) = open(pid) {
+                self.watch(pid, Some(fd));
+            }
+        }
     }
 
     /// Children at start could not be listed (see the module doc).

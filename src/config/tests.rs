@@ -580,45 +580,12 @@ fn nets() {
 }
 
 mod control;
+mod not_root;
 mod prop;
+pub(in crate::config) use not_root::NotRoot;
 
 #[test]
 fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncé d", 7), (2, 4));
     assert_eq!(line_col("", 0), (1, 1));
-}
-
-/// The real system, seen by a daemon running as uid 1000 (not root): a
-/// test double the key checks of the other files share.
-pub(super) struct NotRoot;
-
-impl System for NotRoot {
-    fn identity(&self) -> (u32, u32) {
-        (1000, 1000)
-    }
-    fn user(&self, name: &str) -> Result<Option<(u32, u32)>, String> {
-        RealSystem.user(name)
-    }
-    fn user_name(&self, uid: u32) -> Result<Option<String>, String> {
-        RealSystem.user_name(uid)
-    }
-    fn group(&self, name: &str) -> Result<Option<u32>, String> {
-        RealSystem.group(name)
-    }
-    fn group_name(&self, gid: u32) -> Result<Option<String>, String> {
-        RealSystem.group_name(gid)
-    }
-    fn group_list(&self, user: &str, gid: u32) -> Result<Vec<u32>, String> {
-        RealSystem.group_list(user, gid)
-    }
-    fn exe_dir(&self) -> Option<std::path::PathBuf> {
-        None
-    }
-    fn program(
-        &self,
-        path: &Path,
-        mode: crate::trust::Mode,
-    ) -> Result<Option<std::os::fd::OwnedFd>, crate::trust::Refusal> {
-        RealSystem.program(path, mode)
-    }
 }

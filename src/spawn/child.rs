@@ -131,15 +131,17 @@ unsafe fn child_main(d: &SlotData) -> ! {
     exec(d, a, exec_fd)
 }
 
-/// The child's own descriptor table, first of all (until then it shares
-/// the daemon's, and must change nothing in it). It was cloned with
-/// CLONE_FILES, so that clone copies no table in the daemon (with one
+/// The child's own descriptor table, first of all (until then it may
+/// share the daemon's, and must change nothing in it). Cloned with
+/// CLONE_FILES (`Spawner::set_many`), so that clone copies no table in the daemon (with one
 /// pidfd per running handler there, that copy grew with the number of
 /// handlers); `close_range(keep_below, ~0, CLOSE_RANGE_UNSHARE)` makes a
 /// table holding only the descriptors below `keep_below` (fs/file.c,
 /// `__close_range`: "only copy all file descriptors beneath the lowest
 /// file descriptor"): the daemon's own few, the connection and the
-/// program's. The pidfds are kept above them (`spawn::lift`).
+/// program's. The pidfds are kept above them (`fd::lift`). On a table of
+/// its own already (no CLONE_FILES) the same call closes the copies of
+/// the daemon's higher descriptors now rather than at the exec.
 ///
 /// # Safety
 /// Only in the child.

@@ -7,14 +7,13 @@
 //!
 //! * `mod.rs` (this file): the [`Spawner`] and its slot pool, and the
 //!   daemon's half of a spawn ([`spawn`]: fill a free slot, then clone).
-//! * `slot.rs`: the memory one child shares with the daemon (its stack,
-//!   argv, envp, failure report: [`Step`], [`Failure`]) and when the
-//!   daemon may touch it again.
+//! * `slot.rs`: the memory one child shares with the daemon (stack, argv,
+//!   envp, variables, failure report: [`Step`], [`Failure`]), when the
+//!   daemon may touch it again, the descriptors kept for the child.
 //! * `child.rs`: the child's half, between clone and exec, and the raw
 //!   system calls it is made of (`child::sys`).
-//! * `fd.rs`: descriptor and process-state helpers for the daemon's start
-//!   ([`reset_sigchld`], [`mark_inherited_cloexec`], [`own_inherited`]) and
-//!   the reload's resolver fork ([`fork_resolver`]).
+//! * `fd.rs`: descriptor and process-state helpers (the daemon's start,
+//!   the resolver fork, a spawn's descriptors, [`pidfd_open`]).
 //! * `tests.rs`: the unit tests.
 //!
 //! `slot` imports nothing else of `spawn`, `child` only `slot`, `fd`
@@ -126,19 +125,19 @@
 //!
 //! # The hot path, per connection
 //!
-//! A connection costs the daemon nine system calls of its own (ten with
-//! the `exit` log line written at the default log level): `accept4`; an
-//! `fcntl` for the slot's copy of the connection; `clone`, which returns as
-//! soon as the child exists, with its pidfd; `epoll_ctl` to add the pidfd
-//! to the reaper's set; `close` of its copy of the connection (after a
-//! `getsockname` when the listener is a wildcard address) and, later,
-//! of the slot's; a zero-timeout `poll` of the listener, which asks
-//! whether the next connection is already waiting; and at the exit one
-//! `waitid(P_PIDFD)` and the pidfd's `close`. The listener is drained up to
-//! a budget per loop turn, so one full `poll` serves a burst, and one
-//! signalfd `read` and one `epoll_wait` serve every exit between two
-//! turns. Past 64 descriptors a pidfd costs two calls more ([`lift`]).
-//! None of them walks the running handlers. A `stderr = "log"` service adds `pipe2`, an `fcntl` and a
+//! A connection costs the daemon five system calls of its own while few
+//! handlers run (six with the `exit` log line at the default log level):
+//! `accept4`; `clone`, which returns as soon as the child exists; `close`
+//! of its copy of the connection (after a `getsockname` when the listener
+//! is a wildcard address); a zero-timeout `poll` of the listener, which
+//! asks whether the next connection is already waiting; and one `wait4`
+//! when the exit is read from the signalfd. With many running
+//! ([`Spawner::set_many`]): an `fcntl` and a `close` for the slot's copy,
+//! `epoll_ctl` for the pidfd, and `waitid` and the pidfd's `close` instead
+//! of the `wait4`; none of them walks the running handlers. The listener
+//! is drained up to a budget per loop turn, so one full `poll` serves a
+//! burst, and one signalfd `read` serves every exit between two turns.
+//! A `stderr = "log"` service adds `pipe2`, an `fcntl` and a
 //! `close` per connection, and the pipe's read at end-of-file and its
 //! `close` at reap; `"null"` and `"socket"` add nothing. The small `poll` stands in for the accept that would fail with
 //! EAGAIN, which costs the kernel a socket and a file allocated and freed
@@ -172,8 +171,6 @@ mod slot;
 #[cfg(test)]
 mod tests;
 
-use std::ffi::c_char;
-use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -188,7 +185,7 @@ pub use fd::{
     fork_resolver, listen, mark_inherited_cloexec, own_inherited, peer_groups, pidfd_open,
     reset_sigchld, set_tcp_defer_accept,
 };
-use slot::{ChildArgs, Slot, SlotData};
+use slot::{fill_slot, Slot};
 pub use slot::{Failure, Step};
 use std::net::SocketAddr;
 
@@ -263,9 +260,10 @@ pub struct Spawner {
     pidfd: Option<OwnedFd>,
     /// The lowest number a pidfd is moved to ([`lift`]).
     floor: RawFd,
-    /// Whether a slot may still hold descriptors for its child
-    /// ([`Spawner::release`]).
+    /// Whether a slot may hold copies for its child ([`Spawner::release`]).
     holding: bool,
+    /// Pidfds and a shared descriptor table ([`Spawner::set_many`]).
+    many: bool,
 }
 
 /// Slots made without question when none is free: under load a handful
@@ -324,7 +322,18 @@ impl Spawner {
             pidfd: None,
             floor: pidfd_floor(),
             holding: false,
+            many: true,
         }
+    }
+
+    /// Whether the next children get a pidfd each and start on the
+    /// daemon's table (CLONE_FILES, the slot keeping copies), for many
+    /// running handlers; or, while few run, are plain children reaped by
+    /// the sweep, which then walks only a few (a pidfd costs about a third
+    /// of a connection's daemon CPU: BENCHMARKS.md, issue 23). On by
+    /// default; `children` decides.
+    pub fn set_many(&mut self, many: bool) {
+        self.many = many;
     }
 
     /// Closes the copies slots hold for children that have their own
@@ -435,19 +444,25 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<P
         pidfd,
         floor,
         holding,
+        many,
         ..
     } = spawner;
     *pidfd = None;
     let slot = &mut slots[i];
-    // The caller closes its copies at once: the slot keeps its own.
     slot.held = [None, None];
-    let conn_fd = dup_low(conn.stream.as_raw_fd()).map_err(SpawnError::Fork)?;
-    let err_fd = match conn.err {
-        Some(fd) => Some(dup_low(fd).map_err(SpawnError::Fork)?),
-        None => None,
+    let fds = if *many {
+        // The caller closes its copies at once: the slot keeps its own.
+        let conn_fd = dup_low(conn.stream.as_raw_fd()).map_err(SpawnError::Fork)?;
+        let err_fd = match conn.err {
+            Some(fd) => Some(dup_low(fd).map_err(SpawnError::Fork)?),
+            None => None,
+        };
+        let fds = (conn_fd.as_raw_fd(), err_fd.as_ref().map(|f| f.as_raw_fd()));
+        slot.held = [Some(conn_fd), err_fd];
+        fds
+    } else {
+        (conn.stream.as_raw_fd(), conn.err)
     };
-    let fds = (conn_fd.as_raw_fd(), err_fd.as_ref().map(|f| f.as_raw_fd()));
-    slot.held = [Some(conn_fd), err_fd];
     let last = slot.pid.take();
     // --- Parent, before clone: build everything the child will use, in a
     //     slot no child uses any more. ---
@@ -462,75 +477,11 @@ pub fn spawn(svc: &Arc<Service>, conn: &Conn, spawner: &mut Spawner) -> Result<P
         }
     }
     fill_slot(d, svc, conn, fds, reset);
-    let started = start_child(slot, *floor);
+    let started = start_child(slot, *many, *floor);
     *holding = true;
     let (pid, fd) = started?;
     *pidfd = fd;
     Ok(pid)
-}
-
-/// Writes into a free slot everything its child will read: the
-/// references that keep it alive, the per-connection variables, argv,
-/// envp and the child's arguments; then marks it busy. `fds`: the slot's
-/// copies of the connection and of fd 2's descriptor.
-#[inline]
-fn fill_slot(
-    d: &mut SlotData,
-    svc: &Arc<Service>,
-    conn: &Conn,
-    fds: (RawFd, Option<RawFd>),
-    reset: &Arc<[libc::c_int]>,
-) {
-    d.service = Some(Arc::clone(svc));
-    d.reset = Arc::clone(reset);
-    let img = &svc.image;
-    d.argv.clear();
-    d.argv.extend(img.argv.iter().map(|a| a.as_ptr()));
-    d.argv.push(std::ptr::null());
-    let pid_at = build_vars(&mut d.vars, &mut d.offsets, conn);
-    d.envp.clear();
-    d.envp.extend(img.env.iter().map(|e| e.as_ptr()));
-    // One pointer for the variables: the envp entries read through it, and
-    // a wait handler's child writes its pid through it.
-    let base = d.vars.as_mut_ptr();
-    // SAFETY: every offset is < vars.len() and points at the start of a
-    // NUL-terminated string written by build_vars.
-    d.envp.extend(
-        d.offsets
-            .iter()
-            .map(|&o| unsafe { base.add(o) } as *const c_char),
-    );
-    // SAFETY: build_vars reserved PID_DIGITS + 1 bytes at this offset.
-    let pid_field = pid_at.map_or(std::ptr::null_mut(), |o| unsafe { base.add(o) });
-    d.envp.push(std::ptr::null());
-    let exec_fd = img.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
-    let (conn_fd, err_fd) = (fds.0, fds.1.unwrap_or(-1));
-    d.args = ChildArgs {
-        path: img.path.as_ptr(),
-        exec_fd,
-        keep_below: (conn_fd.max(err_fd).max(exec_fd).max(2) + 1) as usize,
-        argv: d.argv.as_ptr(),
-        envp: d.envp.as_ptr(),
-        conn: conn_fd,
-        err: err_fd,
-        umask: img.umask as libc::mode_t,
-        cred: svc
-            .cred
-            .as_ref()
-            .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
-        reset: d.reset.as_ptr(),
-        reset_len: d.reset.len(),
-        rlimits: img.hardening.rlimits.as_ptr(),
-        rlimits_len: img.hardening.rlimits.len(),
-        nice: img.hardening.nice,
-        no_new_privs: img.hardening.no_new_privs,
-        listen_fd3: matches!(conn.client, Client::Listener(_)),
-        pid_field,
-    };
-    d.failed_step.store(0, Ordering::Relaxed);
-    d.failed_errno.store(0, Ordering::Relaxed);
-    d.unshared.store(0, Ordering::Relaxed);
-    d.busy.store(1, Ordering::Relaxed);
 }
 
 /// Clones the child on the slot `fill_slot` prepared and records its pid;
@@ -541,14 +492,23 @@ fn fill_slot(
 /// child is cloned again without it (no process was made, so that is
 /// safe), to be reaped by `children`'s sweep.
 #[inline]
-fn start_child(slot: &mut Slot, floor: RawFd) -> Result<(Pid, Option<OwnedFd>), SpawnError> {
-    let mut flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+fn start_child(
+    slot: &mut Slot,
+    many: bool,
+    floor: RawFd,
+) -> Result<(Pid, Option<OwnedFd>), SpawnError> {
+    let mut flags = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
     if !sys::CONCURRENT {
         flags |= libc::CLONE_VFORK;
     }
     let mut pidfd: libc::c_int = -1;
-    let mut cloned = clone_on(slot, flags | libc::CLONE_PIDFD, &mut pidfd);
-    if matches!(cloned, Err(Errno::EMFILE | Errno::ENFILE)) {
+    let mut cloned = if many {
+        flags |= libc::CLONE_FILES;
+        clone_on(slot, flags | libc::CLONE_PIDFD, &mut pidfd)
+    } else {
+        clone_on(slot, flags, std::ptr::null_mut())
+    };
+    if many && matches!(cloned, Err(Errno::EMFILE | Errno::ENFILE)) {
         pidfd = -1;
         cloned = clone_on(slot, flags, std::ptr::null_mut());
     }
@@ -603,58 +563,4 @@ fn clone_on(
         return Err(Errno::last());
     }
     Ok(pid)
-}
-
-/// Writes this connection's variables into `v`, recording where each
-/// starts in `o`. IPv4-mapped IPv6 addresses are shown as IPv4, IPv6
-/// without brackets. For a wait handler, returns where in `v` the value of
-/// `LISTEN_PID` goes: [`slot::PID_DIGITS`] bytes and a NUL reserved, which
-/// its child fills in (`child::write_own_pid`).
-fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) -> Option<usize> {
-    v.clear();
-    o.clear();
-    let mut pid_at = None;
-    let var = |o: &mut Vec<usize>, v: &mut Vec<u8>, name: &str, val: &dyn std::fmt::Display| {
-        o.push(v.len());
-        // Writing into a Vec cannot fail.
-        let _ = write!(v, "{name}={val}\0");
-    };
-    match &conn.client {
-        Client::Inet { peer, local } => {
-            let rip = peer.ip().to_canonical();
-            let lip = local.ip().to_canonical();
-            var(o, v, "TCPREMOTEIP", &rip);
-            var(o, v, "TCPREMOTEPORT", &peer.port());
-            var(o, v, "TCPLOCALIP", &lip);
-            var(o, v, "TCPLOCALPORT", &local.port());
-            var(o, v, "REMOTE_ADDR", &rip);
-            var(o, v, "REMOTE_PORT", &peer.port());
-        }
-        Client::Unix { pid, uid, gid, .. } => {
-            var(o, v, "UNIXREMOTEPID", pid);
-            var(o, v, "UNIXREMOTEUID", uid);
-            var(o, v, "UNIXREMOTEGID", gid);
-            if let Some(path) = conn.client.local_path() {
-                var(o, v, "UNIXLOCALPATH", &path);
-            }
-        }
-        // No client: the systemd variables, LISTEN_FDS and LISTEN_FDNAMES
-        // being in the service's fixed environment.
-        Client::Listener(_) => {
-            o.push(v.len());
-            v.extend_from_slice(b"LISTEN_PID=");
-            pid_at = Some(v.len());
-            v.extend_from_slice(&[b'0'; slot::PID_DIGITS]);
-            v.push(0);
-        }
-    }
-    var(o, v, "TINYINETD_CONN_ID", &conn.id);
-    if let Some(p) = &conn.proxy {
-        var(o, v, "TINYINETD_PROXY_IP", &p.addr.ip().to_canonical());
-        var(o, v, "TINYINETD_PROXY_PORT", &p.addr.port());
-        for (name, value) in &p.vars {
-            var(o, v, name, value);
-        }
-    }
-    pid_at
 }

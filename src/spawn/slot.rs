@@ -5,7 +5,8 @@
 //! `spawn`.
 
 use std::ffi::c_char;
-use std::os::fd::{OwnedFd, RawFd};
+use std::io::Write as _;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use crate::plan::{Rlimit, Service};
+use super::Conn;
+use crate::plan::{Client, Rlimit, Service};
 
 /// The step of the child contract that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,4 +380,122 @@ impl SlotData {
             errno: Errno::from_raw(self.failed_errno.load(Ordering::Relaxed)),
         })
     }
+}
+
+/// Writes into a free slot everything its child will read: the
+/// references that keep it alive, the per-connection variables, argv,
+/// envp and the child's arguments; then marks it busy. `fds`: the slot's
+/// copies of the connection and of fd 2's descriptor.
+#[inline]
+pub(super) fn fill_slot(
+    d: &mut SlotData,
+    svc: &Arc<Service>,
+    conn: &Conn,
+    fds: (RawFd, Option<RawFd>),
+    reset: &Arc<[libc::c_int]>,
+) {
+    d.service = Some(Arc::clone(svc));
+    d.reset = Arc::clone(reset);
+    let img = &svc.image;
+    d.argv.clear();
+    d.argv.extend(img.argv.iter().map(|a| a.as_ptr()));
+    d.argv.push(std::ptr::null());
+    let pid_at = build_vars(&mut d.vars, &mut d.offsets, conn);
+    d.envp.clear();
+    d.envp.extend(img.env.iter().map(|e| e.as_ptr()));
+    // One pointer for the variables: the envp entries read through it, and
+    // a wait handler's child writes its pid through it.
+    let base = d.vars.as_mut_ptr();
+    // SAFETY: every offset is < vars.len() and points at the start of a
+    // NUL-terminated string written by build_vars.
+    d.envp.extend(
+        d.offsets
+            .iter()
+            .map(|&o| unsafe { base.add(o) } as *const c_char),
+    );
+    // SAFETY: build_vars reserved PID_DIGITS + 1 bytes at this offset.
+    let pid_field = pid_at.map_or(std::ptr::null_mut(), |o| unsafe { base.add(o) });
+    d.envp.push(std::ptr::null());
+    let exec_fd = img.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let (conn_fd, err_fd) = (fds.0, fds.1.unwrap_or(-1));
+    d.args = ChildArgs {
+        path: img.path.as_ptr(),
+        exec_fd,
+        keep_below: (conn_fd.max(err_fd).max(exec_fd).max(2) + 1) as usize,
+        argv: d.argv.as_ptr(),
+        envp: d.envp.as_ptr(),
+        conn: conn_fd,
+        err: err_fd,
+        umask: img.umask as libc::mode_t,
+        cred: svc
+            .cred
+            .as_ref()
+            .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
+        reset: d.reset.as_ptr(),
+        reset_len: d.reset.len(),
+        rlimits: img.hardening.rlimits.as_ptr(),
+        rlimits_len: img.hardening.rlimits.len(),
+        nice: img.hardening.nice,
+        no_new_privs: img.hardening.no_new_privs,
+        listen_fd3: matches!(conn.client, Client::Listener(_)),
+        pid_field,
+    };
+    d.failed_step.store(0, Ordering::Relaxed);
+    d.failed_errno.store(0, Ordering::Relaxed);
+    d.unshared.store(0, Ordering::Relaxed);
+    d.busy.store(1, Ordering::Relaxed);
+}
+
+/// Writes this connection's variables into `v`, recording where each
+/// starts in `o`. IPv4-mapped IPv6 addresses are shown as IPv4, IPv6
+/// without brackets. For a wait handler, returns where in `v` the value of
+/// `LISTEN_PID` goes: [`PID_DIGITS`] bytes and a NUL reserved, which
+/// its child fills in (`child::write_own_pid`).
+pub(super) fn build_vars(v: &mut Vec<u8>, o: &mut Vec<usize>, conn: &Conn) -> Option<usize> {
+    v.clear();
+    o.clear();
+    let mut pid_at = None;
+    let var = |o: &mut Vec<usize>, v: &mut Vec<u8>, name: &str, val: &dyn std::fmt::Display| {
+        o.push(v.len());
+        // Writing into a Vec cannot fail.
+        let _ = write!(v, "{name}={val}\0");
+    };
+    match &conn.client {
+        Client::Inet { peer, local } => {
+            let rip = peer.ip().to_canonical();
+            let lip = local.ip().to_canonical();
+            var(o, v, "TCPREMOTEIP", &rip);
+            var(o, v, "TCPREMOTEPORT", &peer.port());
+            var(o, v, "TCPLOCALIP", &lip);
+            var(o, v, "TCPLOCALPORT", &local.port());
+            var(o, v, "REMOTE_ADDR", &rip);
+            var(o, v, "REMOTE_PORT", &peer.port());
+        }
+        Client::Unix { pid, uid, gid, .. } => {
+            var(o, v, "UNIXREMOTEPID", pid);
+            var(o, v, "UNIXREMOTEUID", uid);
+            var(o, v, "UNIXREMOTEGID", gid);
+            if let Some(path) = conn.client.local_path() {
+                var(o, v, "UNIXLOCALPATH", &path);
+            }
+        }
+        // No client: the systemd variables, LISTEN_FDS and LISTEN_FDNAMES
+        // being in the service's fixed environment.
+        Client::Listener(_) => {
+            o.push(v.len());
+            v.extend_from_slice(b"LISTEN_PID=");
+            pid_at = Some(v.len());
+            v.extend_from_slice(&[b'0'; PID_DIGITS]);
+            v.push(0);
+        }
+    }
+    var(o, v, "TINYINETD_CONN_ID", &conn.id);
+    if let Some(p) = &conn.proxy {
+        var(o, v, "TINYINETD_PROXY_IP", &p.addr.ip().to_canonical());
+        var(o, v, "TINYINETD_PROXY_PORT", &p.addr.port());
+        for (name, value) in &p.vars {
+            var(o, v, name, value);
+        }
+    }
+    pid_at
 }

@@ -3,6 +3,7 @@
 //! They start real children (`/bin/true`, `/bin/sh`).
 
 use super::child::res_ids;
+use super::slot::build_vars;
 use super::*;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use std::ffi::CString;

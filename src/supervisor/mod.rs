@@ -273,6 +273,9 @@ impl Supervisor {
         self.serve_control(now);
         self.read_headers(now);
 
+        // Pidfds for the next handlers only when many run (`children`).
+        let many = self.children.many(|pid| crate::spawn::pidfd_open(pid).ok());
+        self.spawner.set_many(many);
         if self.drain.is_none() {
             for i in 0..self.ready.len() {
                 if let (Source::Listener(s), flags) = self.ready[i] {

@@ -21,12 +21,13 @@ fn nofile_for(need: u64) -> bool {
     hard >= need
 }
 
-/// The thousands of handlers here run as `nobody` when the tests run as
-/// root: as root they would count against root's processes, which other
-/// tests running at the same time cap with `rlimit_nproc`.
+/// The thousands of handlers here run as root when the tests run as root:
+/// as the default user, `nobody`, they would count against nobody's
+/// processes, which another test running at the same time caps with
+/// `rlimit_nproc = 500` (its exec then fails with EAGAIN).
 fn many_user() -> &'static str {
     if is_root() {
-        "user = \"nobody\"\n"
+        "user = \"root\"\n"
     } else {
         ""
     }
@@ -72,7 +73,10 @@ fn cpu_for(d: &Daemon, n: usize) -> Duration {
 /// Reaping and the deadlines used to walk every running handler on each
 /// exit and each loop turn (`wait4(-1)` walks the daemon's children in the
 /// kernel): with 2,000 idle handlers the daemon's CPU per connection was
-/// about three times what it is with none. Now it must stay within 1.5x.
+/// 5.4 times what it is with none (580 against 3,120 ms here). Now it
+/// must stay within 2x: with many handlers running, each connection pays
+/// for its pidfd, about 1.4x the cost with none (BENCHMARKS.md, issue 23),
+/// and the test shares the machine with the rest of the suite.
 #[test]
 fn cost_per_connection_is_flat_with_2000_idle_handlers() {
     if !nofile_for(4500) {
@@ -93,7 +97,7 @@ fn cost_per_connection_is_flat_with_2000_idle_handlers() {
         held.len()
     );
     assert!(
-        busy.as_secs_f64() <= base.as_secs_f64() * 1.5 + 0.02,
+        busy.as_secs_f64() <= base.as_secs_f64() * 2.0 + 0.02,
         "CPU per connection grew with 2,000 idle handlers: {} ms against {} ms",
         busy.as_millis(),
         base.as_millis()
@@ -159,8 +163,9 @@ fn two_thousand_timeouts_are_all_met_and_reaped() {
 /// At the descriptor limit a handler cannot get its pidfd (CLONE_PIDFD
 /// allocates it inside clone, which then fails with EMFILE): it is cloned
 /// again without one, served, and reaped by the `waitpid(-1)` sweep.
-/// Without the second clone the connection would fail (`fork-failed`);
-/// without the sweep the handler would stay a zombie.
+/// Handlers get pidfds only while many run (64 or more), so 80 sessions
+/// are held open first. Without the second clone the connection would
+/// fail (`fork-failed`); without the sweep the handler would stay a zombie.
 #[test]
 fn a_handler_without_a_pidfd_is_served_and_reaped_by_the_sweep() {
     if !is_root() {
@@ -168,14 +173,22 @@ fn a_handler_without_a_pidfd_is_served_and_reaped_by_the_sweep() {
         return;
     }
     let conf = format!(
-        "{DAEMON}\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{{port:echo}}\"]\nprogram = \"tinyinetd-echo\"\n"
+        "{DAEMON}\n[[service]]\nname = \"echo\"\nlisten = [\"127.0.0.1:{{port:echo}}\"]\nprogram = \"tinyinetd-echo\"\nmax_instances = 200\n"
     );
     let d = Daemon::start(&conf);
-    assert_eq!(roundtrip(d.addr("echo"), b"warm\n"), b"warm\n");
-    assert!(wait_until(Duration::from_secs(5), || d
-        .children()
-        .is_empty()));
-    // The copy of the connection kept for the handler is closed, too.
+    const HELD: usize = 80;
+    let mut held = hold(&d, d.addr("echo"), 70);
+    // Past 64 (seen at the start of a loop turn) the next ones get pidfds.
+    held.extend((70..HELD).map(|_| connect(d.addr("echo"))));
+    assert!(wait_until(Duration::from_secs(10), || d.children().len() >= HELD));
+    let starts = d.log_lines("start service=echo ");
+    assert!(
+        starts[70..].iter().all(|l| !l.contains("reaped_by")),
+        "past 64 handlers, one did not get a pidfd:\n{}",
+        starts.join("\n")
+    );
+    // Nothing is left of the spawns: the copies of the connections are
+    // closed, the descriptor count is steady.
     assert!(wait_until(Duration::from_secs(5), || {
         let a = d.fd_count();
         std::thread::sleep(Duration::from_millis(20));
@@ -203,22 +216,22 @@ fn a_handler_without_a_pidfd_is_served_and_reaped_by_the_sweep() {
         wait_until(Duration::from_secs(5), || d
             .log_lines("exit service=echo ")
             .len()
-            == 6),
+            == 5),
         "not all reaped:\n{}",
         d.log()
     );
-    assert!(wait_until(Duration::from_secs(5), || d
-        .children()
-        .is_empty()));
+    assert!(wait_until(Duration::from_secs(5), || d.children().len() == HELD));
     assert_eq!(d.zombies(), 0);
     assert!(d.log_lines("fork-failed").is_empty(), "{}", d.log());
-    let swept = d.log_lines("start service=echo ");
+    let starts = d.log_lines("start service=echo ");
     assert!(
-        swept.iter().skip(1).any(|l| l.ends_with("reaped_by=sweep")),
+        starts[HELD..]
+            .iter()
+            .all(|l| l.ends_with("reaped_by=sweep")),
         "the handlers got pidfds all the same: the limit was not reached\n{}",
-        d.log()
+        starts[HELD..].join("\n")
     );
-    assert!(!swept[0].contains("reaped_by"), "{}", swept[0]);
+    drop(held);
 }
 
 /// A child the daemon's parent started before exec'ing the daemon is the
@@ -244,12 +257,8 @@ fn a_child_inherited_across_the_daemons_exec_is_reaped() {
         panic!("not ready: {e}\n{}", d.log());
     }
     assert_eq!(d.children().len(), 1, "the inherited child runs");
-    // Handlers come and go meanwhile (their pidfds are watched).
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        assert_eq!(roundtrip(d.addr("echo"), b"x\n"), b"x\n");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // No handler runs when it exits: nothing else would make the daemon
+    // sweep, so only its own pidfd can have it reaped.
     assert!(
         wait_until(Duration::from_secs(5), || d.children().is_empty()),
         "left: {:?}",
