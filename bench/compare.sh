@@ -174,6 +174,7 @@ cat > "$OUT/run/tinyinetd.toml" <<EOF
 log = "stderr"
 log_level = "warn"       # per-connection lines off, as the peers are configured
 max_connections = 100000
+control_socket = ""       # no /run/tinyinetd: several bench daemons run at once
 
 [[service]]
 name = "bench"

@@ -85,6 +85,7 @@ cat >"$RUN/tinyinetd.toml" <<EOF
 log = "stderr"
 log_level = "warn"
 max_connections = 100000
+control_socket = ""  # no /run/tinyinetd: several bench daemons run at once
 
 [[service]]
 name = "idle"
