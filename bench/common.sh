@@ -16,3 +16,16 @@ wait_port() {
   done
   return 1
 }
+
+# port_free PORT: nothing accepts on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Every process a script starts goes in PIDS; at exit each is sent SIGTERM,
+# then SIGKILL half a second later (by PID only).
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT

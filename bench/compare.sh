@@ -143,15 +143,7 @@ EOF
 fi
 
 # --- Configs and start -------------------------------------------------------
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# PIDS, cleanup and port_free: common.sh.
 base=19900
 while ! port_free $base || ! port_free $((base + 6)); do base=$((base + 10)); done
 

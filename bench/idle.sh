@@ -54,14 +54,7 @@ ulimit -n "$(ulimit -Hn)"
 note() { echo "idle: $*" >&2; }
 note "descriptor limit $(ulimit -n), pid_max $(cat /proc/sys/kernel/pid_max), handler $HANDLER"
 
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# PIDS, cleanup and port_free: common.sh.
 base=19960
 while ! port_free $base || ! port_free $((base + 5)); do base=$((base + 10)); done
 RUN=$OUT/run/idle
