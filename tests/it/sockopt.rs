@@ -235,6 +235,13 @@ fn defer_accept_starts_no_handler_for_a_silent_client() {
         "not at once: {:?}",
         t0.elapsed()
     );
+    // The talker's handler is logged once the daemon is back from the
+    // spawn, which may be after the handler has answered.
+    assert!(
+        d.wait_log("debug: start service=echo", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
     // Within the interval the silent client has started no handler.
     while t0.elapsed() < Duration::from_millis(1800) {
         assert_eq!(
