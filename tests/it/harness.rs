@@ -195,6 +195,9 @@ impl Daemon {
         // After `adjust`, which may have wrapped the command in a launcher.
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("spawn tinyinetd"));
+        // A new process: the exit of an earlier one (a test that restarts
+        // the daemon) must not stop `Drop` from ending this one.
+        self.exit = None;
     }
 
     /// Waits for `READY=1`, or fails if the daemon exits first.
