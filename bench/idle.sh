@@ -10,7 +10,8 @@
 # Uses what compare.sh built under bench/out (run it first, even with
 # --quick). Every cell: the generator first opens N connections to the
 # idle port and keeps them open and silent (each handler blocks reading
-# its line), then runs the load for SECS after a 1 s warm-up; the daemon's
+# its line), waits until the daemon runs a handler for each (at most
+# 120 s, or 3 s without a new one), then runs the load for SECS after a 1 s warm-up; the daemon's
 # running handlers and RSS are read in the middle of the measured window.
 # A daemon that could not hold N (fewer handlers running than sessions
 # asked for) is reported with the number it held. Limits: the script
@@ -152,13 +153,29 @@ for round in $(seq 1 "$ROUNDS"); do
       pid=${PID[$s]}
       # Nothing of the last cell left running.
       for _ in $(seq 1 300); do [ "$(running "$pid")" -eq 0 ] && break; sleep 0.1; done
+      rm -f "$RUN/go"
       "$LOADGEN" --addr "127.0.0.1:${LOAD[$s]}" --concurrency "$CONC" --duration "$DURATION" --warmup 1 \
-        --label "$s" --pid "$pid" --hold "127.0.0.1:${IDLE[$s]}" --hold-n "$n" \
+        --label "$s" --pid "$pid" --hold "127.0.0.1:${IDLE[$s]}" --hold-n "$n" --hold-wait "$RUN/go" \
         >"$RUN/line" 2>"$RUN/held" &
       lg=$!
-      # The sessions are opened before the warm-up: wait for them, then
-      # read the daemon in the middle of the measured window.
+      # The sessions are opened before the warm-up: wait for them, and for
+      # the daemon to run a handler for each (tinyinetd admits long
+      # sessions at 2 per CPU per 5 ms: README), at most 120 s, or until
+      # it has gained none for 3 s; then the
+      # load starts, and the daemon is read in the middle of its window.
       for _ in $(seq 1 600); do grep -q '^held=' "$RUN/held" 2>/dev/null && break; sleep 0.1; done
+      t_held=$(date +%s.%N)
+      last=-1 still=0
+      for _ in $(seq 1 1200); do
+        now_running=$(running "$pid")
+        [ "$now_running" -ge "$n" ] && break
+        # A daemon that stops gaining handlers for 3 s cannot hold N.
+        if [ "$now_running" -gt "$last" ]; then last=$now_running still=0; else still=$((still + 1)); fi
+        [ "$still" -ge 30 ] && break
+        sleep 0.1
+      done
+      note "$s: $(running "$pid") of $n handlers running $(awk -v a="$t_held" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s after the sessions connected"
+      touch "$RUN/go"
       sleep "$(awk -v d="$DURATION" 'BEGIN { print 1 + d / 2 }')"
       run_now=$(( $(running "$pid") ))
       rss=$(rss_kib "$pid")

@@ -17,7 +17,10 @@
 //!
 //! `--hold ADDR --hold-n N` first opens N connections to ADDR and keeps
 //! them open and silent until the end (idle sessions beside the load); it
-//! says on stderr how many it could open (`held=N`).
+//! says on stderr how many it could open (`held=N`). With `--hold-wait
+//! FILE` it then waits (at most 300 s) until FILE exists before the
+//! warm-up: the caller creates it once the server runs every held
+//! session's handler, so that the load does not race their starts.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -39,11 +42,12 @@ struct Opts {
     proxy_v2: bool,
     hold: Option<SocketAddr>,
     hold_n: usize,
+    hold_wait: Option<std::path::PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME] [--pid PID] [--proxy-v2] [--hold HOST:PORT --hold-n N]"
+        "usage: tinyinetd-loadgen (--addr HOST:PORT | --selftest) [--concurrency C] [--duration SECS] [--warmup SECS] [--label NAME] [--pid PID] [--proxy-v2] [--hold HOST:PORT --hold-n N [--hold-wait FILE]]"
     );
     std::process::exit(2)
 }
@@ -60,6 +64,7 @@ fn parse() -> Opts {
         proxy_v2: false,
         hold: None,
         hold_n: 0,
+        hold_wait: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -79,6 +84,7 @@ fn parse() -> Opts {
             "--proxy-v2" => o.proxy_v2 = true,
             "--hold" => o.hold = Some(val().parse().unwrap_or_else(|_| usage())),
             "--hold-n" => o.hold_n = val().parse().unwrap_or_else(|_| usage()),
+            "--hold-wait" => o.hold_wait = Some(val().into()),
             _ => usage(),
         }
     }
@@ -188,6 +194,14 @@ fn main() {
         o.addr.unwrap_or_else(|| usage())
     };
     let held = hold(o.hold, o.hold_n);
+    if let Some(file) = &o.hold_wait {
+        // The caller creates the file once the server runs a handler for
+        // every held session; at most 300 s.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !file.exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
     let start = Instant::now();
     let measure_from = start + o.warmup;
     let end = measure_from + o.duration;
