@@ -9,6 +9,9 @@
 //! * [`decide`], after `accept`, when the peer is known: serve it, or refuse
 //!   it (closed at once, before any fork) for `deny`, `allow` or
 //!   `max_per_source`.
+//!
+//! And one for the whole daemon, before `accept` too: are too many
+//! handlers still starting ([`Starting`], `admit/starting.rs`)?
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,7 +23,9 @@ pub use crate::plan::Source;
 use crate::plan::{Access, Client, Limits};
 
 mod crashloop;
+mod starting;
 pub use crashloop::{CrashLoop, CrashStep};
+pub use starting::{Starting, START_WINDOW};
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

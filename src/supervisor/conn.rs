@@ -140,6 +140,15 @@ impl Supervisor {
         if self.services.capacity(svc_i, total, max, now).is_some() {
             return false;
         }
+        // Enough handlers are still starting: the clients wait in the
+        // accept queue (`admit::Starting`), the listeners out of the poll
+        // set until one exits or leaves the window. Not while the
+        // service's execs fail: those clients are closed at once after
+        // each back-off, not a few per back-off.
+        if self.pace_starts && !self.services.exec_failing(svc_i) && self.starting.full(svc_i, now)
+        {
+            return false;
+        }
         match self.spawner.room(now) {
             Room::Free => true,
             Room::Grow { slots } => {
@@ -288,6 +297,7 @@ impl Supervisor {
                     self.watch_stderr(r, &svc, conn.id, pid);
                 }
                 self.services.started(svc_i, source, now);
+                self.starting.started(pid.as_raw(), svc_i, now);
                 // None at the descriptor limit: reaped by the sweep then.
                 let pidfd = self.spawner.take_pidfd();
                 self.log

@@ -155,6 +155,10 @@ pub struct Supervisor {
     /// Every spawn slot is busy: no listener is polled until then (see
     /// `spawn::Room`; no event says when a child reaches its exec).
     slot_retry: Option<Instant>,
+    /// Handlers still starting, and their cap (`admit::Starting`).
+    starting: crate::admit::Starting,
+    /// Whether `starting` gates accepting (off once the drain has begun).
+    pace_starts: bool,
     /// `(interval, next ping)` when systemd's watchdog is on.
     watchdog: Option<(Duration, Instant)>,
     /// The last `STATUS=` sent, to send only changes.
@@ -317,9 +321,15 @@ impl Supervisor {
         let now = Instant::now();
         if self.drain.is_none() {
             for (i, s) in self.socks.iter().enumerate() {
+                // Handlers still starting fill the cap (`admit::Starting`;
+                // not for a service whose execs fail: see `may_accept`).
+                let paced = self.pace_starts
+                    && !self.services.exec_failing(s.svc)
+                    && self.starting.full(s.svc, now);
                 let waiting = s.retry_at.is_some_and(|t| t > now)
                     || self.slot_retry.is_some()
-                    || s.held.is_some();
+                    || s.held.is_some()
+                    || paced;
                 if !waiting && self.services.get(s.svc).pause_now.is_none() {
                     fds.push(PollFd::new(s.listener.as_fd(), PollFlags::POLLIN));
                     self.sources.push(Source::Listener(i));
@@ -376,6 +386,7 @@ impl Supervisor {
                 consider(s.retry_at);
             }
             consider(self.slot_retry);
+            consider(self.starting.until(Instant::now()));
             for st in self.services.iter() {
                 consider(st.pause_now.and_then(Pause::until));
             }

@@ -73,6 +73,7 @@ impl Supervisor {
         self.children.reap(now, &mut exits);
         for exit in exits.drain(..) {
             let c = &exit.child;
+            self.starting.exited(c.pid.as_raw());
             let svc_i = self.services.position(&c.service.name);
             let ran = match self.spawner.take_failure(c.pid) {
                 Some(f) => {
@@ -158,6 +159,9 @@ impl Supervisor {
                 // close is still reset; nothing can close that window.
                 // A wait service's socket is not accepted from: a handler
                 // holding it finishes on its own copy.
+                // Not paced (`admit::Starting`): they are served now or
+                // never.
+                self.pace_starts = false;
                 for i in 0..self.socks.len() {
                     if !self.services.get(self.socks[i].svc).svc.wait {
                         self.accept(i, now, SHUTDOWN_ACCEPT_LIMIT);

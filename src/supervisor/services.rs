@@ -357,6 +357,12 @@ impl ServiceTable {
         }
     }
 
+    /// Whether service `i` is in an episode of exec failures (its program
+    /// fails before it runs: nothing of it starts, nothing to pace).
+    pub fn exec_failing(&self, i: usize) -> bool {
+        self.list[i].exec_failures.is_some()
+    }
+
     /// Whether service `i` may accept now.
     pub fn capacity(
         &self,

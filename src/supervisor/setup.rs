@@ -81,6 +81,10 @@ impl Supervisor {
             devnull,
             stderr_pipes: HashMap::new(),
             slot_retry: None,
+            pace_starts: true,
+            starting: crate::admit::Starting::for_cpus(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
             exits: Vec::new(),
             fired: Vec::new(),
             sources: Vec::new(),

@@ -636,10 +636,22 @@ fn exec_failures_at_the_process_limit_back_off_and_log_once() {
     );
     let summary = &d.log_lines("exec-recovered service=nproc")[0];
     assert!(summary.contains("failures="), "{summary}");
-    assert!(d.log_lines("error: exec-failed").len() <= 2, "{}", d.log());
+    // The episode is the failures up to the first recovery. The queued
+    // clients are then started a few at a time (`admit::Starting`), more
+    // at once than the user's 2 processes, so a later one may fail again:
+    // a new episode, with its own first line.
+    let log = d.log();
+    let episode = log
+        .split("exec-recovered service=nproc")
+        .next()
+        .unwrap_or("");
+    let at_error = episode.matches("error: exec-failed").count();
+    assert!(
+        at_error <= 2,
+        "{at_error} lines at error in one episode: {log}"
+    );
     eprintln!(
-        "{N} connections at the limit: {} exec-failed lines at error, {} in all; {summary}",
-        d.log_lines("error: exec-failed").len(),
+        "{N} connections at the limit: {at_error} exec-failed lines at error in the episode, {} in all; {summary}",
         d.log_lines("exec-failed").len()
     );
     drop(d);

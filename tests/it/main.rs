@@ -22,6 +22,7 @@ mod proxy;
 mod reload;
 mod security;
 mod sockopt;
+mod starting;
 mod stderr;
 mod stress;
 mod structure;
