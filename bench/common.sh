@@ -29,3 +29,15 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
+
+# need_root_and_echo1 SCRIPT HANDLER: exits unless root (the handlers run
+# as root, as in compare.sh); sets ECHO1 to the build of echo1 compare.sh
+# made for HANDLER (nolibc or glibc).
+need_root_and_echo1() {
+  [ "$(id -u)" -eq 0 ] || { echo "$1: needs root (the handlers run as root, as in compare.sh)" >&2; exit 1; }
+  case "$2" in
+    nolibc) ECHO1=$OUT/bin/echo1 ;;
+    glibc) ECHO1=$OUT/bin/echo1-glibc ;;
+    *) echo "$1: --handler is nolibc or glibc" >&2; exit 2 ;;
+  esac
+}

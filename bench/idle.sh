@@ -37,12 +37,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ "$(id -u)" -eq 0 ] || { echo "idle.sh: needs root (the handlers run as root, as in compare.sh)" >&2; exit 1; }
-case "$HANDLER" in
-  nolibc) ECHO1=$OUT/bin/echo1 ;;
-  glibc) ECHO1=$OUT/bin/echo1-glibc ;;
-  *) echo "idle.sh: --handler is nolibc or glibc" >&2; exit 2 ;;
-esac
+need_root_and_echo1 idle.sh "$HANDLER"
 TINYINETD=$ROOT/target/release/tinyinetd
 BUSYBOX=$OUT/peers/busybox/busybox
 XINETD=$OUT/peers/root/usr/sbin/xinetd

@@ -32,12 +32,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ "$(id -u)" -eq 0 ] || { echo "tail.sh: needs root (the handlers run as root, as in compare.sh)" >&2; exit 1; }
-case "$HANDLER" in
-  nolibc) ECHO1=$OUT/bin/echo1 ;;
-  glibc) ECHO1=$OUT/bin/echo1-glibc ;;
-  *) echo "tail.sh: --handler is nolibc or glibc" >&2; exit 2 ;;
-esac
+need_root_and_echo1 tail.sh "$HANDLER"
 BUSYBOX=$OUT/peers/busybox/busybox
 for f in "$LOADGEN" "$OLD" "$NEW" "$ECHO1" "$BUSYBOX"; do
   [ -e "$f" ] || { echo "tail.sh: $f missing (run bench/compare.sh --quick first for bench/out)" >&2; exit 1; }
