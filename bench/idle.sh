@@ -38,6 +38,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 need_root_and_echo1 idle.sh "$HANDLER"
+# The generator as of this tree (`--hold-wait` is newer than some builds).
+(cd loadgen && cargo build --release --quiet)
 TINYINETD=$ROOT/target/release/tinyinetd
 BUSYBOX=$OUT/peers/busybox/busybox
 XINETD=$OUT/peers/root/usr/sbin/xinetd
