@@ -27,6 +27,17 @@ fn sock_path(d: &Daemon) -> PathBuf {
     d.dir.path().join("local.sock")
 }
 
+/// Connects to a `hold` handler and waits (bounded) for its first bytes:
+/// the connection is being served.
+fn served(path: &Path) -> UnixStream {
+    let mut s = UnixStream::connect(path).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    assert!(s.read(&mut buf).expect("first is served") > 0);
+    s
+}
+
 /// Connects, reads until the handler closes (bounded), returns the probe's lines.
 fn probe_unix(path: &Path) -> HashMap<String, String> {
     let mut s = UnixStream::connect(path).expect("connect");
@@ -250,12 +261,7 @@ fn max_per_source_counts_per_peer_uid() {
         "args = [\"hold\"]\nmax_per_source = 1\n",
     ));
     let path = sock_path(&d);
-    let mut first = UnixStream::connect(&path).expect("connect");
-    first
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut buf = [0u8; 64];
-    assert!(first.read(&mut buf).expect("first is served") > 0);
+    let first = served(&path);
     let mut second = UnixStream::connect(&path).expect("connect");
     second
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -478,12 +484,8 @@ fn a_unix_service_at_max_instances_waits_in_the_backlog() {
         "args = [\"hold\"]\nmax_instances = 1\n",
     ));
     let path = sock_path(&d);
-    let mut first = UnixStream::connect(&path).expect("connect");
-    first
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let first = served(&path);
     let mut buf = [0u8; 64];
-    assert!(first.read(&mut buf).expect("first is served") > 0);
     let mut second = UnixStream::connect(&path).expect("queued, not refused");
     second
         .set_read_timeout(Some(Duration::from_millis(500)))
