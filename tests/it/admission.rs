@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::net::{IpAddr, Shutdown};
-use std::os::unix::fs::PermissionsExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,13 +19,7 @@ fn recording(extra: &str) -> (Daemon, std::path::PathBuf) {
     let conf = format!(
         "{DAEMON}\n[[service]]\nname = \"rec\"\nlisten = [\"127.0.0.1:{{port:rec}}\"]\nprogram = \"record.sh\"\nenv = {{ RECORD = \"{{tmp}}/starts\" }}\n{extra}\n"
     );
-    let mut d = Daemon::prepare(&conf);
-    let record = d.dir.path().join("starts");
-    std::fs::write(&record, "").expect("create record");
-    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    d.spawn(&|_| {});
-    d.ready(Duration::from_secs(10)).expect("ready");
-    (d, record)
+    start_recording(&conf)
 }
 
 fn starts(record: &std::path::Path) -> Vec<String> {

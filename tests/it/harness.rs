@@ -665,3 +665,16 @@ pub fn line_of(path: &Path, needle: &str) -> usize {
         .map(|i| i + 1)
         .unwrap_or_else(|| panic!("{needle:?} not in {}", path.display()))
 }
+
+/// Starts a daemon on `conf`, whose handler appends a line per start to
+/// `{tmp}/starts` (made first, writable by the handler's user); returns
+/// the daemon and that file.
+pub fn start_recording(conf: &str) -> (Daemon, PathBuf) {
+    let mut d = Daemon::prepare(conf);
+    let record = d.dir.path().join("starts");
+    fs::write(&record, "").expect("create record");
+    fs::set_permissions(&record, fs::Permissions::from_mode(0o666)).expect("chmod");
+    d.spawn(&|_| {});
+    d.ready(Duration::from_secs(10)).expect("ready");
+    (d, record)
+}

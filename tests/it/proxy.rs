@@ -21,13 +21,7 @@ fn start(daemon: &str, keys: &str) -> (Daemon, PathBuf) {
     let conf = format!(
         "{DAEMON}{daemon}\n[[service]]\nname = \"p\"\nlisten = [\"127.0.0.1:{{port:p}}\"]\nprogram = \"proxyenv.sh\"\nenv = {{ RECORD = \"{{tmp}}/starts\" }}\n{keys}\n"
     );
-    let mut d = Daemon::prepare(&conf);
-    let record = d.dir.path().join("starts");
-    std::fs::write(&record, "").expect("create record");
-    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    d.spawn(&|_| {});
-    d.ready(Duration::from_secs(10)).expect("ready");
-    (d, record)
+    start_recording(&conf)
 }
 
 fn starts(record: &Path) -> Vec<String> {
