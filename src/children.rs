@@ -62,6 +62,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::plan::{Client, Service, Source};
+use crate::shrink::{self, Shrink};
 use crate::timers::Timers;
 use reaper::Reaper;
 
@@ -307,7 +308,11 @@ impl Children {
                 self.exited(child, status, now, out);
             }
         }
+        reaped.shrink_after_burst();
         self.reaped = reaped;
+        // After a burst of sessions, the tables give their memory back.
+        self.by_pid.shrink_after_burst();
+        self.groups.shrink_after_burst();
     }
 
     /// A handler was reaped: its [`Exit`], and its group kept if a signal
@@ -427,6 +432,9 @@ impl Children {
                 groups: &self.groups,
             };
             self.timers.retain(|at, due| view.live(at, due));
+        }
+        if let Some(keep) = shrink::target(self.timers.len(), self.timers.capacity()) {
+            self.timers.shrink_to(keep);
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod plan;
 pub mod proxy_header;
 pub mod report;
 pub mod resolver;
+pub mod shrink;
 pub mod signals;
 pub mod spawn;
 pub mod supervisor;
@@ -88,6 +89,8 @@ pub fn run(opts: &Options) -> Result<(), Error> {
             e,
         ))
     })?;
+    // Memory freed after a burst goes back to the kernel (src/shrink.rs).
+    spawn::fix_malloc_thresholds();
     let inherited = listen::inherited_sockets();
 
     let plan = config::load(&opts.config, opts.default_config).map_err(Error::Config)?;

@@ -106,6 +106,17 @@ impl<K: Copy> Timers<K> {
     pub fn retain(&mut self, mut live: impl FnMut(Instant, K) -> bool) {
         self.heap.retain(|Reverse(e)| live(e.at, e.key));
     }
+
+    /// Entries the heap has room for without growing.
+    pub fn capacity(&self) -> usize {
+        self.heap.capacity()
+    }
+
+    /// Gives back the room beyond `n` entries (or beyond the entries
+    /// there are, if more).
+    pub fn shrink_to(&mut self, n: usize) {
+        self.heap.shrink_to(n);
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::shrink::Shrink;
+
 use super::Status;
 
 /// Events taken from the epoll set per `epoll_wait`; more are taken by
@@ -157,6 +159,8 @@ impl Reaper {
         if !self.unwatched.is_empty() || self.inherited_unknown {
             self.sweep(out);
         }
+        self.pidfds.shrink_after_burst();
+        self.unwatched.shrink_after_burst();
     }
 
     /// The watched children that have exited, each reaped by its pidfd.

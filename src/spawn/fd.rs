@@ -130,6 +130,29 @@ pub fn reset_sigchld() -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
+/// Blocks of this size and more get a mapping of their own from the
+/// allocator, given back to the kernel when they are freed.
+pub const MMAP_THRESHOLD: usize = 128 * 1024;
+
+/// Fixes glibc's malloc thresholds at their defaults (blocks of
+/// [`MMAP_THRESHOLD`] or more are mapped on their own; the heap's free top
+/// is given back past 128 KiB). Left dynamic, glibc raises both to the size
+/// of each mapped block freed, up to 32 MiB: after a burst of thousands of
+/// handlers, the tables regrown in the next burst came from the heap, and
+/// their memory stayed with the daemon when they were cut
+/// ([`crate::shrink`]; BENCHMARKS.md, issue 23). glibc refuses a value
+/// only above 32 MiB, so its answer is not looked at. Other C libraries
+/// are left as they are.
+pub fn fix_malloc_thresholds() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets two of malloc's parameters; it touches no
+    // memory of ours, and the daemon has one thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+    }
+}
+
 /// Marks every descriptor the daemon inherited beyond 0–2 close-on-exec, so
 /// that nothing its parent leaked can reach a handler (or the children of a
 /// handler, if one of our own paths ever forgot `CLOEXEC`).

@@ -182,8 +182,8 @@ use crate::plan::{Client, Service};
 use child::{child_entry, sys};
 use fd::{dup_low, lift, non_default_signals, pidfd_floor};
 pub use fd::{
-    fork_resolver, listen, mark_inherited_cloexec, own_inherited, peer_groups, pidfd_open,
-    reset_sigchld, set_tcp_defer_accept,
+    fix_malloc_thresholds, fork_resolver, listen, mark_inherited_cloexec, own_inherited,
+    peer_groups, pidfd_open, reset_sigchld, set_tcp_defer_accept,
 };
 use slot::{fill_slot, Slot};
 pub use slot::{Failure, Step};

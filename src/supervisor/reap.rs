@@ -11,6 +11,7 @@ use crate::children::{Child, Status, Termination};
 use crate::notify;
 use crate::plan::Client;
 use crate::plan::Level;
+use crate::shrink::Shrink;
 use crate::spawn::{Failure, Step};
 
 /// Connections taken from one listener at SIGTERM at most: what the kernel
@@ -110,6 +111,7 @@ impl Supervisor {
                 .opt("reason", c.terminated_for)
                 .send();
         }
+        exits.shrink_after_burst();
         self.exits = exits;
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::admit::{self, Backoff, Bucket, CrashLoop, CrashStep, Load, Pause, PauseReason, Reason};
 use crate::plan::{Service, Source};
+use crate::shrink::Shrink;
 
 /// Refusal log lines per service per second; the rest are counted and
 /// summarised, so a flood from a denied address cannot fill the disk.
@@ -559,6 +560,7 @@ impl ServiceTable {
             *n -= 1;
             if *n == 0 {
                 st.per_source.remove(&source);
+                st.per_source.shrink_after_burst();
             }
         }
     }
