@@ -4,7 +4,7 @@
 # when they end). For each build given, in turn, one daemon is started and
 # sent BURSTS bursts: N sessions opened and kept silent (each handler,
 # echo1, blocks reading its line), VmRSS read once the daemon runs a
-# handler for every one, then all closed and VmRSS read again once every
+# handler for every one (and how long that took after the first connect), then all closed and VmRSS read again once every
 # handler is reaped.
 #
 #   bench/bursts.sh [--n N] [--bursts B] BUILD...
@@ -13,6 +13,7 @@
 # after). Uses echo1 from bench/out (run bench/compare.sh --quick first).
 # Raises its soft descriptor limit to the hard one. Every process started
 # here is stopped by PID. Loopback only.
+CALLER_DIR=$PWD
 # shellcheck source=bench/common.sh
 . "$(dirname "$0")/common.sh"
 N=10000
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     --n) N=$2; shift ;;
     --bursts) BURSTS=$2; shift ;;
     -*) echo "usage: bench/bursts.sh [--n N] [--bursts B] BUILD..." >&2; exit 2 ;;
-    *) BUILDS+=("$(realpath "$1")") ;;
+    *) BUILDS+=("$(cd "$CALLER_DIR" && realpath "$1")") ;;
   esac
   shift
 done
@@ -60,7 +61,7 @@ wait_none() {
   for _ in $(seq 1 1200); do [ "$(ps -o pid= --ppid "$1" | wc -l)" -eq 0 ] && return 0; sleep 0.1; done
   return 1
 }
-echo "build,burst,n,rss_kib_idle_before,rss_kib_running,rss_kib_after"
+echo "build,burst,n,secs_to_running,rss_kib_idle_before,rss_kib_running,rss_kib_after"
 for build in "${BUILDS[@]}"; do
   "$build" --config "$RUN/tinyinetd.toml" 2>"$RUN/daemon.err" &
   pid=$!
@@ -82,14 +83,16 @@ for s in held:
     s.close()
 EOF
     holder=$!
+    t0=$(date +%s.%N)
     PIDS+=("$holder")
     wait_running "$pid" "$N" || echo "bursts.sh: only $(running "$pid") of $N running" >&2
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
     busy=$(rss_kib "$pid")
     touch "$RUN/close"
     wait "$holder"
     wait_none "$pid" || echo "bursts.sh: handlers still running after 120 s" >&2
     after=$(rss_kib "$pid")
-    echo "$build,$b,$N,$before,$busy,$after"
+    echo "$build,$b,$N,$secs,$before,$busy,$after"
   done
   kill "$pid"
   wait "$pid" || true
