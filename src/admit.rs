@@ -25,7 +25,7 @@ use crate::plan::{Access, Client, Limits};
 mod crashloop;
 mod starting;
 pub use crashloop::{CrashLoop, CrashStep};
-pub use starting::{Starting, START_WINDOW};
+pub use starting::{runnable_of, Pace, Recheck, Starting, START_WINDOW};
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

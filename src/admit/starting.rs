@@ -28,6 +28,22 @@
 //! starts outlived it at C=8, stopped counting, and the time slicing came
 //! back (BENCHMARKS.md).
 //!
+//! # Unless a core is idle
+//!
+//! The window also counts handlers that finished starting long before it
+//! ends: a session that waits for its client, a handler waiting on a slow
+//! one. Counted alone, thousands of long sessions opened at once were
+//! admitted at `cap` per window (800 a second on two cores: 10,000 in
+//! 12 s, against under a second for busybox inetd), and at C=64 the cores
+//! idled while the cap held. So when the cap is reached, the daemon asks
+//! the machine how many tasks are runnable right now (the fourth field of
+//! `/proc/loadavg`, the daemon itself included): while fewer than `cap`
+//! are, the cores have room and the next handler starts all the same. When
+//! they have none, the listeners wait, and the machine is asked again
+//! after [`RECHECK_FIRST`], then twice as long each time it still has no
+//! room, up to the window: a handler that blocks gives no event. Without
+//! the count (no `/proc`), the cap holds as if the cores were busy.
+//!
 //! # Per service
 //!
 //! The cap is the daemon's, since the cores are; but a service none of
@@ -50,6 +66,31 @@ use std::time::{Duration, Instant};
 /// How long a started handler counts as still starting, unless it exits
 /// first.
 pub const START_WINDOW: Duration = Duration::from_millis(5);
+
+/// The first wait before the machine is asked again how many tasks are
+/// runnable, while the cap holds; it doubles up to [`START_WINDOW`].
+pub const RECHECK_FIRST: Duration = Duration::from_millis(1);
+
+/// The number of runnable tasks in `/proc/loadavg`'s text: the part
+/// before the `/` of its fourth field (`0.52 1.11 0.84 3/245 1234`).
+pub fn runnable_of(loadavg: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(loadavg).ok()?;
+    let field = text.split_ascii_whitespace().nth(3)?;
+    let (running, total) = field.split_once('/')?;
+    total.parse::<u32>().ok()?;
+    running.parse().ok()
+}
+
+/// What the cap says for a service ([`Starting::pace`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Below the cap, or none of the service's handlers is starting.
+    Free,
+    /// At the cap, but the cores have room: start it all the same.
+    Room,
+    /// At the cap and the cores have no room: wait.
+    Wait,
+}
 
 /// Handlers started within the window and still running.
 #[derive(Debug)]
@@ -113,6 +154,25 @@ impl Starting {
         self.count(now) >= self.cap && self.recent.iter().any(|&(_, _, s)| s == svc)
     }
 
+    /// Whether service `svc` may start a handler at `now`. When
+    /// [`Starting::full`], `runnable()` is asked (tasks runnable now, the
+    /// daemon included): fewer than the cap is room on the cores; as many
+    /// or more, or unknown, is none.
+    pub fn pace(
+        &mut self,
+        svc: usize,
+        now: Instant,
+        runnable: impl FnOnce() -> Option<u32>,
+    ) -> Pace {
+        if !self.full(svc, now) {
+            Pace::Free
+        } else if runnable().is_some_and(|n| (n as usize) < self.cap) {
+            Pace::Room
+        } else {
+            Pace::Wait
+        }
+    }
+
     /// While the cap is reached at `now`, the instant the oldest entry
     /// still counting stops counting (an exit may end the wait sooner);
     /// `None` when it is not reached.
@@ -122,6 +182,37 @@ impl Starting {
             .iter()
             .position(|&(t, _, _)| now.saturating_duration_since(t) < START_WINDOW)?;
         (self.recent.len() - live >= self.cap).then(|| self.recent[live].0 + START_WINDOW)
+    }
+}
+
+/// When to ask the machine again while the cap holds: [`RECHECK_FIRST`]
+/// after the first time it had no room, twice as long after each next
+/// time, never longer than [`START_WINDOW`]; back to the first once the
+/// cap no longer holds.
+#[derive(Debug)]
+pub struct Recheck {
+    step: Duration,
+}
+
+impl Default for Recheck {
+    fn default() -> Self {
+        Recheck {
+            step: RECHECK_FIRST,
+        }
+    }
+}
+
+impl Recheck {
+    /// The cap held at `now`: the instant to ask again.
+    pub fn held(&mut self, now: Instant) -> Instant {
+        let at = now + self.step;
+        self.step = (self.step * 2).min(START_WINDOW);
+        at
+    }
+
+    /// The cap did not hold: the next wait starts short again.
+    pub fn reset(&mut self) {
+        self.step = RECHECK_FIRST;
     }
 }
 
@@ -196,6 +287,59 @@ mod tests {
         assert!(s.full(1, t0), "now it has one: it waits like the rest");
         s.exited(9);
         assert!(!s.full(1, t0));
+    }
+
+    #[test]
+    fn the_runnable_count_is_read_from_loadavg() {
+        assert_eq!(runnable_of(b"0.52 1.11 0.84 3/245 1234\n"), Some(3));
+        assert_eq!(runnable_of(b"12.00 9.50 8.25 17/1032 998877\n"), Some(17));
+        for bad in [
+            &b""[..],
+            b"0.52 1.11 0.84",
+            b"0.52 1.11 0.84 3 1234",
+            b"0.5 1 1 x/2 1",
+            b"0.5 1 1 3/ 1",
+            b"\xff",
+        ] {
+            assert_eq!(runnable_of(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_full_cap_holds_only_while_the_cores_have_no_room() {
+        let t0 = Instant::now();
+        let mut s = Starting::new(4);
+        for pid in 0..4 {
+            s.started(pid, 0, t0);
+        }
+        assert_eq!(
+            s.pace(0, t0, || Some(4)),
+            Pace::Wait,
+            "four runnable: no room"
+        );
+        assert_eq!(s.pace(0, t0, || Some(9)), Pace::Wait);
+        assert_eq!(s.pace(0, t0, || None), Pace::Wait, "unknown counts as busy");
+        assert_eq!(s.pace(0, t0, || Some(3)), Pace::Room, "room on the cores");
+        assert_eq!(s.pace(0, t0, || Some(1)), Pace::Room);
+        // Below the cap the machine is not asked at all.
+        s.exited(0);
+        assert_eq!(s.pace(0, t0, || panic!("asked below the cap")), Pace::Free);
+        // Nor for a service with none starting.
+        s.started(4, 0, t0);
+        assert_eq!(
+            s.pace(1, t0, || panic!("asked for another service")),
+            Pace::Free
+        );
+    }
+
+    #[test]
+    fn the_recheck_doubles_up_to_the_window_and_starts_over() {
+        let t0 = Instant::now();
+        let mut r = Recheck::default();
+        let waits: Vec<Duration> = (0..5).map(|_| r.held(t0) - t0).collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5].map(Duration::from_millis));
+        r.reset();
+        assert_eq!(r.held(t0) - t0, RECHECK_FIRST);
     }
 
     #[test]

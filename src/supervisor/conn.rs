@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 
 use super::stderr::StderrPipe;
 use super::Supervisor;
-use crate::admit::{self, Decision, Reason};
+use crate::admit::{self, Decision, Pace, Reason};
 use crate::children::Child;
 use crate::listen::Listener;
 use crate::plan::{Client, Level, Service, Source, Stderr, UnixName};
@@ -140,13 +140,7 @@ impl Supervisor {
         if self.services.capacity(svc_i, total, max, now).is_some() {
             return false;
         }
-        // Enough handlers are still starting: the clients wait in the
-        // accept queue (`admit::Starting`), the listeners out of the poll
-        // set until one exits or leaves the window. Not while the
-        // service's execs fail: those clients are closed at once after
-        // each back-off, not a few per back-off.
-        if self.pace_starts && !self.services.exec_failing(svc_i) && self.starting.full(svc_i, now)
-        {
+        if self.paced(svc_i, now) {
             return false;
         }
         match self.spawner.room(now) {
@@ -168,6 +162,37 @@ impl Supervisor {
                 self.slot_retry = Some(now + SLOT_RETRY);
                 false
             }
+        }
+    }
+
+    /// Whether service `svc_i`'s clients wait for handlers still starting:
+    /// the cap is reached and the cores have no room (`admit::Starting`).
+    /// They wait in the accept queue, the listeners out of the poll set
+    /// until a handler exits, leaves the window, or the machine has room
+    /// again. Not while the service's execs fail (those clients are
+    /// closed at once after each back-off, not a few per back-off), nor
+    /// once the drain has begun.
+    pub(super) fn paced(&mut self, svc_i: usize, now: Instant) -> bool {
+        if !self.pace_starts || self.services.exec_failing(svc_i) {
+            return false;
+        }
+        let runnable = &mut self.runnable;
+        let pace = self.starting.pace(svc_i, now, || runnable.get());
+        if let Some(why) = self.runnable.take_problem() {
+            self.log
+                .event(Level::Warn, "pacing-without-load")
+                .kv("path", super::runnable::LOADAVG)
+                .kv("error", why)
+                .send();
+        }
+        match pace {
+            Pace::Free => false,
+            // The next wait, if any, starts short again.
+            Pace::Room => {
+                self.recheck.reset();
+                false
+            }
+            Pace::Wait => true,
         }
     }
 
@@ -298,6 +323,7 @@ impl Supervisor {
                 }
                 self.services.started(svc_i, source, now);
                 self.starting.started(pid.as_raw(), svc_i, now);
+                self.runnable.forget();
                 // None at the descriptor limit: reaped by the sweep then.
                 let pidfd = self.spawner.take_pidfd();
                 self.log

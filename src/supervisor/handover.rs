@@ -74,6 +74,7 @@ impl Supervisor {
                 let source = crate::admit::source_key(&svc.limits, &conn.client);
                 self.services.started(svc_i, source, now);
                 self.starting.started(pid.as_raw(), svc_i, now);
+                self.runnable.forget();
                 self.socks[i].held = Some(pid);
                 // None at the descriptor limit: reaped by the sweep then.
                 let pidfd = self.spawner.take_pidfd();

@@ -18,6 +18,7 @@ mod handover;
 mod proxy;
 mod reap;
 mod reload;
+mod runnable;
 mod services;
 mod setup;
 mod status;
@@ -159,6 +160,13 @@ pub struct Supervisor {
     starting: crate::admit::Starting,
     /// Whether `starting` gates accepting (off once the drain has begun).
     pace_starts: bool,
+    /// Tasks the machine has runnable, asked when `starting`'s cap is
+    /// reached (`admit::Starting::pace`).
+    runnable: runnable::Runnable,
+    /// When to ask `runnable` again while the cap holds.
+    recheck: crate::admit::Recheck,
+    /// Listener indices the next poll watches (a buffer reused every turn).
+    polled: Vec<usize>,
     /// `(interval, next ping)` when systemd's watchdog is on.
     watchdog: Option<(Duration, Instant)>,
     /// The last `STATUS=` sent, to send only changes.
@@ -302,9 +310,39 @@ impl Supervisor {
     }
 
     /// Builds the poll set, polls, and records which slots are ready.
-    fn poll(&mut self, timeout: Option<Duration>) {
+    fn poll(&mut self, mut timeout: Option<Duration>) {
         self.sources.clear();
         self.ready.clear();
+        let now = Instant::now();
+        // The listeners to watch, decided before the set borrows the
+        // descriptors. Handlers still starting fill the cap and the cores
+        // have no room: those wait, and the machine is asked again soon,
+        // since a handler that blocks gives no event (`admit::Starting`).
+        self.runnable.forget();
+        let mut polled = std::mem::take(&mut self.polled);
+        polled.clear();
+        let mut held = false;
+        if self.drain.is_none() {
+            for i in 0..self.socks.len() {
+                let s = &self.socks[i];
+                let waiting = s.retry_at.is_some_and(|t| t > now)
+                    || self.slot_retry.is_some()
+                    || s.held.is_some()
+                    || self.services.get(s.svc).pause_now.is_some();
+                if waiting {
+                    continue;
+                }
+                if self.paced(s.svc, now) {
+                    held = true;
+                } else {
+                    polled.push(i);
+                }
+            }
+        }
+        if held {
+            let wait = self.recheck.held(now).saturating_duration_since(now);
+            timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+        }
         let mut fds: Vec<PollFd<'_>> = recycle(std::mem::take(&mut self.pollfds));
         fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
         self.sources.push(Source::Signals);
@@ -318,23 +356,12 @@ impl Supervisor {
         }
         (self.control.iter()).for_each(|c| c.poll_set(&mut fds, &mut self.sources));
         self.proxies.poll_set(&mut fds, &mut self.sources);
-        let now = Instant::now();
-        if self.drain.is_none() {
-            for (i, s) in self.socks.iter().enumerate() {
-                // Handlers still starting fill the cap (`admit::Starting`;
-                // not for a service whose execs fail: see `may_accept`).
-                let paced = self.pace_starts
-                    && !self.services.exec_failing(s.svc)
-                    && self.starting.full(s.svc, now);
-                let waiting = s.retry_at.is_some_and(|t| t > now)
-                    || self.slot_retry.is_some()
-                    || s.held.is_some()
-                    || paced;
-                if !waiting && self.services.get(s.svc).pause_now.is_none() {
-                    fds.push(PollFd::new(s.listener.as_fd(), PollFlags::POLLIN));
-                    self.sources.push(Source::Listener(i));
-                }
-            }
+        for &i in &polled {
+            fds.push(PollFd::new(
+                self.socks[i].listener.as_fd(),
+                PollFlags::POLLIN,
+            ));
+            self.sources.push(Source::Listener(i));
         }
         let timeout = match timeout {
             None => PollTimeout::NONE,
@@ -365,6 +392,7 @@ impl Supervisor {
             }
         }
         self.pollfds = recycle(fds);
+        self.polled = polled;
     }
 
     /// The nearest moment something is due: a handler signal, the drain,

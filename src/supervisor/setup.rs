@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::services::ServiceTable;
-use super::{control, proxy};
+use super::{control, proxy, runnable};
 use super::{log_no_ipv6, Sock, SockState, StartError, Supervisor};
 use crate::children::Children;
 use crate::listen::{self, Change, Sockets};
@@ -62,6 +62,7 @@ impl Supervisor {
         let devnull = std::fs::File::open("/dev/null")
             .map_err(|e| StartError::Io("opening /dev/null", e))?
             .into();
+        let runnable = open_runnable(&mut log);
         let mut sup = Supervisor {
             plan: Plan::default(),
             services: ServiceTable::default(),
@@ -82,6 +83,9 @@ impl Supervisor {
             stderr_pipes: HashMap::new(),
             slot_retry: None,
             pace_starts: true,
+            runnable,
+            recheck: Default::default(),
+            polled: Vec::new(),
             starting: crate::admit::Starting::for_cpus(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
@@ -185,4 +189,18 @@ impl Supervisor {
             drop(l);
         }
     }
+}
+
+/// The count of runnable tasks, for the cap on handlers still starting,
+/// which gives way while the cores have room; without it (logged) the cap
+/// holds as if they had none.
+fn open_runnable(log: &mut Logger) -> runnable::Runnable {
+    let (runnable, no_count) = runnable::Runnable::open();
+    if let Some(e) = no_count {
+        log.event(Level::Warn, "pacing-without-load")
+            .kv("path", runnable::LOADAVG)
+            .kv("error", crate::text::io_reason(&e))
+            .send();
+    }
+    runnable
 }

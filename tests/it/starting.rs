@@ -1,7 +1,8 @@
-//! Issue 23, the tail: no more than two handlers per CPU start within the
-//! same 5 ms (`admit::Starting`); the other clients wait in the accept
-//! queue, a handler that outlives the window no longer holds its place,
-//! and a service with none starting may always start one.
+//! Issue 23, the tail: while the cores have no room, no more than two
+//! handlers per CPU start within the same 5 ms (`admit::Starting`); the
+//! other clients wait in the accept queue, a handler that outlives the
+//! window no longer holds its place, and a service with none starting may
+//! always start one. While the cores have room, the cap gives way.
 
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -13,6 +14,44 @@ use crate::harness::*;
 
 /// The window of `admit::START_WINDOW`.
 const WINDOW: f64 = 0.005;
+
+/// Runs `f` while this process keeps every core busy: two spinning
+/// threads per CPU, so that the machine has as many runnable tasks as the
+/// daemon's cap and more whatever else runs (the daemon asks
+/// `/proc/loadavg` when its cap is reached, and gives way only while fewer
+/// are runnable). The threads stop when `f` returns, or after 60 s.
+fn with_cores_busy<T>(f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 * cpus {
+            s.spawn(|| {
+                let until = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        let out = f();
+        stop.store(true, Ordering::Relaxed);
+        out
+    })
+}
+
+/// Every handler's start instant, earliest first, from the daemon's own
+/// status (each handler's age at one moment), and the status itself.
+fn start_instants(d: &Daemon) -> (Vec<f64>, Value) {
+    let doc = status(d);
+    let mut starts: Vec<f64> = doc["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .map(|c| -c["age_seconds"].as_f64().expect("age_seconds"))
+        .collect();
+    starts.sort_by(f64::total_cmp);
+    (starts, doc)
+}
 
 /// `tinyinetd status --json` for `d`, bounded in time.
 fn status(d: &Daemon) -> Value {
@@ -41,12 +80,12 @@ fn status(d: &Daemon) -> Value {
 }
 
 /// Handlers that wait for their client (`cat`) stay running, so each
-/// counts for its whole window: of any `cap + 1` in start order, the last
-/// started at least a window after the first. The starts are the daemon's own instants (the status
-/// gives every handler's age at one moment). Without the cap, the burst
-/// of clients all start within a millisecond or two.
+/// counts for its whole window; with the cores kept busy, the cap holds:
+/// of any `cap + 1` in start order, the last started at least a window
+/// after the first. Without the cap, the burst of clients all start within
+/// a millisecond or two.
 #[test]
-fn no_more_than_two_handlers_per_cpu_start_within_the_window() {
+fn no_more_than_two_handlers_per_cpu_start_within_the_window_while_the_cores_are_busy() {
     let conf = format!(
         "{DAEMON}control_socket = \"{{tmp}}/control.sock\"\n\n[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:{{port:s}}\"]\nprogram = \"/bin/cat\"\nmax_instances = 200\n"
     );
@@ -55,21 +94,16 @@ fn no_more_than_two_handlers_per_cpu_start_within_the_window() {
     let cap = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = 4 * cap + 1;
     let t0 = Instant::now();
-    let held: Vec<TcpStream> = (0..n).map(|_| connect(d.addr("s"))).collect();
-    assert!(
-        wait_until(Duration::from_secs(20), || d.children().len() >= n),
-        "only {} of {n} handlers running",
-        d.children().len()
-    );
-    let waited = t0.elapsed();
-    let doc = status(&d);
-    let mut starts: Vec<f64> = doc["connections"]
-        .as_array()
-        .expect("connections")
-        .iter()
-        .map(|c| -c["age_seconds"].as_f64().expect("age_seconds"))
-        .collect();
-    starts.sort_by(f64::total_cmp);
+    let (held, waited) = with_cores_busy(|| {
+        let held: Vec<TcpStream> = (0..n).map(|_| connect(d.addr("s"))).collect();
+        assert!(
+            wait_until(Duration::from_secs(20), || d.children().len() >= n),
+            "only {} of {n} handlers running",
+            d.children().len()
+        );
+        (held, t0.elapsed())
+    });
+    let (starts, doc) = start_instants(&d);
     assert_eq!(starts.len(), n, "{doc}");
     let gaps: Vec<f64> = (0..n - cap).map(|i| starts[i + cap] - starts[i]).collect();
     eprintln!(
@@ -94,10 +128,61 @@ fn no_more_than_two_handlers_per_cpu_start_within_the_window() {
         .is_empty()));
 }
 
+/// Handlers that block at once (`cat` waiting for its client) leave the
+/// cores idle, and the cap gives way: more than `cap` start within one
+/// window. Before, thousands of long sessions were admitted at `cap` per
+/// window (10,000 in 12 s on two cores, BENCHMARKS.md). The machine is
+/// shared with the rest of the suite, whose tests may keep every core busy
+/// for a while, and then the cap rightly holds: so up to five bursts are
+/// tried, a second apart, and one must show it.
+#[test]
+fn the_cap_gives_way_while_the_cores_have_room() {
+    let conf = format!(
+        "{DAEMON}control_socket = \"{{tmp}}/control.sock\"\n\n[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:{{port:s}}\"]\nprogram = \"/bin/cat\"\nmax_instances = 200\n"
+    );
+    let d = Daemon::start(&conf);
+    let cap = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = 4 * cap + 1;
+    let mut closest = Vec::new();
+    for _ in 0..5 {
+        let held: Vec<TcpStream> = (0..n).map(|_| connect(d.addr("s"))).collect();
+        assert!(
+            wait_until(Duration::from_secs(20), || d.children().len() >= n),
+            "only {} of {n} handlers running",
+            d.children().len()
+        );
+        let (starts, doc) = start_instants(&d);
+        assert_eq!(starts.len(), n, "{doc}");
+        let span = (0..n - cap)
+            .map(|i| starts[i + cap] - starts[i])
+            .fold(f64::INFINITY, f64::min);
+        closest.push(span * 1000.0);
+        drop(held);
+        assert!(wait_until(Duration::from_secs(20), || d
+            .children()
+            .is_empty()));
+        if span < WINDOW {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "cap {cap}: the closest {} starts per burst, ms apart: {closest:.2?}",
+        cap + 1
+    );
+    assert!(
+        closest.iter().any(|&ms| ms < WINDOW * 1000.0),
+        "in no burst did more than {cap} handlers start within {} ms: {closest:.2?}",
+        WINDOW * 1000.0
+    );
+    assert!(d.log_lines("pacing-without-load").is_empty());
+}
+
 /// A burst of long sessions on one service (each counting for its whole
 /// window) does not hold up another: a service none of whose handlers is
-/// starting may always start one. Here 100 sessions to `a` take at least
-/// 20 windows to admit; the one client of `b`, arriving just after them,
+/// starting may always start one. Here, with the cores kept busy, 100
+/// sessions to `a` take at least 20 windows to admit; the one client of
+/// `b`, arriving just after them,
 /// starts before the last of `a`. Without that rule it waited for all of
 /// `a`'s backlog (`a`'s listener comes first in every turn).
 #[test]
@@ -107,14 +192,17 @@ fn a_burst_on_one_service_does_not_hold_up_another() {
     );
     let d = Daemon::start(&conf);
     const N: usize = 100;
-    let mut held: Vec<TcpStream> = (0..N).map(|_| connect(d.addr("a"))).collect();
-    held.push(connect(d.addr("b")));
-    assert!(
-        wait_until(Duration::from_secs(20), || d.children().len() > N),
-        "only {} of {} handlers running",
-        d.children().len(),
-        N + 1
-    );
+    let held = with_cores_busy(|| {
+        let mut held: Vec<TcpStream> = (0..N).map(|_| connect(d.addr("a"))).collect();
+        held.push(connect(d.addr("b")));
+        assert!(
+            wait_until(Duration::from_secs(20), || d.children().len() > N),
+            "only {} of {} handlers running",
+            d.children().len(),
+            N + 1
+        );
+        held
+    });
     let doc = status(&d);
     let conns = doc["connections"].as_array().expect("connections");
     let start_of = |c: &Value| -c["age_seconds"].as_f64().expect("age_seconds");
