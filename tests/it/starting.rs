@@ -133,8 +133,9 @@ fn no_more_than_two_handlers_per_cpu_start_within_the_window_while_the_cores_are
 /// window. Before, thousands of long sessions were admitted at `cap` per
 /// window (10,000 in 12 s on two cores, BENCHMARKS.md). The machine is
 /// shared with the rest of the suite, whose tests may keep every core busy
-/// for a while, and then the cap rightly holds: so up to five bursts are
-/// tried, a second apart, and one must show it.
+/// for a while (the stress test, for seconds), and then the cap rightly
+/// holds: so bursts are tried a second apart for up to 30 s, and one must
+/// show it.
 #[test]
 fn the_cap_gives_way_while_the_cores_have_room() {
     let conf = format!(
@@ -144,7 +145,8 @@ fn the_cap_gives_way_while_the_cores_have_room() {
     let cap = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = 4 * cap + 1;
     let mut closest = Vec::new();
-    for _ in 0..5 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for _ in 0..30 {
         let held: Vec<TcpStream> = (0..n).map(|_| connect(d.addr("s"))).collect();
         assert!(
             wait_until(Duration::from_secs(20), || d.children().len() >= n),
@@ -161,7 +163,7 @@ fn the_cap_gives_way_while_the_cores_have_room() {
         assert!(wait_until(Duration::from_secs(20), || d
             .children()
             .is_empty()));
-        if span < WINDOW {
+        if span < WINDOW || Instant::now() >= deadline {
             break;
         }
         std::thread::sleep(Duration::from_secs(1));
