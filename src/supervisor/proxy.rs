@@ -29,6 +29,7 @@ use super::{Source, Supervisor};
 use crate::admit::Reason;
 use crate::plan::{Client, Level, Proxy, Service};
 use crate::proxy_header::{self, Parse, MAX_HEADER};
+use crate::shrink::Shrink;
 use crate::spawn::{Conn, Proxied};
 use crate::text::os_error;
 
@@ -269,7 +270,10 @@ impl Supervisor {
             };
             self.finish_header(id, step, now);
         }
+        due.shrink_after_burst();
         self.proxies.due = due;
+        // After a burst of pending headers, the table gives its memory back.
+        self.proxies.pending.shrink_after_burst();
     }
 
     /// Connection `id` is readable (or just accepted).

@@ -113,6 +113,7 @@ impl Supervisor {
         }
         exits.shrink_after_burst();
         self.exits = exits;
+        self.stderr_pipes.shrink_after_burst();
     }
 
     pub(super) fn fire_deadlines(&mut self, now: Instant) {
