@@ -136,6 +136,14 @@ fn parse_v1(buf: &[u8]) -> Parse {
         return Parse::Invalid("not a PROXY protocol v1 header");
     }
     if let Some(end) = window.windows(2).position(|w| w == b"\r\n") {
+        // The same bytes refused below while no CRLF had come: a verdict
+        // must not depend on how the client's bytes were split.
+        if window[..end].contains(&b'\n') {
+            return Parse::Invalid("v1 line ended by LF without CR");
+        }
+        if window[..end].contains(&b'\r') {
+            return Parse::Invalid("v1 line with a CR not followed by LF");
+        }
         return match v1_line(&window[n..end]) {
             Ok(addrs) => Parse::Complete(Header {
                 len: end + 2,

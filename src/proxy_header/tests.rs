@@ -108,6 +108,28 @@ fn v1_unknown_keeps_the_connections_addresses() {
     assert_eq!((h.addrs, h.len), (None, 21));
 }
 
+/// A bare LF or CR refuses a v1 line however many bytes follow: the
+/// property test found `PROXY UNKNOWN \n` refused while incomplete and
+/// the same bytes with `\r\n` after them accepted, so a client's verdict
+/// depended on how its bytes were split.
+#[test]
+fn v1_a_bare_lf_or_cr_refuses_the_line_whatever_follows() {
+    for line in [
+        &b"PROXY UNKNOWN \n\r\n"[..],
+        b"PROXY UNKNOWN \rx\r\n",
+        b"PROXY UNKNOWN\n\r\n",
+        b"PROXY TCP4 192.0.2.7\n 198.51.100.1 51000 443\r\n",
+    ] {
+        let text = String::from_utf8_lossy(line);
+        for n in 1..line.len() {
+            let p = parse(&line[..n], ProxyVersion::V1);
+            assert!(!matches!(p, Parse::Complete(_)), "{text:?} at {n}: {p:?}");
+        }
+        let p = parse(line, ProxyVersion::V1);
+        assert!(matches!(p, Parse::Invalid(_)), "{text:?}: {p:?}");
+    }
+}
+
 #[test]
 fn v1_malformed_lines_are_refused() {
     let bad: &[&[u8]] = &[
