@@ -5,7 +5,7 @@
 # one interleaved run: for each round, each N, each daemon in turn.
 #
 #   bench/idle.sh [--rounds R] [--duration SECS] [--n "0 1000 10000"]
-#                 [--conc C] [--handler nolibc|glibc]
+#                 [--conc C] [--handler nolibc|glibc] [--systems "tinyinetd ..."]
 #
 # Uses what compare.sh built under bench/out (run it first, even with
 # --quick). Every cell: the generator first opens N connections to the
@@ -26,6 +26,7 @@ DURATION=4
 NS="0 1000 10000"
 CONC=8
 HANDLER=nolibc
+ONLY="tinyinetd busybox-inetd xinetd"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift ;;
@@ -33,7 +34,8 @@ while [ $# -gt 0 ]; do
     --n) NS=$2; shift ;;
     --conc) CONC=$2; shift ;;
     --handler) HANDLER=$2; shift ;;
-    *) echo "usage: bench/idle.sh [--rounds R] [--duration SECS] [--n \"0 1000 10000\"] [--conc C] [--handler nolibc|glibc]" >&2; exit 2 ;;
+    --systems) ONLY=$2; shift ;;
+    *) echo "usage: bench/idle.sh [--rounds R] [--duration SECS] [--n \"0 1000 10000\"] [--conc C] [--handler nolibc|glibc] [--systems \"tinyinetd busybox-inetd xinetd\"]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -136,7 +138,7 @@ else
 fi
 
 SYSTEMS=()
-for s in tinyinetd busybox-inetd xinetd; do [ -n "${PID[$s]:-}" ] && SYSTEMS+=("$s"); done
+for s in $ONLY; do [ -n "${PID[$s]:-}" ] && SYSTEMS+=("$s"); done
 note "systems: ${SYSTEMS[*]}"
 running() { ps -o stat= --ppid "$1" 2>/dev/null | grep -vc '^Z' || true; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
