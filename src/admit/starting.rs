@@ -33,15 +33,16 @@
 //! The window also counts handlers that finished starting long before it
 //! ends: a session that waits for its client, a handler waiting on a slow
 //! one. Counted alone, thousands of long sessions opened at once were
-//! admitted at `cap` per window (800 a second on two cores: 10,000 in
-//! 12 s, against under a second for busybox inetd), and at C=64 the cores
-//! idled while the cap held. So when the cap is reached, the daemon asks
+//! admitted at about `cap` per window while the cores idled (10,000 took
+//! about 6 s on two cores, against under a second for busybox inetd). So
+//! when the cap is reached, the daemon asks
 //! the machine how many tasks are runnable right now (the fourth field of
 //! `/proc/loadavg`, the daemon itself included): while fewer than `cap`
 //! are, the cores have room and the next handler starts all the same. When
 //! they have none, the listeners wait, and the machine is asked again
 //! after [`RECHECK_FIRST`], then twice as long each time it still has no
-//! room, up to the window: a handler that blocks gives no event. Without
+//! room, up to the window, and from the first again once it had room: a
+//! handler that blocks gives no event. Without
 //! the count (no `/proc`), the cap holds as if the cores were busy.
 //!
 //! # Per service
@@ -188,7 +189,8 @@ impl Starting {
 /// When to ask the machine again while the cap holds: [`RECHECK_FIRST`]
 /// after the first time it had no room, twice as long after each next
 /// time, never longer than [`START_WINDOW`]; back to the first once the
-/// cap no longer holds.
+/// machine had room ([`Pace::Room`]). An episode that ends by exits does
+/// not reset it, so a machine that stays busy is asked rarely.
 #[derive(Debug)]
 pub struct Recheck {
     step: Duration,
@@ -210,7 +212,7 @@ impl Recheck {
         at
     }
 
-    /// The cap did not hold: the next wait starts short again.
+    /// The machine had room: the next wait starts short again.
     pub fn reset(&mut self) {
         self.step = RECHECK_FIRST;
     }

@@ -19,9 +19,11 @@ pub struct Runnable {
     /// change for the daemon's purpose until it starts a handler or a new
     /// turn begins.
     last: Option<Option<u32>>,
-    /// The first read that gave no count, for the caller to log once
-    /// ([`Runnable::take_problem`]); then `Some(None)`.
-    problem: Option<Option<String>>,
+    /// Why the first read that gave no count gave none, until the
+    /// caller takes it to log ([`Runnable::take_problem`]).
+    problem: Option<String>,
+    /// Whether a problem was ever found: only the first is told.
+    told: bool,
 }
 
 impl Runnable {
@@ -37,6 +39,7 @@ impl Runnable {
             file,
             last: None,
             problem: None,
+            told: false,
         };
         (r, err)
     }
@@ -61,7 +64,10 @@ impl Runnable {
         let v = match v {
             Ok(n) => Some(n),
             Err(why) => {
-                self.problem.get_or_insert(Some(why));
+                if !self.told {
+                    self.told = true;
+                    self.problem = Some(why);
+                }
                 None
             }
         };
@@ -72,7 +78,7 @@ impl Runnable {
     /// Why the count could not be read, the first time only: the cap then
     /// holds as if the cores had no room.
     pub fn take_problem(&mut self) -> Option<String> {
-        self.problem.as_mut().and_then(Option::take)
+        self.problem.take()
     }
 
     /// The next [`Runnable::get`] reads the file again.
